@@ -1,0 +1,9 @@
+"""Subcommands of ``convlstm-dist``. Each module has ``register(subparsers)``.
+
+A module adds its parsers with ``set_defaults(func=...)``; ``func(args) -> int``. Heavy imports
+(ray, torch, zarr, mlflow) stay inside the functions so that ``--help`` is instant.
+"""
+
+COMMAND_MODULES = [
+    "convlstm_dist.commands.config_cmd",
+]

@@ -1,0 +1,253 @@
+"""Typed configuration tree (pydantic v2).
+
+Defaults live here, in code; a YAML recipe (``pipelines/*.yaml``) overrides them and
+``--set a.b=c`` overrides single values. Unknown keys, even kernels, negative sizes and other
+impossible values fail at load time with a message that names the key, before any cluster work.
+
+The spatial size the model sees is ``model.height × model.width``: training windows are
+cropped from the archive to that size (so it is also the crop size).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from convlstm_dist.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """Architecture. Kernel lists are per layer; a single int is broadcast to every layer."""
+
+    kind: Literal["convlstm", "fclstm"] = "convlstm"
+    in_channels: int = Field(1, ge=1)
+    hidden: list[int] = Field(default_factory=lambda: [64, 64])
+    input_kernel: list[int] = Field(default_factory=lambda: [3, 3])
+    state_kernel: list[int] = Field(default_factory=lambda: [3, 3])
+    patch: int = Field(2, ge=1)
+    height: int = Field(64, ge=1)
+    width: int = Field(64, ge=1)
+    impl: Literal["fast", "literal"] = "fast"
+
+    @field_validator("input_kernel", "state_kernel", mode="before")
+    @classmethod
+    def _scalar_to_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, int) else v
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        n = len(self.hidden)
+        if n == 0:
+            raise ValueError("model.hidden must list at least one layer width")
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"model.hidden must be positive, got {self.hidden}")
+        for key in ("input_kernel", "state_kernel"):
+            ks = getattr(self, key)
+            if len(ks) == 1 and n > 1:
+                object.__setattr__(self, key, ks * n)
+                ks = ks * n
+            if len(ks) != n:
+                raise ValueError(f"model.{key} has {len(ks)} entries but model.hidden has {n} layers")
+            for i, k in enumerate(ks):
+                if k < 1 or k % 2 == 0:
+                    raise ValueError(
+                        f"model.{key}[{i}] = {k} (layer {i + 1}): kernels must be odd and positive "
+                        "so that 'same' padding keeps the grid"
+                    )
+        for dim in ("height", "width"):
+            if getattr(self, dim) % self.patch:
+                raise ValueError(f"model.{dim}={getattr(self, dim)} is not divisible by model.patch={self.patch}")
+        return self
+
+
+class SplitConfig(_Strict):
+    """Train/val/test by contiguous time blocks, assigned deterministically by block index."""
+
+    block_hours: float = Field(24.0, gt=0)
+    val_every: int = Field(5, ge=2, description="every n-th block is validation")
+    test_every: int = Field(0, ge=0, description="every n-th block (after val) is test; 0 = no test split")
+    gap_steps: int = Field(0, ge=0, description="frames dropped at block borders between splits")
+
+
+class DataConfig(_Strict):
+    source: Literal["archive", "moving_mnist"] = "archive"
+    archive: str | None = Field(None, description="local path or s3:// URL; default <workdir>/archive.zarr")
+    endpoint_url: str | None = None
+    in_len: int = Field(5, ge=1)
+    out_len: int = Field(15, ge=1)
+    batch_size: int = Field(8, ge=1)
+    min_wet_fraction: float = Field(0.0, ge=0, le=1)
+    wet_threshold_mmh: float = Field(0.5, ge=0)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    seed: int = 0
+    crops_per_window: int = Field(1, ge=1)
+    # Moving MNIST (generated): sequences per split
+    mnist_train: int = Field(2000, ge=1)
+    mnist_val: int = Field(200, ge=1)
+    mnist_test: int = Field(200, ge=1)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    optimizer: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    rmsprop_decay: float = Field(0.9, gt=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["none", "cosine", "step"] = "none"
+    loss: Literal["mse", "mae", "bmse", "bmae", "bce"] = "mse"
+    grad_clip: float | None = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    early_stopping_patience: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class ScalingConfig(_Strict):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(0.5, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0)
+    ray_address: str | None = Field(None, description="None: start a local Ray; 'auto' or ray://...: attach")
+
+
+class RunConfig(_Strict):
+    storage_path: str | None = Field(None, description="checkpoints; default <workdir>/runs; may be s3://")
+    name: str | None = Field(None, description="stable run name; default <recipe name>")
+    keep_checkpoints: int = Field(2, ge=1)
+    checkpoint_metric: str = "val_loss"
+    max_failures: int = Field(2, ge=0)
+
+
+class TrackingConfig(_Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<workdir>/mlflow.db")
+    experiment: str | None = Field(None, description="default: the recipe name")
+    register_model: str | None = Field(None, description="registered model name; default the recipe name")
+    enabled: bool = True
+
+
+class Config(_Strict):
+    name: str = "convlstm"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", v):
+            raise ValueError(f"name {v!r} must be letters, digits, '.', '_' or '-' (it names runs and experiments)")
+        return v
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise UserError(f"--set {dotted}: '{k}' is a value, not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> dict:
+    """``["a.b=3", "c=[1, 2]"]`` → nested dict; values are parsed as YAML (numbers, lists, null)."""
+    tree: dict = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value (e.g. train.lr=3e-4), got {item!r}")
+        key, raw = item.split("=", 1)
+        _set_path(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return tree
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _format_validation(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check spelling; `convlstm-dist config --show` prints every key)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def config_from_dict(tree: dict, origin: str = "dict") -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise UserError(_format_validation(err, origin)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults ← YAML recipe at ``path`` ← ``--set`` overrides; validated."""
+    tree: dict = {}
+    origin = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"recipe {str(path)!r} not found (recipes live in pipelines/, e.g. pipelines/radar_nowcast.yaml)")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"recipe {path} is not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise UserError(f"recipe {path} must be a mapping of sections (model:, data:, train: ...)")
+        origin = str(path)
+    if overrides:
+        tree = _merge(tree, parse_overrides(overrides))
+        origin += " + --set"
+    return config_from_dict(tree, origin)
+
+
+def flatten(cfg: Config | dict, prefix: str = "") -> dict[str, Any]:
+    """Flat ``{"model.hidden": "[64, 64]", ...}`` for tracking parameters."""
+    tree = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def build_model_from_config(cfg: Config):
+    """The model the recipe describes (imports torch lazily)."""
+    from convlstm_dist.models import build_model
+
+    m = cfg.model
+    return build_model(
+        m.kind,
+        in_channels=m.in_channels,
+        hidden=list(m.hidden),
+        input_kernel=list(m.input_kernel),
+        state_kernel=list(m.state_kernel),
+        patch=m.patch,
+        height=m.height,
+        width=m.width,
+        impl=m.impl,
+    )
