@@ -1,0 +1,312 @@
+"""The radar archive: one Zarr v3 group that `xarray.open_zarr(url)` reads as is.
+
+Layout (see docs/archive_format.md for the full contract):
+
+    <variable>      (time, y, x) float32, physical unit, NaN = no data  (rain_mmh | refl_dbz | intensity)
+    time            (time,) int64, CF "seconds since 1970-01-01", proleptic_gregorian, UTC
+    y, x            (y,), (x,) float64 projection coordinates in metres (or pixel indices)
+    threshold       (threshold,) float64, wet thresholds in mm/h (intensity units for Moving MNIST)
+    valid_fraction  (time,) float32   share of non-NaN pixels of each frame
+    max_value       (time,) float32   frame maximum in the variable's unit (NaN if no valid pixel)
+    wet_fraction    (time, threshold) float32  share of valid pixels >= threshold
+
+Writes are ordered so that a crash leaves the archive readable at its old length: data first,
+then statistics, then the `time` coordinate, then consolidated metadata. The length of `time`
+is authoritative; `Archive` never reads beyond it, and the next append overwrites any tail
+left by a crashed write. `Archive` is read-only and picklable (only url + storage_options travel).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from convlstm_dist.data import units as U
+from convlstm_dist.data.storage import storage_error, with_fast_fail
+from convlstm_dist.errors import UserError
+
+FORMAT_VERSION = 1
+DEFAULT_CHUNKS = (16, 256, 256)
+STATS_CHUNK = 4096
+TIME_UNITS = "seconds since 1970-01-01"
+STAT_NAMES = ("valid_fraction", "max_value", "wet_fraction")
+GRID_KEYS = ("variable", "units", "zr_a", "zr_b", "projection", "pixel_size_m", "timestep_s")
+
+
+def _zarr_kwargs(url: str, storage_options: dict | None) -> dict:
+    url = str(url)
+    if "://" in url and not url.startswith("file://"):
+        return {"storage_options": with_fast_fail(storage_options, url)}
+    return {}
+
+
+def _compressors():
+    from zarr.codecs import BloscCodec
+
+    return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")]
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """What every frame of one archive shares (from the reader metadata)."""
+
+    variable: str
+    units: str
+    zr_a: float | None
+    zr_b: float | None
+    projection: str
+    pixel_size_m: float | None
+    timestep_s: int
+    source: str
+    shape: tuple[int, int]
+    y: np.ndarray | None
+    x: np.ndarray | None
+    attribution: str = ""
+
+    def attrs(self) -> dict:
+        return {
+            "convlstm_dist_format": FORMAT_VERSION, "variable": self.variable, "source": self.source,
+            "units": self.units, "zr_a": self.zr_a, "zr_b": self.zr_b, "projection": self.projection,
+            "pixel_size_m": self.pixel_size_m, "timestep_s": int(self.timestep_s),
+            "attribution": self.attribution,
+        }
+
+
+def create_archive(url: str, grid: GridSpec, storage_options: dict | None = None,
+                   chunks: tuple[int, int, int] = DEFAULT_CHUNKS,
+                   shards: int | tuple[int, int, int] | None = None) -> None:
+    """Create an empty archive (time length 0). `shards`: frames per shard, or a full shape."""
+    import zarr
+
+    H, W = grid.shape
+    ct, cy, cx = (int(c) for c in chunks)
+    cy, cx = min(cy, H), min(cx, W)
+    shard_shape = None
+    if shards is not None:
+        if isinstance(shards, int):
+            shards = (shards, -(-H // cy) * cy, -(-W // cx) * cx)
+        shard_shape = tuple(int(s) for s in shards)
+        if any(s % c for s, c in zip(shard_shape, (ct, cy, cx))):
+            raise UserError(f"shards {shard_shape} must be multiples of chunks {(ct, cy, cx)}")
+    g = zarr.open_group(url, mode="w-", attributes=grid.attrs(), **_zarr_kwargs(url, storage_options))
+    th = U.wet_thresholds(grid.variable)
+    g.create_array(grid.variable, shape=(0, H, W), dtype="float32", chunks=(ct, cy, cx),
+                   shards=shard_shape, compressors=_compressors(), fill_value=np.nan,
+                   dimension_names=["time", "y", "x"],
+                   attributes={"units": grid.units, "long_name": grid.variable,
+                               "coordinates": "valid_fraction max_value wet_fraction"})
+    g.create_array("time", shape=(0,), dtype="int64", chunks=(STATS_CHUNK,), dimension_names=["time"],
+                   fill_value=0, attributes={"units": TIME_UNITS, "calendar": "proleptic_gregorian",
+                                             "standard_name": "time", "long_name": "valid time (UTC)"})
+    for name, coord in (("y", grid.y), ("x", grid.x)):
+        n = H if name == "y" else W
+        if coord is None:
+            data, attrs = np.arange(n, dtype="float64"), {"units": "1", "long_name": f"{name} pixel index"}
+        else:
+            data = np.asarray(coord, dtype="float64")
+            attrs = {"units": "m", "long_name": f"projection {name} coordinate (pixel centre)"}
+        a = g.create_array(name, shape=(n,), dtype="float64", chunks=(n,), dimension_names=[name],
+                           attributes=attrs)
+        a[:] = data
+    thr_units = "1" if grid.variable == "intensity" else "mm/h"
+    a = g.create_array("threshold", shape=(len(th),), dtype="float64", chunks=(len(th),),
+                       dimension_names=["threshold"],
+                       attributes={"units": thr_units, "long_name": "wet threshold"})
+    a[:] = th
+    for name in ("valid_fraction", "max_value"):
+        g.create_array(name, shape=(0,), dtype="float32", chunks=(STATS_CHUNK,), fill_value=np.nan,
+                       dimension_names=["time"], attributes={"units": "1" if name == "valid_fraction"
+                                                             else grid.units})
+    g.create_array("wet_fraction", shape=(0, len(th)), dtype="float32", chunks=(STATS_CHUNK, len(th)),
+                   fill_value=np.nan, dimension_names=["time", "threshold"], attributes={"units": "1"})
+    consolidate(url, storage_options)
+
+
+def consolidate(url: str, storage_options: dict | None = None) -> None:
+    """Rewrite consolidated metadata (so plain `xarray.open_zarr(url)` works without warnings)."""
+    import zarr
+
+    kw = _zarr_kwargs(url, storage_options)
+    store = zarr.storage.FsspecStore.from_url(url, **kw) if kw else url
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(store)
+
+
+def append_frames(url: str, storage_options: dict | None, frames: np.ndarray, times_s: np.ndarray,
+                  stats: dict[str, np.ndarray], _after_data=None) -> int:
+    """Append frames (n, H, W) with epoch-second times. Order: data, stats, time, metadata.
+
+    Returns the new time length. `_after_data` is a test hook called between data and stats.
+    """
+    import zarr
+
+    g = zarr.open_group(url, mode="r+", use_consolidated=False, **_zarr_kwargs(url, storage_options))
+    var = g.attrs["variable"]
+    t0 = g["time"].shape[0]
+    n = frames.shape[0]
+    data = g[var]
+    data.resize((t0 + n,) + tuple(data.shape[1:]))
+    data[t0:t0 + n] = frames.astype(np.float32, copy=False)
+    if _after_data is not None:
+        _after_data()
+    for name in STAT_NAMES:
+        arr = g[name]
+        arr.resize((t0 + n,) + tuple(arr.shape[1:]))
+        arr[t0:t0 + n] = stats[name]
+    g["time"].resize((t0 + n,))
+    g["time"][t0:t0 + n] = np.asarray(times_s, dtype=np.int64)
+    consolidate(url, storage_options)
+    return t0 + n
+
+
+class Archive:
+    """Read-only view of an archive. Picklable: holds url + storage_options, opens lazily."""
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.url = str(url)
+        self.storage_options = dict(storage_options or {})
+        self._group = None
+        self._cache: dict = {}
+
+    def __getstate__(self):
+        return {"url": self.url, "storage_options": self.storage_options}
+
+    def __setstate__(self, state):
+        self.__init__(state["url"], state["storage_options"])
+
+    def __repr__(self):
+        return f"Archive({self.url!r})"
+
+    @property
+    def _g(self):
+        if self._group is None:
+            import zarr
+
+            try:
+                self._group = zarr.open_group(self.url, mode="r", **_zarr_kwargs(self.url, self.storage_options))
+            except UserError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - translated for the user
+                if isinstance(exc, FileNotFoundError) and "://" not in self.url:
+                    raise UserError(f"no archive at {self.url}") from None
+                raise storage_error(self.url, self.storage_options, exc, "read") from None
+            if self._group.attrs.get("convlstm_dist_format") != FORMAT_VERSION:
+                raise UserError(f"{self.url} is not a convlstm-dist archive (format "
+                                f"{self._group.attrs.get('convlstm_dist_format')!r}, expected {FORMAT_VERSION})")
+        return self._group
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self._g.attrs)
+
+    @property
+    def variable(self) -> str:
+        return str(self._g.attrs["variable"])
+
+    @property
+    def units(self) -> str:
+        return str(self._g.attrs["units"])
+
+    @property
+    def timestep_s(self) -> int:
+        return int(self._g.attrs["timestep_s"])
+
+    @property
+    def times(self) -> np.ndarray:
+        if "times" not in self._cache:
+            self._cache["times"] = np.asarray(self._g["time"][:], dtype="int64").astype("datetime64[s]")
+        return self._cache["times"]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        _, H, W = self._g[self.variable].shape
+        return (len(self.times), int(H), int(W))
+
+    @property
+    def time_chunk(self) -> int:
+        return int(self._g[self.variable].chunks[0])
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(int(c) for c in self._g[self.variable].chunks)
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        s = self._g[self.variable].shards
+        return tuple(int(c) for c in s) if s else None
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.asarray(self._g["y"][:])
+
+    @property
+    def x(self) -> np.ndarray:
+        return np.asarray(self._g["x"][:])
+
+    @property
+    def stats(self) -> dict[str, np.ndarray]:
+        if "stats" not in self._cache:
+            T = len(self.times)
+            s = {name: np.asarray(self._g[name][:T]) for name in STAT_NAMES}
+            s["thresholds"] = np.asarray(self._g["threshold"][:])
+            self._cache["stats"] = s
+        return self._cache["stats"]
+
+    def read(self, t_start: int, t_stop: int, y: slice = slice(None), x: slice = slice(None)) -> np.ndarray:
+        """Frames [t_start, t_stop) as float32 (t, h, w) in the archive's unit, NaN = no data."""
+        T = len(self.times)
+        if not (0 <= t_start <= t_stop <= T):
+            raise IndexError(f"time range [{t_start}, {t_stop}) outside archive of {T} frames")
+        try:
+            out = self._g[self.variable][t_start:t_stop, y, x]
+        except Exception as exc:  # noqa: BLE001 - translated for the user
+            raise storage_error(self.url, self.storage_options, exc, "read") from None
+        return np.asarray(out, dtype=np.float32)
+
+    def to_rain_mmh(self, arr: np.ndarray) -> np.ndarray:
+        """Convert values of this archive's variable to mm/h (via its Z–R relation for dBZ)."""
+        a = self._g.attrs
+        return U.to_rain_mmh(arr, a["variable"], a.get("zr_a"), a.get("zr_b"))
+
+    def grid(self) -> dict:
+        """The grid-defining attributes plus shape/y/x, for comparing with new frames."""
+        d = {k: self._g.attrs.get(k) for k in GRID_KEYS}
+        d.update(shape=self.shape[1:], y=self.y, x=self.x)
+        return d
+
+
+def open_archive(url: str, storage_options: dict | None = None) -> Archive:
+    """Open an archive read-only; raise UserError if it is missing or unreachable."""
+    a = Archive(url, storage_options)
+    a._g  # noqa: B018 - fail now, not in the first Ray task
+    return a
+
+
+def find_gaps(times: np.ndarray, timestep_s: int) -> list[tuple[np.datetime64, np.datetime64, int]]:
+    """(last time before, first time after, missing frames) for every step longer than timestep."""
+    t = np.asarray(times, dtype="datetime64[s]").astype("int64")
+    d = np.diff(t)
+    idx = np.nonzero(d != timestep_s)[0]
+    return [(times[i], times[i + 1], int(d[i] // timestep_s) - 1) for i in idx]
+
+
+def summary(archive: Archive) -> dict:
+    """Everything `convlstm-dist archive-info` prints, as plain data."""
+    times, st = archive.times, archive.stats
+    vf = st["valid_fraction"]
+    return {
+        "url": archive.url, "variable": archive.variable, "units": archive.units,
+        "frames": len(times), "shape": archive.shape, "timestep_s": archive.timestep_s,
+        "first": str(times[0]) if len(times) else None, "last": str(times[-1]) if len(times) else None,
+        "gaps": [(str(a), str(b), n) for a, b, n in find_gaps(times, archive.timestep_s)],
+        "chunks": archive.chunks, "shards": archive.shards,
+        "mean_valid_fraction": float(vf.mean()) if len(vf) else None,
+        "max_value": float(np.nanmax(st["max_value"])) if np.isfinite(st["max_value"]).any() else None,
+        "thresholds": st["thresholds"].tolist(),
+        "wet_fraction": (np.average(st["wet_fraction"], axis=0, weights=vf).tolist()
+                         if len(vf) and vf.sum() > 0 else None),
+        "attrs": archive.attrs,
+    }

@@ -1,0 +1,214 @@
+"""Ingest radar files into an archive: decode everything, validate everything, then write.
+
+Rules (docs/archive_format.md, "Ingest"):
+* all files are decoded first (on Ray when `parallel`), so a corrupt file aborts before any write;
+* every frame must share the archive's grid: variable, units, Z–R, projection, pixel size,
+  time step, shape and y/x coordinates; otherwise the whole call is refused;
+* frames are sorted by time; duplicate times within one call are merged when the data are
+  identical and refused (naming both files) when they differ;
+* frames whose time is already in the archive are skipped (re-ingest changes nothing);
+* frames older than the archive's last time that are not in it would need an insert in the
+  middle: refused (the archive is append-only);
+* writing goes data → statistics → time → consolidated metadata (see archive.py).
+"""
+
+from __future__ import annotations
+
+import time as _time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from convlstm_dist.data import units as U
+from convlstm_dist.data.archive import (DEFAULT_CHUNKS, GRID_KEYS, Archive, GridSpec, append_frames,
+                                        create_archive)
+from convlstm_dist.data.readers import Reader, get_reader
+from convlstm_dist.data.storage import exists, redact, storage_error
+from convlstm_dist.errors import UserError
+
+ATTRIBUTIONS = {
+    "KNMI": "Contains radar data from KNMI (Royal Netherlands Meteorological Institute), "
+            "via the pysteps example data (CC BY 4.0)",
+    "FMI": "Contains radar data from the Finnish Meteorological Institute (FMI), "
+           "via the pysteps example data (CC BY 4.0)",
+}
+
+
+@dataclass
+class IngestReport:
+    archive_url: str
+    files: int
+    written: int
+    skipped_present: int
+    deduplicated: int
+    frames_total: int
+    first_written: str | None
+    last_written: str | None
+    created: bool
+    seconds: float
+    storage_options: dict = field(default_factory=dict, repr=False)
+
+    def __str__(self):
+        return (f"ingested {self.files} files into {self.archive_url}: {self.written} frames written "
+                f"({self.first_written} .. {self.last_written}), {self.skipped_present} already present, "
+                f"{self.deduplicated} duplicates merged; archive now has {self.frames_total} frames "
+                f"[{self.seconds:.1f} s]")
+
+
+def _decode_batch(reader: Reader, paths: list[str]):
+    return [(p, *reader.read(p)) for p in paths]
+
+
+def _decode(reader: Reader, files: list[Path], parallel: bool, progress: bool):
+    from tqdm.auto import tqdm
+
+    paths = [str(f) for f in files]
+    bar = tqdm(total=len(paths), desc=f"decode ({reader.name})", unit="file", disable=not progress)
+    out = []
+    if not parallel or len(paths) < 2:
+        for p in paths:
+            out += _decode_batch(reader, [p])
+            bar.update(1)
+        bar.close()
+        return out
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    n_cpu = max(1, int(ray.available_resources().get("CPU", 1)))
+    size = max(1, min(16, -(-len(paths) // (4 * n_cpu))))
+    task = ray.remote(num_cpus=1, max_retries=0)(_decode_batch)
+    pending = {task.remote(reader, paths[i:i + size]): min(size, len(paths) - i)
+               for i in range(0, len(paths), size)}
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                out += ray.get(ref)
+                bar.update(pending.pop(ref))
+    except ray.exceptions.RayTaskError as exc:
+        for ref in pending:
+            ray.cancel(ref)
+        cause = exc.as_instanceof_cause()
+        raise (cause if isinstance(cause, UserError) else UserError(str(exc))) from None
+    finally:
+        bar.close()
+    return out
+
+
+def _grid_of(meta: dict) -> dict:
+    d = {k: meta[k] for k in GRID_KEYS}
+    d.update(shape=tuple(meta["shape"]), y=meta["y"], x=meta["x"])
+    return d
+
+
+def _grid_diff(a: dict, b: dict) -> list[str]:
+    diffs = []
+    for k in GRID_KEYS + ("shape",):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, float) or isinstance(vb, float):
+            same = (va is None and vb is None) or (va is not None and vb is not None and
+                                                   np.isclose(float(va), float(vb), rtol=1e-6))
+        else:
+            same = (tuple(va) == tuple(vb)) if k == "shape" else va == vb
+        if not same:
+            diffs.append(f"{k}: {va!r} vs {vb!r}")
+    for k in ("y", "x"):
+        va, vb = a.get(k), b.get(k)
+        if va is not None and vb is not None and not (
+                np.shape(va) == np.shape(vb) and np.allclose(va, vb, rtol=0, atol=1e-3)):
+            diffs.append(f"{k} coordinates differ")
+    return diffs
+
+
+def _sorted_unique(decoded):
+    """Sort by time; merge identical duplicates, refuse differing ones. -> (items, n_merged)."""
+    decoded = sorted(decoded, key=lambda d: (d[2]["time"], d[0]))
+    items, merged = [], 0
+    for item in decoded:
+        if items and items[-1][2]["time"] == item[2]["time"]:
+            prev = items[-1]
+            if not np.array_equal(prev[1], item[1], equal_nan=True):
+                raise UserError(f"two files for {item[2]['time']} with different data: "
+                                f"{prev[0]} and {item[0]}")
+            merged += 1
+            continue
+        items.append(item)
+    return items, merged
+
+
+def _validate_against(items, ref_grid: dict, where: str):
+    for path, _, meta in items:
+        diffs = _grid_diff(ref_grid, _grid_of(meta))
+        if diffs:
+            raise UserError(f"{path} does not match {where}: " + "; ".join(diffs))
+
+
+def ingest(reader: str | Reader, files, archive_url: str, storage_options: dict | None = None,
+           chunks: tuple[int, int, int] = DEFAULT_CHUNKS, shards: int | tuple | None = None,
+           parallel: bool = True, progress: bool = True, _after_data=None) -> IngestReport:
+    """Decode `files` with `reader`, validate, and append them to the archive at `archive_url`.
+
+    Creates the archive (with `chunks`/`shards`) if it does not exist; otherwise those are ignored.
+    Raises UserError (nothing written) on corrupt files, grid mismatch, conflicting duplicates,
+    or frames that would need an insert before the archive's last time.
+    """
+    t_begin = _time.perf_counter()
+    reader = get_reader(reader)
+    files = [Path(f) for f in files]
+    if not files:
+        raise UserError("no input files given")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise UserError(f"input file(s) not found: {', '.join(missing[:5])}")
+    items, merged = _sorted_unique(_decode(reader, files, parallel, progress))
+    _validate_against(items, _grid_of(items[0][2]), f"the grid of {items[0][0]}")
+
+    created = not exists(archive_url, storage_options)
+    skipped = 0
+    if not created:
+        arc = Archive(archive_url, storage_options)
+        _validate_against(items, arc.grid(), f"the archive {archive_url}")
+        present = set(arc.times.astype("int64").tolist())
+        last = arc.times[-1] if len(arc.times) else None
+        new = [it for it in items if _epoch(it[2]["time"]) not in present]
+        skipped = len(items) - len(new)
+        older = [it for it in new if last is not None and it[2]["time"] < last]
+        if older:
+            raise UserError(f"{len(older)} frame(s) are older than the archive's last time {last} and not "
+                            f"in it (first: {older[0][0]} at {older[0][2]['time']}); the archive is "
+                            "append-only: ingest them into a new archive instead")
+        items = new
+    if items:
+        frames = np.stack([it[1] for it in items]).astype(np.float32, copy=False)
+        meta = items[0][2]
+        stats = U.frame_stats(frames, U.thresholds_in_unit(meta["variable"], meta["zr_a"], meta["zr_b"]))
+        times = np.array([_epoch(it[2]["time"]) for it in items], dtype=np.int64)
+        try:
+            if created:
+                create_archive(archive_url, _grid_spec(meta), storage_options, chunks=chunks, shards=shards)
+            total = append_frames(archive_url, storage_options, frames, times, stats, _after_data=_after_data)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - storage problems become a clear message
+            raise storage_error(archive_url, storage_options, exc, "write") from None
+    else:
+        total = len(Archive(archive_url, storage_options).times)
+    return IngestReport(
+        archive_url=archive_url, files=len(files), written=len(items), skipped_present=skipped,
+        deduplicated=merged, frames_total=total,
+        first_written=str(items[0][2]["time"]) if items else None,
+        last_written=str(items[-1][2]["time"]) if items else None, created=created and bool(items),
+        seconds=_time.perf_counter() - t_begin, storage_options=redact(storage_options or {}))
+
+
+def _epoch(t) -> int:
+    return int(np.datetime64(t, "s").astype("int64"))
+
+
+def _grid_spec(meta: dict) -> GridSpec:
+    return GridSpec(variable=meta["variable"], units=meta["units"], zr_a=meta["zr_a"], zr_b=meta["zr_b"],
+                    projection=meta["projection"], pixel_size_m=meta["pixel_size_m"],
+                    timestep_s=int(meta["timestep_s"]), source=meta["source"], shape=tuple(meta["shape"]),
+                    y=meta["y"], x=meta["x"], attribution=ATTRIBUTIONS.get(meta["source"], ""))

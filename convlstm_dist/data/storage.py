@@ -1,0 +1,158 @@
+"""Where archives live: local folders or ``s3://bucket/prefix`` on any S3-compatible server.
+
+`storage_options_for(url, endpoint_url)` builds the fsspec/s3fs options from the standard AWS
+environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE,
+AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION); local paths need none (`{}`).
+Credentials never reach logs, error messages or tracked parameters: pass options through
+`redact()` before printing or logging them. S3 clients get a short connect timeout and few
+retries so a wrong endpoint or key fails within seconds with a message naming the URL and what
+to check (`storage_error`, `check_access`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from convlstm_dist.errors import UserError
+
+SECRET_KEYS = ("key", "secret", "token", "aws_access_key_id", "aws_secret_access_key",
+               "aws_session_token", "password")
+CONNECT_TIMEOUT_S = 3
+READ_TIMEOUT_S = 30
+MAX_ATTEMPTS = 2
+
+
+def is_remote(url: str) -> bool:
+    """True for URLs with a scheme other than file:// (s3://, gs://, memory://, ...)."""
+    return "://" in str(url) and not str(url).startswith("file://")
+
+
+def storage_options_for(url: str, endpoint_url: str | None = None) -> dict:
+    """fsspec storage options for `url`: s3fs options from the AWS environment, {} for local."""
+    url = str(url)
+    if not url.startswith(("s3://", "s3a://")):
+        return {}
+    env = os.environ
+    opts: dict[str, Any] = {}
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        opts["key"] = env["AWS_ACCESS_KEY_ID"]
+        opts["secret"] = env["AWS_SECRET_ACCESS_KEY"]
+        if env.get("AWS_SESSION_TOKEN"):
+            opts["token"] = env["AWS_SESSION_TOKEN"]
+    elif env.get("AWS_PROFILE"):
+        opts["profile"] = env["AWS_PROFILE"]
+    client: dict[str, Any] = {}
+    endpoint = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        client["endpoint_url"] = endpoint
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if region:
+        client["region_name"] = region
+    if client:
+        opts["client_kwargs"] = client
+    opts["config_kwargs"] = {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "read_timeout": READ_TIMEOUT_S,
+        "retries": {"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+    }
+    return opts
+
+
+def with_fast_fail(options: dict | None, url: str) -> dict:
+    """Add short timeouts / few retries to caller-provided s3 options that lack them."""
+    opts = dict(options or {})
+    if str(url).startswith(("s3://", "s3a://")):
+        cfg = dict(opts.get("config_kwargs") or {})
+        cfg.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+        cfg.setdefault("read_timeout", READ_TIMEOUT_S)
+        cfg.setdefault("retries", {"max_attempts": MAX_ATTEMPTS, "mode": "standard"})
+        opts["config_kwargs"] = cfg
+    return opts
+
+
+def redact(options: Any) -> Any:
+    """A copy of `options` with every credential value replaced by '***' (nested dicts too)."""
+    if isinstance(options, dict):
+        return {k: ("***" if str(k).lower() in SECRET_KEYS and v else redact(v))
+                for k, v in options.items()}
+    if isinstance(options, (list, tuple)):
+        return type(options)(redact(v) for v in options)
+    return options
+
+
+def _secrets(options: dict | None) -> list[str]:
+    found = []
+    for k, v in (options or {}).items():
+        if isinstance(v, dict):
+            found += _secrets(v)
+        elif str(k).lower() in SECRET_KEYS and isinstance(v, str) and v:
+            found.append(v)
+    return found
+
+
+def scrub(text: str, options: dict | None) -> str:
+    """Remove credential values that occur in `text` (e.g. in a server's error message)."""
+    for s in _secrets(options):
+        text = text.replace(s, "***")
+    return text
+
+
+def endpoint_of(options: dict | None) -> str:
+    opts = options or {}
+    return (opts.get("client_kwargs") or {}).get("endpoint_url") or opts.get("endpoint_url") \
+        or "the default AWS endpoint"
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def storage_error(url: str, options: dict | None, exc: BaseException, action: str = "read") -> UserError:
+    """Translate a storage exception into a UserError naming the URL and what to check."""
+    names = {type(e).__name__ for e in _chain(exc)}
+    texts = " ".join(str(e) for e in _chain(exc))
+    detail = scrub(f"{type(exc).__name__}: {exc}", options)[:300]
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
+                "ConnectionRefusedError", "ServerDisconnectedError", "ConnectionError",
+                "ReadTimeoutError", "TimeoutError"}:
+        return UserError(f"cannot reach the storage endpoint {endpoint_of(options)} for {url}: "
+                         "check --endpoint-url / AWS_ENDPOINT_URL and that the server is running "
+                         f"({detail})")
+    if "NoCredentialsError" in names or "Unable to locate credentials" in texts:
+        return UserError(f"no S3 credentials for {url}: set AWS_ACCESS_KEY_ID and "
+                         "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
+    if names & {"PermissionError"} or any(code in texts for code in (
+            "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden")):
+        return UserError(f"access denied while trying to {action} {url} at {endpoint_of(options)}: "
+                         "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and that "
+                         f"this key is allowed to {action} the bucket ({detail})")
+    if "NoSuchBucket" in texts:
+        return UserError(f"the bucket of {url} does not exist at {endpoint_of(options)}: create it first")
+    if names & {"FileNotFoundError"}:
+        return UserError(f"nothing found at {url} ({detail})")
+    return UserError(f"storage error while trying to {action} {url}: {detail}")
+
+
+def filesystem(url: str, storage_options: dict | None = None):
+    """(fsspec filesystem, path) for `url`."""
+    import fsspec
+
+    opts = with_fast_fail(storage_options, url)
+    fs, path = fsspec.core.url_to_fs(str(url), **opts)
+    return fs, path
+
+
+def exists(url: str, storage_options: dict | None = None) -> bool:
+    """Whether anything exists at `url`; storage problems raise a clear UserError."""
+    try:
+        fs, path = filesystem(url, storage_options)
+        return bool(fs.exists(path.rstrip("/") + "/zarr.json"))
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - translated for the user
+        raise storage_error(str(url), storage_options, exc, "read") from None
