@@ -131,6 +131,8 @@ def storage_error(url: str, options: dict | None, exc: BaseException, action: st
         return UserError(f"access denied while trying to {action} {url} at {endpoint_of(options)}: "
                          "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and that "
                          f"this key is allowed to {action} the bucket ({detail})")
+    if names & {"GroupNotFoundError", "NodeNotFoundError"}:
+        return UserError(f"no archive at {url} (nothing found there{'' if '://' not in url else ' at ' + endpoint_of(options)})")
     if "NoSuchBucket" in texts:
         return UserError(f"the bucket of {url} does not exist at {endpoint_of(options)}: create it first")
     if names & {"FileNotFoundError"}:
