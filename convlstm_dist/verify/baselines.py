@@ -18,6 +18,9 @@ No data (NaN):
 
 from __future__ import annotations
 
+import contextlib
+import io
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -84,7 +87,9 @@ def optical_flow(frames_mmh: np.ndarray, n_out: int) -> np.ndarray:
         raise ValueError("optical_flow needs at least 2 input frames to estimate motion")
     motion, extrapolate = _pysteps_methods()
     filled = np.where(np.isfinite(frames), frames, 0.0)
-    velocity = np.asarray(motion(filled[-N_MOTION_FRAMES:], verbose=False), dtype=np.float64)
+    with warnings.catch_warnings():  # pysteps' outlier test warns (np.cov) on few tracked features
+        warnings.simplefilter("ignore", RuntimeWarning)
+        velocity = np.asarray(motion(filled[-N_MOTION_FRAMES:], verbose=False), dtype=np.float64)
     velocity = np.where(np.isfinite(velocity), velocity, 0.0)
     rain = extrapolate(filled[-1], velocity, int(n_out), outval=np.nan)
     finite = np.isfinite(frames[-1]).astype(np.float64)
@@ -95,7 +100,8 @@ def optical_flow(frames_mmh: np.ndarray, n_out: int) -> np.ndarray:
 
 def _pysteps_methods():
     try:
-        from pysteps import extrapolation, motion
+        with contextlib.redirect_stdout(io.StringIO()):  # pysteps prints its config path on import
+            from pysteps import extrapolation, motion
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise UserError(
             "the optical_flow baseline needs pysteps and OpenCV: "

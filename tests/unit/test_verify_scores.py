@@ -89,7 +89,8 @@ def test_agrees_with_pysteps_on_random_fields():
     acc = SkillAccumulator(n_leads=3).accumulate(f, o)
     for row in acc.compute():
         t = row["lead_index"]
-        ref = detcat.det_cat_fct(f[:, t].ravel(), o[:, t].ravel(), row["threshold_mmh"], scores=["CSI", "POD", "FAR", "HSS"])
+        ref = detcat.det_cat_fct(f[:, t].ravel(), o[:, t].ravel(), row["threshold_mmh"],
+                                 scores=["CSI", "POD", "FAR", "HSS"])
         for key in ("csi", "pod", "far", "hss"):
             assert row[key] == pytest.approx(float(ref[key.upper()]), nan_ok=True)
 
