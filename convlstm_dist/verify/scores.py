@@ -134,7 +134,7 @@ class SkillAccumulator:
                 f"{self.thresholds_mmh.tolist()} vs {other.thresholds_mmh.tolist()}"
             )
         for key in _COUNTS + _SUMS:
-            getattr(self, key).__iadd__(getattr(other, key))
+            getattr(self, key)[...] += getattr(other, key)
         return self
 
     def to_state(self) -> dict[str, np.ndarray]:

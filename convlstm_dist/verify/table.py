@@ -110,7 +110,7 @@ def plot_skill(rows: Sequence[dict], path: str | Path, methods: Sequence[str] | 
         axes[-1].plot([p[0] for p in mse], [p[1] for p in mse], marker="o", ms=3, label=m)
     for ax, thr in zip(axes, thresholds):
         ax.set(title=f"CSI, >= {thr:g} mm/h", xlabel="lead time (min)", ylim=(0, 1))
-    axes[-1].set(title="MSE (mm/h)²", xlabel="lead time (min)")
+    axes[-1].set(title="MSE, (mm/h)²", xlabel="lead time (min)")
     axes[0].legend(fontsize="small")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
