@@ -1,0 +1,109 @@
+"""Masked losses. Every loss is ``loss(pred, target, mask=None, **kw) -> scalar tensor``.
+
+* ``pred`` and ``target`` are (B, T, C, H, W) (any equal shapes work).
+* A pixel is valid where ``target`` is finite and ``mask`` (bool, broadcastable) is True.
+  Invalid pixels are removed with ``torch.where`` before any arithmetic, so a NaN target never
+  reaches the value or the gradient (``nan * 0`` would be NaN).
+* Normalisation: "mean" losses average over valid pixels (0 when none is valid);
+  ``bce_sum`` sums over valid pixels of every output frame and divides by B — the paper's
+  Moving MNIST "cross-entropy per sequence" (sum over the 10 output frames of 64×64 pixels).
+
+Names (``get_loss``): bce, bce_sum (pred are logits, target in [0, 1]), mse, mae, bmse, bmae.
+``bmse`` / ``bmae`` are the HKO-7 balanced losses (Shi et al. 2017): each pixel's error is
+weighted by the rain rate of the target in mm/h — 1 below 2, 2 in [2, 5), 5 in [5, 10),
+10 in [10, 30), 30 at or above 30 mm/h — then averaged over valid pixels. The rain rate is
+``rain_mmh=`` if given, else ``to_mmh(target)`` if a transform is given, else ``target`` itself.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+HKO7_THRESHOLDS_MMH = (2.0, 5.0, 10.0, 30.0)
+HKO7_WEIGHTS = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def valid_mask(target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """True where the target is finite (and ``mask`` says valid)."""
+    valid = torch.isfinite(target)
+    return valid if mask is None else valid & mask.to(torch.bool)
+
+
+def _masked_mean(err: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    return torch.where(valid, err, torch.zeros_like(err)).sum() / valid.sum().clamp(min=1)
+
+
+def _clean(target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    return torch.where(valid, target, torch.zeros_like(target))
+
+
+def bce(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy with logits, mean over valid pixels (for training)."""
+    valid = valid_mask(target, mask)
+    err = F.binary_cross_entropy_with_logits(pred, _clean(target, valid), reduction="none")
+    return _masked_mean(err, valid)
+
+
+def bce_sum(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy with logits, summed over valid pixels and divided by the batch size B:
+    the paper's per-sequence cross-entropy (Table 1 reports this for 10 frames of 64×64)."""
+    valid = valid_mask(target, mask)
+    err = F.binary_cross_entropy_with_logits(pred, _clean(target, valid), reduction="none")
+    return torch.where(valid, err, torch.zeros_like(err)).sum() / max(pred.shape[0], 1)
+
+
+def mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    valid = valid_mask(target, mask)
+    return _masked_mean((pred - _clean(target, valid)) ** 2, valid)
+
+
+def mae(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    valid = valid_mask(target, mask)
+    return _masked_mean((pred - _clean(target, valid)).abs(), valid)
+
+
+def hko7_weights(rain_mmh: torch.Tensor) -> torch.Tensor:
+    """Per-pixel weights 1, 2, 5, 10, 30 for rain below 2, [2,5), [5,10), [10,30), >= 30 mm/h.
+    NaN rain gets weight 1 (those pixels are masked anyway)."""
+    w = torch.full_like(rain_mmh, HKO7_WEIGHTS[0])
+    for thr, wt in zip(HKO7_THRESHOLDS_MMH, HKO7_WEIGHTS[1:]):
+        w = torch.where(rain_mmh >= thr, torch.full_like(w, wt), w)
+    return w
+
+
+def _balanced(err_fn: Callable, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
+              rain_mmh: torch.Tensor | None, to_mmh: Callable | None) -> torch.Tensor:
+    valid = valid_mask(target, mask)
+    clean = _clean(target, valid)
+    if rain_mmh is None:
+        rain_mmh = to_mmh(clean) if to_mmh is not None else clean
+    with torch.no_grad():
+        w = hko7_weights(torch.where(valid, rain_mmh, torch.zeros_like(rain_mmh)).to(pred.dtype))
+    return _masked_mean(w * err_fn(pred - clean), valid)
+
+
+def bmse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, *,
+         rain_mmh: torch.Tensor | None = None, to_mmh: Callable | None = None) -> torch.Tensor:
+    """HKO-7 balanced MSE (weights from the target's rain rate in mm/h, see module doc)."""
+    return _balanced(lambda d: d ** 2, pred, target, mask, rain_mmh, to_mmh)
+
+
+def bmae(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, *,
+         rain_mmh: torch.Tensor | None = None, to_mmh: Callable | None = None) -> torch.Tensor:
+    """HKO-7 balanced MAE (weights from the target's rain rate in mm/h, see module doc)."""
+    return _balanced(torch.abs, pred, target, mask, rain_mmh, to_mmh)
+
+
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "bce": bce, "bce_sum": bce_sum, "mse": mse, "mae": mae, "bmse": bmse, "bmae": bmae,
+}
+
+
+def get_loss(name: str) -> Callable[..., torch.Tensor]:
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(sorted(LOSSES))}") from None
