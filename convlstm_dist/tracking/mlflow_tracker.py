@@ -1,0 +1,136 @@
+"""MLflow tracking — the only module that imports mlflow.
+
+One experiment per recipe, one MLflow run per training run. A run is found again by the tag
+``convlstm_dist.run_key`` (the stable run name), so the same command after a crash continues
+the same MLflow run instead of opening a new one. Parameters are the flattened resolved config;
+storage options and anything that looks like a secret are never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RUN_KEY_TAG = "convlstm_dist.run_key"
+_SECRET = re.compile(r"(secret|password|token|key$|credential)", re.I)
+
+
+def _mlflow():
+    import mlflow
+
+    return mlflow
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (before any cluster work) when a tracking server does not answer."""
+    from convlstm_dist.errors import UserError
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).read()
+    except (urllib.error.URLError, OSError) as err:
+        raise UserError(f"MLflow tracking server {uri} is unreachable ({getattr(err, 'reason', err)}); start it "
+                        "(`convlstm-dist ui` serves a local one) or set tracking.uri / MLFLOW_TRACKING_URI") from None
+
+
+def safe_params(flat: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for k, v in flat.items():
+        if _SECRET.search(k.split(".")[-1]):
+            continue
+        s = str(v)
+        out[k] = s if len(s) <= 500 else s[:497] + "..."
+    return out
+
+
+class Tracker:
+    """A handle on one MLflow run, usable from the driver and from rank 0 (by ``run_id``)."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id = uri, run_id
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = _mlflow().MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    @classmethod
+    def start_or_resume(cls, uri: str, experiment: str, run_key: str, tags: dict | None = None) -> tuple["Tracker", bool]:
+        """The MLflow run tagged ``run_key`` in ``experiment`` (created if absent). Returns (tracker, resumed)."""
+        mlflow = _mlflow()
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
+                                   max_results=1, order_by=["attributes.start_time DESC"])
+        if found:
+            run = found[0]
+            client.update_run(run.info.run_id, status="RUNNING")
+            t = cls(uri, run.info.run_id)
+            t._client = client
+            return t, True
+        run = client.create_run(exp_id, run_name=run_key, tags={RUN_KEY_TAG: run_key, **(tags or {})})
+        t = cls(uri, run.info.run_id)
+        t._client = client
+        return t, False
+
+    def log_params(self, flat: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        params = safe_params(flat)
+        existing = self.client.get_run(self.run_id).data.params
+        new = [Param(k, v) for k, v in params.items() if k not in existing]
+        for i in range(0, len(new), 100):
+            self.client.log_batch(self.run_id, params=new[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import math
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        ms = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+              if isinstance(v, (int, float)) and math.isfinite(float(v))]
+        if ms:
+            self.client.log_batch(self.run_id, metrics=ms)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, name: str) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / name
+            p.write_text(text)
+            self.log_artifact(p)
+
+    def log_model(self, model, registered_name: str | None = None) -> str | None:
+        """Log the (unwrapped, CPU) torch model and register it; returns the model URI."""
+        mlflow = _mlflow()
+        mlflow.set_tracking_uri(self.uri)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
+            info = mlflow.pytorch.log_model(getattr(model, "module", model).cpu(), name="model",
+                                            serialization_format="pickle",
+                                            registered_model_name=registered_name)
+        self.client.update_run(self.run_id, status="RUNNING")
+        return info.model_uri
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+    def metric_history(self, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]

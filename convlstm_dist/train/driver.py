@@ -1,0 +1,194 @@
+"""The training driver: config → preflight → Ray Train ``TorchTrainer`` → MLflow.
+
+Embedded defaults (``--workdir DIR``): archive ``DIR/archive.zarr``, checkpoints ``DIR/runs``,
+MLflow ``sqlite:///DIR/mlflow.db``. A remote Ray address, ``s3://`` storage and a tracking
+server URI are configuration (``scaling.ray_address``, ``run.storage_path``, ``tracking.uri``
+or ``MLFLOW_TRACKING_URI``).
+
+A run is identified by its stable name (``run.name`` or the recipe name): running the same
+command again resumes it from its latest checkpoint, in Ray Train and in MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from convlstm_dist.config import Config, build_model_from_config, flatten, to_yaml
+from convlstm_dist.errors import UserError
+
+
+@dataclass
+class Resolved:
+    workdir: Path
+    run_name: str
+    storage_path: str
+    tracking_uri: str | None
+    experiment: str
+
+
+@dataclass
+class TrainOutcome:
+    run_name: str
+    checkpoint: str | None
+    metrics: dict
+    run_id: str | None
+    tracking_uri: str | None
+    history: list[dict] = field(default_factory=list)
+    model_uri: str | None = None
+    stopped: str | None = None
+
+
+def resolve(cfg: Config, workdir: str | Path) -> Resolved:
+    wd = Path(workdir).resolve()
+    wd.mkdir(parents=True, exist_ok=True)
+    uri = None
+    if cfg.tracking.enabled:
+        uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{wd / 'mlflow.db'}"
+    return Resolved(wd, cfg.run.name or cfg.name, cfg.run.storage_path or str(wd / "runs"), uri,
+                    cfg.tracking.experiment or cfg.name)
+
+
+def _storage(storage_path: str, endpoint_url: str | None):
+    """(storage_path, pyarrow filesystem or None) for RunConfig; s3:// gets an explicit filesystem."""
+    if not storage_path.startswith("s3://"):
+        Path(storage_path).mkdir(parents=True, exist_ok=True)
+        return storage_path, None
+    import pyarrow.fs as pafs
+
+    env = os.environ
+    endpoint = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    kw = {"access_key": env.get("AWS_ACCESS_KEY_ID"), "secret_key": env.get("AWS_SECRET_ACCESS_KEY"),
+          "region": env.get("AWS_REGION", "us-east-1")}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kw.update(endpoint_override=host, scheme=scheme)
+    return storage_path[len("s3://"):], pafs.S3FileSystem(**{k: v for k, v in kw.items() if v is not None})
+
+
+def _init_ray(cfg: Config, res: Resolved) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    env_vars = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "MLFLOW_TRACKING_URI",
+                                           "AWS_ENDPOINT_URL", "AWS_REGION") if k in os.environ}
+    if cfg.scaling.ray_address:
+        ray.init(address=cfg.scaling.ray_address, runtime_env={"env_vars": env_vars} if env_vars else None)
+    else:
+        ray.init(address="local", include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": env_vars} if env_vars else None)
+
+
+def preflight(cfg: Config, workdir: str | Path):
+    """Everything that can fail without a cluster: config, archive, splits, tracking server, model."""
+    from convlstm_dist.data.plan import DataPlan
+    from convlstm_dist.tracking.mlflow_tracker import check_reachable
+
+    res = resolve(cfg, workdir)
+    if res.tracking_uri:
+        check_reachable(res.tracking_uri)
+    plan = DataPlan.from_config(cfg, res.workdir)
+    build_model_from_config(cfg)  # architecture errors surface here, not in a worker
+    return res, plan
+
+
+def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = True) -> TrainOutcome:
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from convlstm_dist.data.datasource import epoch_clock
+    from convlstm_dist.train.loop import train_loop_per_worker
+
+    res, plan = preflight(cfg, workdir)
+    say = print if progress else (lambda *a, **k: None)
+    say(f"[convlstm-dist] run '{res.run_name}': windows per split {plan.counts()}, "
+        f"crop {plan.crop[0]}x{plan.crop[1]}, {cfg.scaling.num_workers} worker(s)")
+    tracker = None
+    if res.tracking_uri:
+        from convlstm_dist.tracking.mlflow_tracker import Tracker
+
+        tracker, resumed = Tracker.start_or_resume(res.tracking_uri, res.experiment, res.run_name,
+                                                   tags={"convlstm_dist.recipe": cfg.name})
+        tracker.log_params(flatten(cfg))
+        tracker.log_text(to_yaml(cfg), "config.yaml")
+        import json
+
+        tracker.log_text(json.dumps(plan.record, indent=2, default=str), "split.json")
+        say(f"[convlstm-dist] MLflow {'resumed' if resumed else 'new'} run {tracker.run_id} at {res.tracking_uri}")
+
+    _init_ray(cfg, res)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    clock_name = f"convlstm-epoch-clock-{res.run_name}"
+    clock = epoch_clock(clock_name)
+    storage_path, fs = _storage(res.storage_path, cfg.data.endpoint_url)
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = cfg.scaling.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "variable": plan.variable, "clock": clock_name,
+                           "tracking_uri": res.tracking_uri, "run_id": tracker.run_id if tracker else None},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=res.run_name, storage_path=storage_path, storage_filesystem=fs,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints,
+                                                         checkpoint_score_attribute=cfg.run.checkpoint_metric,
+                                                         checkpoint_score_order="min"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+        ),
+        datasets=plan.datasets(cfg.data.seed, clock_name, cfg.data.crops_per_window),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    t0 = time.time()
+    try:
+        result = trainer.fit()
+    except Exception:
+        if tracker:
+            tracker.end("FAILED")
+        raise
+    finally:
+        ray.kill(clock)
+    best = result.get_best_checkpoint(cfg.run.checkpoint_metric, "min") if result.best_checkpoints else None
+    ckpt = best or result.checkpoint
+    metrics = dict(result.metrics or {})
+    history = []
+    if tracker:
+        history = [{"epoch": s, "val_loss": v} for s, v in tracker.metric_history("val_loss")]
+    stopped = None
+    say(f"[convlstm-dist] training finished in {time.time() - t0:.0f} s")
+    out = TrainOutcome(res.run_name, ckpt.path if ckpt else None, metrics, tracker.run_id if tracker else None,
+                       res.tracking_uri, history, stopped=stopped)
+    if ckpt is not None:
+        final_report(cfg, plan, ckpt, tracker, out, res.workdir, progress)
+    if tracker:
+        tracker.end("FINISHED")
+    return out
+
+
+def final_report(cfg, plan, ckpt, tracker, out: TrainOutcome, workdir: Path, progress: bool) -> None:
+    """Skill table (CSV + plot) of the best checkpoint, a forecast figure, the model in MLflow."""
+    from convlstm_dist.checkpoint import load_model, read_checkpoint
+    from convlstm_dist.train.report import forecast_figure, skill_outputs
+
+    with ckpt.as_directory() as d:
+        payload = read_checkpoint(d)
+        model, _, _ = load_model(d)
+    table = payload["train"].get("lead_table", [])
+    out.metrics.setdefault("best_epoch", payload["train"].get("epoch"))
+    report_dir = Path(tempfile.mkdtemp(prefix="report-", dir=workdir))
+    files = skill_outputs(table, cfg.data.out_len, plan.record.get("timestep_s", 300), report_dir)
+    files.append(forecast_figure(model, plan, payload["quantity"], report_dir))
+    if tracker:
+        for f in files:
+            tracker.log_artifact(f)
+        if cfg.tracking.register_model is not None or True:
+            out.model_uri = tracker.log_model(model, cfg.tracking.register_model or cfg.name)
+    if progress:
+        for f in files:
+            print(f"[convlstm-dist] wrote {f}")

@@ -1,0 +1,337 @@
+"""The per-worker training loop (runs inside Ray Train workers).
+
+Contract with the driver (``train_loop_config``): ``cfg`` (resolved config dict), ``variable``
+(archive variable), ``clock`` (name of the epoch-clock actor), ``tracking_uri`` and ``run_id``
+(MLflow; rank 0 logs), ``experiment``.
+
+* Every rank calls ``ray.train.report`` once per epoch; rank 0 attaches the checkpoint.
+* Checkpoints are taken at epoch ends and hold everything needed to continue (see
+  ``convlstm_dist.checkpoint``); the data position is the next epoch.
+* Validation runs on every rank over disjoint windows (``t0 % world == rank``); sums are
+  all-reduced so every rank sees the same merged metrics (and stops early together).
+* A NaN/inf training loss stops every rank together; the last good checkpoint stays the best one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from convlstm_dist.checkpoint import save_checkpoint
+from convlstm_dist.config import build_model_from_config, config_from_dict
+from convlstm_dist.data.transforms import from_model, model_quantity
+from convlstm_dist.models import get_loss
+
+THRESHOLDS_MMH = (0.5, 2.0, 5.0, 10.0, 30.0)
+
+
+def make_optimizer(t, params):
+    if t.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=t.lr, alpha=t.rmsprop_decay, weight_decay=t.weight_decay)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def make_scheduler(t, opt):
+    if t.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs)
+    if t.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, t.epochs // 3), gamma=0.3)
+    return None
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    if requested == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return requested
+
+
+def loss_kwargs(name: str, quantity: str) -> dict:
+    if name in ("bmse", "bmae") and quantity == "rain_norm":
+        return {"to_mmh": lambda t: from_model(t, quantity)}
+    return {}
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+
+
+def _allreduce(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+class ValAccumulator:
+    """Sums for merged validation metrics (model space and mm/h) plus skill contingency counts."""
+
+    def __init__(self, out_len: int, quantity: str, loss_name: str):
+        self.q, self.loss_name, self.out_len = quantity, loss_name, out_len
+        self.s = {k: 0.0 for k in ("loss", "loss_n", "se", "ae", "bse", "n", "pse", "pae", "bce_sum", "seqs")}
+        nt = len(THRESHOLDS_MMH)
+        # contingency per lead and threshold: hits, misses, false alarms, correct negatives (model, persistence)
+        self.ct = np.zeros((2, out_len, nt, 4), dtype=np.float64)
+        self.lead_se = np.zeros((2, out_len), dtype=np.float64)
+        self.lead_n = np.zeros(out_len, dtype=np.float64)
+
+    def add(self, raw: torch.Tensor, y_n: torch.Tensor, x_n: torch.Tensor, mask: torch.Tensor) -> None:
+        """``raw``: the model output as trained (logits for bce losses), in model space."""
+        from convlstm_dist.models.losses import hko7_weights
+
+        valid = mask > 0.5
+        vf = valid.float()
+        n = float(vf.sum())
+        loss = get_loss(self.loss_name)(raw, y_n, valid, **loss_kwargs(self.loss_name, self.q))
+        self.s["loss"] += float(loss) * max(n, 1.0)
+        self.s["loss_n"] += max(n, 1.0)
+        logits = self.loss_name in ("bce", "bce_sum")
+        pred_n = torch.sigmoid(raw) if logits else raw
+        if self.q == "intensity":
+            lg = raw if logits else torch.logit(raw.clamp(1e-6, 1 - 1e-6))
+            self.s["bce_sum"] += float(get_loss("bce_sum")(lg, y_n, valid)) * raw.shape[0]
+            self.s["seqs"] += raw.shape[0]
+        p, o = from_model(pred_n.float(), self.q), from_model(y_n.float(), self.q)
+        pers = from_model(x_n[:, -1:].float(), self.q).expand_as(o)
+        zero = torch.zeros((), dtype=p.dtype, device=p.device)
+        err = torch.where(valid, p - o, zero)
+        perr = torch.where(valid, pers - o, zero)
+        w = hko7_weights(torch.where(valid, o, zero))
+        self.s["se"] += float((err ** 2).sum())
+        self.s["ae"] += float(err.abs().sum())
+        self.s["bse"] += float((w * err ** 2 * vf).sum())
+        self.s["pse"] += float((perr ** 2).sum())
+        self.s["pae"] += float(perr.abs().sum())
+        self.s["n"] += n
+        dims = (0, 2, 3, 4)
+        self.lead_se[0] += (err ** 2).sum(dim=dims).double().cpu().numpy()
+        self.lead_se[1] += (perr ** 2).sum(dim=dims).double().cpu().numpy()
+        self.lead_n += vf.sum(dim=dims).double().cpu().numpy()
+        for m, f in enumerate((p, pers)):
+            for j, thr in enumerate(THRESHOLDS_MMH):
+                fy, oy = (f >= thr) & valid, (o >= thr) & valid
+                fn, on = (f < thr) & valid, (o < thr) & valid
+                for k, c in enumerate(((fy & oy), (fn & oy), (fy & on), (fn & on))):
+                    self.ct[m, :, j, k] += c.sum(dim=dims).double().cpu().numpy()
+
+    def merge(self, device: torch.device) -> None:
+        keys = list(self.s)
+        flat = np.concatenate([[self.s[k] for k in keys], self.ct.ravel(), self.lead_se.ravel(), self.lead_n])
+        t = _allreduce(torch.tensor(flat, dtype=torch.float64, device=device)).cpu().numpy()
+        self.s = dict(zip(keys, t[:len(keys)].tolist()))
+        o = len(keys)
+        self.ct = t[o:o + self.ct.size].reshape(self.ct.shape)
+        o += self.ct.size
+        self.lead_se = t[o:o + self.lead_se.size].reshape(self.lead_se.shape)
+        self.lead_n = t[o + self.lead_se.size:]
+
+    def metrics(self) -> dict[str, float]:
+        s, n = self.s, max(self.s["n"], 1.0)
+        out = {
+            "val_loss": s["loss"] / max(s["loss_n"], 1.0),
+            "val_mse": s["se"] / n, "val_mae": s["ae"] / n, "val_bmse": s["bse"] / n,
+            "val_persistence_mse": s["pse"] / n, "val_persistence_mae": s["pae"] / n,
+        }
+        if s["seqs"]:
+            out["val_cross_entropy"] = s["bce_sum"] / s["seqs"]
+        for j, thr in enumerate(THRESHOLDS_MMH):
+            for m, tag in enumerate(("", "persistence_")):
+                h, mi, fa, cn = (self.ct[m, :, j, k].sum() for k in range(4))
+                csi = h / (h + mi + fa) if h + mi + fa > 0 else float("nan")
+                if m == 0:
+                    out[f"val_pod_{thr:g}mmh"] = h / (h + mi) if h + mi > 0 else float("nan")
+                    out[f"val_far_{thr:g}mmh"] = fa / (h + fa) if h + fa > 0 else float("nan")
+                out[f"val_{tag}csi_{thr:g}mmh"] = csi
+        return out
+
+    def lead_table(self) -> list[dict]:
+        rows = []
+        for m, method in enumerate(("model", "persistence")):
+            for lead in range(self.out_len):
+                for j, thr in enumerate(THRESHOLDS_MMH):
+                    h, mi, fa, cn = self.ct[m, lead, j]
+                    tot = h + mi + fa + cn
+                    exp = ((h + mi) * (h + fa) + (cn + mi) * (cn + fa)) / tot if tot else float("nan")
+                    rows.append({
+                        "method": method, "lead": lead + 1, "threshold_mmh": thr,
+                        "csi": h / (h + mi + fa) if h + mi + fa else float("nan"),
+                        "pod": h / (h + mi) if h + mi else float("nan"),
+                        "far": fa / (h + fa) if h + fa else float("nan"),
+                        "hss": (h + cn - exp) / (tot - exp) if tot and tot != exp else float("nan"),
+                        "mse": self.lead_se[m, lead] / max(self.lead_n[lead], 1.0),
+                    })
+        return rows
+
+
+def evaluate_val(model, val_iter, cfg, quantity, device, rank, world, amp_dtype) -> ValAccumulator:
+    acc = ValAccumulator(cfg.data.out_len, quantity, cfg.train.loss)
+    model.eval()
+    with torch.no_grad():
+        for batch in val_iter.iter_torch_batches(batch_size=cfg.data.batch_size, device=device):
+            keep = (batch["t0"] % world) == rank
+            if not bool(keep.any()):
+                continue
+            x, y, m = batch["x"][keep], batch["y"][keep], batch["mask"][keep]
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                pred, _ = model(x, cfg.data.out_len)
+            acc.add(pred.float(), y, x, m)
+    acc.merge(device)
+    model.train()
+    return acc
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    cfg = config_from_dict(config["cfg"], "driver")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    import logging
+
+    for name in ("ray.train", "ray.data"):  # per-report INFO lines drown the epoch summaries
+        logging.getLogger(name).setLevel(logging.WARNING)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    quantity = model_quantity(config["variable"])
+    torch.manual_seed(cfg.train.seed + rank)
+    np.random.seed(cfg.train.seed + rank)
+    torch.set_num_threads(max(1, int(os.environ.get("CONVLSTM_THREADS", "1"))))
+
+    model = build_model_from_config(cfg)
+    state: dict = {}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        from convlstm_dist.checkpoint import read_checkpoint
+
+        with ckpt.as_directory() as d:
+            payload = read_checkpoint(d)
+        model.load_state_dict(payload["model"])
+        state = payload["train"]
+    model.to(device)
+    ddp = ray.train.torch.prepare_model(model)
+    opt = make_optimizer(cfg.train, model.parameters())
+    sched = make_scheduler(cfg.train, opt)
+    precision = resolve_precision(cfg.train.precision, device)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    if state:
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        if sched is not None and state.get("scheduler"):
+            sched.load_state_dict(state["scheduler"])
+        if rank == 0 and state.get("rng"):
+            set_rng_state(state["rng"])
+    start_epoch = int(state.get("epoch", 0))
+    step = int(state.get("step", 0))
+    best = float(state.get("best", math.inf))
+    since_best = int(state.get("since_best", 0))
+
+    loss_fn = get_loss(cfg.train.loss)
+    lkw = loss_kwargs(cfg.train.loss, quantity)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    clock = ray.get_actor(config["clock"]) if config.get("clock") else None
+    tracker = None
+    if rank == 0 and config.get("run_id"):
+        from convlstm_dist.tracking.mlflow_tracker import Tracker
+
+        tracker = Tracker(config["tracking_uri"], config["run_id"])
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        if clock is not None:
+            ray.get(clock.set.remote(epoch))
+        t_epoch = time.perf_counter()
+        wait = 0.0
+        sum_loss, n_batches, n_samples, nan_at = 0.0, 0, 0, None
+        it = iter(train_shard.iter_torch_batches(batch_size=cfg.data.batch_size, device=device,
+                                                 drop_last=False))
+        while True:
+            t0 = time.perf_counter()
+            batch = next(it, None)
+            wait += time.perf_counter() - t0
+            if batch is None:
+                break
+            x, y, m = batch["x"], batch["y"], batch["mask"] > 0.5
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                pred, _ = ddp(x, cfg.data.out_len)
+            loss = loss_fn(pred.float(), y, m, **lkw)
+            bad = _allreduce(torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device))
+            if float(bad) > 0:
+                nan_at = (epoch, step)
+                break
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.train.grad_clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sum_loss += float(loss.detach())
+            n_batches += 1
+            n_samples += x.shape[0]
+            step += 1
+            if cfg.train.max_steps_per_epoch and n_batches >= cfg.train.max_steps_per_epoch:
+                break
+        if nan_at is not None:
+            msg = f"non-finite training loss at epoch {nan_at[0]} step {nan_at[1]}; stopped, last good checkpoint kept"
+            if tracker:
+                tracker.set_tags({"convlstm_dist.stopped": msg})
+            ray.train.report({"epoch": epoch, "nan_stop": 1.0, "nan_epoch": nan_at[0], "nan_step": nan_at[1]})
+            return
+        if sched is not None:
+            sched.step()
+        train_time = time.perf_counter() - t_epoch
+        tot = _allreduce(torch.tensor([sum_loss, n_batches, n_samples], dtype=torch.float64, device=device))
+        acc = evaluate_val(model, val_shard, cfg, quantity, device, rank, world, amp_dtype)
+        metrics = {
+            "epoch": epoch + 1, "step": step,
+            "train_loss": float(tot[0] / max(float(tot[1]), 1.0)),
+            "samples_per_s": float(tot[2]) / max(train_time, 1e-9),
+            "data_wait_share": wait / max(train_time, 1e-9),
+            "epoch_time_s": time.perf_counter() - t_epoch,
+            "lr": opt.param_groups[0]["lr"],
+            **acc.metrics(),
+        }
+        improved = metrics["val_loss"] < best
+        best, since_best = (metrics["val_loss"], 0) if improved else (best, since_best + 1)
+        stop = bool(cfg.train.early_stopping_patience and since_best >= cfg.train.early_stopping_patience)
+        metrics["early_stop"] = float(stop)
+        if rank == 0:
+            if tracker:
+                tracker.log_metrics(metrics, step=epoch + 1)
+            with tempfile.TemporaryDirectory() as d:
+                save_checkpoint(d, model, config["cfg"], quantity, {
+                    "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                    "scheduler": sched.state_dict() if sched is not None else None,
+                    "epoch": epoch + 1, "step": step, "rng": rng_state(),
+                    "data_position": {"epoch": epoch + 1, "batch": 0},
+                    "best": best, "since_best": since_best, "run_id": config.get("run_id"),
+                    "lead_table": acc.lead_table(), "variable": config["variable"],
+                })
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+        if rank == 0:
+            print(f"[epoch {epoch + 1}/{cfg.train.epochs}] train_loss {metrics['train_loss']:.5f}  "
+                  f"val_loss {metrics['val_loss']:.5f}  val_mse {metrics['val_mse']:.4f} "
+                  f"(persistence {metrics['val_persistence_mse']:.4f})  "
+                  f"{metrics['samples_per_s']:.1f} samples/s  data wait {100 * metrics['data_wait_share']:.0f}%",
+                  flush=True)
+        if stop:
+            break

@@ -1,0 +1,83 @@
+"""Artifacts of a training run: the per-lead-time skill table (CSV + plot) and a forecast figure."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+
+def skill_outputs(table: list[dict], out_len: int, timestep_s: int, out_dir: Path) -> list[Path]:
+    """``skill.csv`` (method, lead_min, threshold_mmh, csi, pod, far, hss, mse) and ``skill.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [{"method": r["method"], "lead_min": r["lead"] * timestep_s // 60, **{k: r[k] for k in
+            ("threshold_mmh", "csi", "pod", "far", "hss", "mse")}} for r in table]
+    csv_path = out_dir / "skill.csv"
+    with csv_path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["method", "lead_min", "threshold_mmh", "csi", "pod", "far", "hss", "mse"])
+        w.writeheader()
+        w.writerows(rows)
+    thresholds = sorted({r["threshold_mmh"] for r in rows})
+    fig, axes = plt.subplots(1, len(thresholds) + 1, figsize=(3.2 * (len(thresholds) + 1), 3), squeeze=False)
+    for method, style in (("model", "-o"), ("persistence", "--s")):
+        sel = [r for r in rows if r["method"] == method]
+        for ax, thr in zip(axes[0], thresholds):
+            pts = sorted((r["lead_min"], r["csi"]) for r in sel if r["threshold_mmh"] == thr)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, ms=3, label=method)
+            ax.set_title(f"CSI ≥ {thr:g} mm/h")
+            ax.set_xlabel("lead time (min)")
+            ax.set_ylim(0, 1)
+        pts = sorted({(r["lead_min"], r["mse"]) for r in sel})
+        axes[0][-1].plot([p[0] for p in pts], [p[1] for p in pts], style, ms=3, label=method)
+    axes[0][-1].set_title("MSE (mm/h)²")
+    axes[0][-1].set_xlabel("lead time (min)")
+    axes[0][0].legend()
+    fig.tight_layout()
+    png = out_dir / "skill.png"
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return [csv_path, png]
+
+
+def forecast_figure(model, plan, quantity: str, out_dir: Path, case: int | None = None) -> Path:
+    """Observation vs forecast for a fixed validation window (the wettest of the first 16)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from convlstm_dist.data.datasource import read_windows
+    from convlstm_dist.data.transforms import from_model
+
+    starts = plan.starts["val"][:16]
+    win = read_windows(plan.archives["val"], starts, plan.in_len, plan.out_len, plan.crop, seed=10_000)
+    i = int(np.argmax(win["y"].mean(axis=(1, 2, 3, 4)))) if case is None else case
+    x = torch.from_numpy(win["x"][i:i + 1])
+    with torch.no_grad():
+        pred, _ = model(x, plan.out_len)
+    if quantity == "intensity":
+        pred = torch.sigmoid(pred) if pred.min() < 0 or pred.max() > 1 else pred
+    obs = from_model(win["y"][i, :, 0], quantity)
+    fc = from_model(pred[0, :, 0].numpy(), quantity)
+    obs = np.where(win["mask"][i, :, 0] > 0.5, obs, np.nan)
+    leads = np.linspace(0, plan.out_len - 1, min(5, plan.out_len)).astype(int)
+    vmax = max(float(np.nanmax(obs)) if np.isfinite(obs).any() else 1.0, 1e-3)
+    unit = "intensity" if quantity == "intensity" else "mm/h"
+    fig, axes = plt.subplots(2, len(leads), figsize=(2.4 * len(leads), 5), squeeze=False)
+    for j, L in enumerate(leads):
+        for r, (arr, name) in enumerate(((obs, "observed"), (fc, "forecast"))):
+            im = axes[r][j].imshow(arr[L], vmin=0, vmax=vmax, cmap="viridis")
+            axes[r][j].set_title(f"{name} +{L + 1}")
+            axes[r][j].axis("off")
+    fig.colorbar(im, ax=axes, shrink=0.7, label=unit)
+    path = out_dir / "forecast.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
