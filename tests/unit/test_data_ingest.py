@@ -189,10 +189,10 @@ def test_fmi_whole_event(tmp_path):
 def test_parallel_decode_on_ray(tmp_path):
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
-             _temp_dir=str(Path("/tmp") / f"ray-ingest-{os.getpid()}"))
+    own = not ray.is_initialized()  # reuse a session Ray (conftest ray_local) if one is up
+    if own:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+                 _temp_dir=str(Path("/tmp") / f"ray-ingest-{os.getpid()}"))
     try:
         url = tmp_path / "p.zarr"
         r = ingest("knmi_hdf5", KNMI[:12], str(url), parallel=True, progress=True)
@@ -203,4 +203,5 @@ def test_parallel_decode_on_ray(tmp_path):
             ingest("knmi_hdf5", [*KNMI[13:16], bad], str(url), parallel=True, progress=False)
         assert open_archive(url).shape[0] == 12
     finally:
-        ray.shutdown()
+        if own:
+            ray.shutdown()
