@@ -1,0 +1,217 @@
+"""Inference without Ray: load a trained model and forecast from physical frames.
+
+    from convlstm_dist.inference import Nowcaster
+    nc = Nowcaster.load("workdir/runs/demo-knmi/checkpoint_000001")   # or "models:/demo-knmi/1", "demo-knmi"
+    fcst_mmh = nc.predict(frames_mmh, n_out=12)                      # (T_in, H, W) -> (12, H, W)
+
+What ``MODEL`` may be (tried in this order):
+
+* a checkpoint directory or ``checkpoint.pt`` file (:mod:`convlstm_dist.checkpoint`);
+* an MLflow model URI: ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``models:/NAME/latest``,
+  ``runs:/RUN_ID/model``;
+* a registered MLflow model name (its latest version).
+
+MLflow models are loaded with ``mlflow.pytorch.load_model``; the config is the ``config.yaml``
+artifact the training driver logs to the model's run, and the quantity follows from it
+(``intensity`` for Moving MNIST, else ``rain_norm``). The tracking URI is the argument, else
+``MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow.db``.
+
+Units: ``predict`` takes frames in the archive's physical unit (``rain_mmh`` default, ``refl_dbz``
+with a Z–R relation, or ``intensity``) with NaN = no data (fed to the model as 0) and returns
+mm/h (``intensity`` for Moving MNIST models). Output pixels are never NaN.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from convlstm_dist.errors import UserError
+
+MLFLOW_SCHEMES = ("models:/", "runs:/")
+
+
+def resolve_tracking_uri(uri: str | None = None, workdir: str | Path = "workdir") -> str:
+    """``uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow.db``."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+
+
+def quantity_for(cfg) -> str:
+    """What a model trained with ``cfg`` predicts (see ``data.transforms``)."""
+    return "intensity" if cfg.data.source == "moving_mnist" else "rain_norm"
+
+
+@dataclass
+class Nowcaster:
+    """A trained model plus what is needed to feed it: config, quantity and where it came from."""
+
+    model: object
+    config: object
+    quantity: str
+    source: str
+    device: str = "cpu"
+    info: dict = field(default_factory=dict)
+
+    # -- loading ----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, ref: str, tracking_uri: str | None = None, workdir: str | Path = "workdir",
+             device: str = "cpu") -> "Nowcaster":
+        """Load ``ref`` (see module docstring); a ref that resolves to nothing is a UserError."""
+        ref = str(ref)
+        tried = []
+        p = Path(ref)
+        if p.exists():
+            from convlstm_dist.checkpoint import load_model
+
+            model, cfg, payload = load_model(p, device)
+            return cls(model, cfg, payload["quantity"], f"checkpoint {p}", device, {"kind": "checkpoint"})
+        tried.append(f"no checkpoint file or directory {ref}")
+        looks_like_path = "/" in ref and not ref.startswith(MLFLOW_SCHEMES)
+        if looks_like_path or ref.endswith(".pt"):
+            raise UserError(f"cannot load model {ref!r}: {tried[0]}")
+        uri = resolve_tracking_uri(tracking_uri, workdir)
+        return cls._from_mlflow(ref, uri, device, tried)
+
+    @classmethod
+    def _from_mlflow(cls, ref: str, uri: str, device: str, tried: list[str]) -> "Nowcaster":
+        from convlstm_dist.config import config_from_dict
+
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+            tried.append(f"no MLflow database at {uri} (set --tracking-uri or MLFLOW_TRACKING_URI)")
+            raise UserError(f"cannot load model {ref!r}: " + "; ".join(tried))
+        try:
+            import mlflow
+
+            client = mlflow.MlflowClient(tracking_uri=uri)
+            model_uri, run_id, name = _resolve_mlflow(client, ref)
+        except UserError as err:
+            tried.append(str(err))
+            raise UserError(f"cannot load model {ref!r}: " + "; ".join(tried)) from None
+        except Exception as err:  # noqa: BLE001 - MLflow raises many kinds; the user needs the message
+            tried.append(f"MLflow at {uri}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            raise UserError(f"cannot load model {ref!r}: " + "; ".join(tried)) from None
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        mlflow.set_tracking_uri(uri)
+        try:
+            model = mlflow.pytorch.load_model(model_uri, map_location=device)
+            with tempfile.TemporaryDirectory() as d:
+                path = client.download_artifacts(run_id, "config.yaml", d)
+                import yaml
+
+                tree = yaml.safe_load(Path(path).read_text())
+        except Exception as err:  # noqa: BLE001
+            raise UserError(f"cannot load model {ref!r} from MLflow ({model_uri}, run {run_id}, {uri}): "
+                            f"{type(err).__name__}: {err}") from None
+        cfg = config_from_dict(tree, origin=f"config.yaml of MLflow run {run_id}")
+        model = getattr(model, "module", model).to(device).eval()
+        return cls(model, cfg, quantity_for(cfg), f"MLflow {model_uri} ({uri})", device,
+                   {"kind": "mlflow", "model_uri": model_uri, "run_id": run_id, "name": name,
+                    "tracking_uri": uri})
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.info.get("name") or self.config.name
+
+    @property
+    def in_len(self) -> int:
+        return int(self.config.data.in_len)
+
+    @property
+    def out_len(self) -> int:
+        return int(self.config.data.out_len)
+
+    @property
+    def patch(self) -> int:
+        return int(self.config.model.patch)
+
+    def check_grid(self, H: int, W: int) -> None:
+        """UserError unless the model can run on an ``H x W`` grid."""
+        m = self.config.model
+        if m.kind == "fclstm" and (H, W) != (m.height, m.width):
+            raise UserError(f"this FC-LSTM model only runs on {m.height}x{m.width} frames, got {H}x{W}")
+        if H % self.patch or W % self.patch:
+            raise UserError(f"grid {H}x{W} is not divisible by the model's patch size {self.patch}; "
+                            "crop it (e.g. evaluate --crop) to a multiple of the patch")
+
+    def check_variable(self, variable: str) -> None:
+        model_is_intensity = self.quantity == "intensity"
+        if model_is_intensity != (variable == "intensity"):
+            raise UserError(f"model predicts {self.quantity} but the data is {variable}: "
+                            "a Moving MNIST model only runs on intensity data and a rain model only on rain/dBZ")
+
+    # -- forecasting ------------------------------------------------------------------------
+    def predict_model_range(self, x: np.ndarray, n_out: int) -> np.ndarray:
+        """``x`` (B, T_in, 1, H, W) in model range, no NaN → (B, n_out, 1, H, W) in model range."""
+        import torch
+
+        B, T, C, H, W = x.shape
+        self.check_grid(H, W)
+        with torch.inference_mode():
+            y, _ = self.model(torch.as_tensor(x, dtype=torch.float32, device=self.device), int(n_out))
+        return y.float().cpu().numpy()
+
+    def predict_batch(self, frames: np.ndarray, n_out: int | None = None, variable: str = "rain_mmh",
+                      to_rain_mmh: Callable | None = None) -> np.ndarray:
+        """(B, T_in, H, W) physical → (B, n_out, H, W) in mm/h (intensity for Moving MNIST)."""
+        from convlstm_dist.data.transforms import from_model, to_model
+
+        frames = np.asarray(frames)
+        if frames.ndim != 4:
+            raise ValueError(f"frames must have shape (B, T_in, H, W), got {frames.shape}")
+        n_out = int(n_out or self.out_len)
+        if n_out < 1:
+            raise UserError(f"n_out must be >= 1, got {n_out}")
+        self.check_variable(variable)
+        self.check_grid(*frames.shape[-2:])
+        valid = np.isfinite(frames)
+        try:
+            x = to_model(np.where(valid, frames, 0.0).astype(np.float32), variable, to_rain_mmh)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        x = np.where(valid, x, 0.0).astype(np.float32)
+        y = self.predict_model_range(x[:, :, None], n_out)[:, :, 0]
+        return np.asarray(from_model(y, self.quantity), dtype=np.float32)
+
+    def predict(self, frames: np.ndarray, n_out: int | None = None, variable: str = "rain_mmh",
+                to_rain_mmh: Callable | None = None) -> np.ndarray:
+        """(T_in, H, W) physical (NaN = no data) → (n_out, H, W) mm/h; ``n_out`` defaults to the trained out_len."""
+        frames = np.asarray(frames)
+        if frames.ndim != 3:
+            raise ValueError(f"frames must have shape (T_in, H, W), got {frames.shape}")
+        return self.predict_batch(frames[None], n_out, variable, to_rain_mmh)[0]
+
+
+def _resolve_mlflow(client, ref: str) -> tuple[str, str, str]:
+    """``(model URI to load, run id holding config.yaml, model name)`` for an MLflow reference."""
+    if ref.startswith("runs:/"):
+        rest = ref[len("runs:/"):]
+        run_id = rest.split("/", 1)[0]
+        run = client.get_run(run_id)
+        return ref, run_id, run.data.tags.get("mlflow.runName", run_id)
+    if ref.startswith("models:/"):
+        rest = ref[len("models:/"):]
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, version = rest.partition("/")
+            mv = _latest_version(client, name) if version in ("", "latest") else client.get_model_version(name, version)
+    else:
+        name = ref
+        mv = _latest_version(client, name)
+    if not mv.run_id:
+        raise UserError(f"MLflow model {name} version {mv.version} has no run (cannot find its config.yaml)")
+    return f"models:/{name}/{mv.version}", mv.run_id, name
+
+
+def _latest_version(client, name: str):
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise UserError(f"no registered MLflow model named {name!r}")
+    return max(versions, key=lambda v: int(v.version))

@@ -1,0 +1,84 @@
+"""Nowcaster: load a checkpoint (dir or file), predict shapes and units, NaN input, clear errors."""
+
+import numpy as np
+import pytest
+
+from convlstm_dist.checkpoint import save_checkpoint
+from convlstm_dist.config import build_model_from_config, load_config
+from convlstm_dist.data.units import rain_mmh_to_dbz
+from convlstm_dist.errors import UserError
+from convlstm_dist.inference import Nowcaster
+
+
+def tiny_checkpoint(tmp_path, quantity="rain_norm", **model):
+    sets = ["model.hidden=[4]", "model.input_kernel=3", "model.state_kernel=3", "model.patch=4",
+            "model.height=16", "model.width=16", "data.in_len=3", "data.out_len=2"]
+    sets += [f"model.{k}={v}" for k, v in model.items()]
+    cfg = load_config(None, sets)
+    model = build_model_from_config(cfg)
+    return save_checkpoint(tmp_path / "ckpt", model, cfg.model_dump(mode="json"), quantity)
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    return tiny_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("which", ["dir", "file"])
+def test_load_checkpoint_dir_or_file(ckpt, which):
+    nc = Nowcaster.load(ckpt.parent if which == "dir" else ckpt)
+    assert nc.quantity == "rain_norm" and nc.in_len == 3 and nc.out_len == 2 and nc.patch == 4
+
+
+@pytest.mark.parametrize("n_out, hw", [(None, (16, 16)), (5, (24, 32))])
+def test_predict_shapes_and_units(ckpt, n_out, hw):
+    nc = Nowcaster.load(ckpt.parent)
+    frames = np.random.default_rng(0).gamma(0.5, 2.0, size=(3, *hw)).astype(np.float32)
+    out = nc.predict(frames, n_out)
+    assert out.shape == ((n_out or 2), *hw) and out.dtype == np.float32
+    assert np.isfinite(out).all() and (out >= 0).all()  # mm/h, never negative
+
+
+def test_dbz_input_matches_rain_input(ckpt):
+    nc = Nowcaster.load(ckpt)
+    rain = np.random.default_rng(1).gamma(0.5, 2.0, size=(3, 16, 16)).astype(np.float32) + 0.1
+    dbz = rain_mmh_to_dbz(rain, 200.0, 1.6)
+    from convlstm_dist.data.units import dbz_to_rain_mmh
+
+    a = nc.predict(rain, 2)
+    b = nc.predict(dbz, 2, variable="refl_dbz", to_rain_mmh=lambda d: dbz_to_rain_mmh(d, 200.0, 1.6))
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(UserError, match="Z"):
+        nc.predict(dbz, 2, variable="refl_dbz")
+
+
+def test_nan_input_is_zero_for_the_model(ckpt):
+    nc = Nowcaster.load(ckpt)
+    frames = np.random.default_rng(2).gamma(0.5, 2.0, size=(3, 16, 16)).astype(np.float32)
+    with_nan = frames.copy()
+    with_nan[:, :4] = np.nan
+    zeroed = frames.copy()
+    zeroed[:, :4] = 0.0
+    out = nc.predict(with_nan, 2)
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out, nc.predict(zeroed, 2))
+
+
+def test_bad_path_names_what_was_tried(tmp_path):
+    with pytest.raises(UserError, match="no checkpoint"):
+        Nowcaster.load(tmp_path / "nope" / "checkpoint.pt")
+    with pytest.raises(UserError, match="no-such-model"):
+        Nowcaster.load("no-such-model", tracking_uri=f"sqlite:///{tmp_path}/absent.db")
+
+
+def test_grid_not_divisible_by_patch(ckpt):
+    nc = Nowcaster.load(ckpt)
+    with pytest.raises(UserError, match="not divisible by the model's patch size 4"):
+        nc.predict(np.zeros((3, 18, 16), np.float32), 2)
+
+
+def test_intensity_model_refuses_rain(tmp_path):
+    nc = Nowcaster.load(tiny_checkpoint(tmp_path, quantity="intensity"))
+    with pytest.raises(UserError, match="intensity"):
+        nc.predict(np.zeros((3, 16, 16), np.float32), 2)
+    assert nc.predict(np.zeros((3, 16, 16), np.float32), 2, variable="intensity").shape == (2, 16, 16)
