@@ -215,3 +215,82 @@ def _latest_version(client, name: str):
     if not versions:
         raise UserError(f"no registered MLflow model named {name!r}")
     return max(versions, key=lambda v: int(v.version))
+
+
+# -- forecast products ------------------------------------------------------------------------
+def write_forecast_zarr(path: str | Path, fcst: np.ndarray, analysis_time: np.datetime64, timestep_s: int,
+                        y: np.ndarray, x: np.ndarray, variable: str = "rain_mmh", attrs: dict | None = None) -> Path:
+    """Write ``fcst`` (n_out, H, W) as ``<variable>(time=1, lead_time, y, x)`` (xarray-readable Zarr).
+
+    ``time`` is the analysis time (CF seconds since 1970-01-01, UTC); ``lead_time`` is in minutes
+    (plain numbers); ``valid_time = time + lead_time``.
+    """
+    import warnings
+
+    import xarray as xr
+
+    n_out = fcst.shape[0]
+    lead_min = (np.arange(1, n_out + 1) * timestep_s / 60.0).astype("float64")
+    t = np.asarray([analysis_time], dtype="datetime64[ns]")
+    valid = t[:, None] + (np.arange(1, n_out + 1) * int(timestep_s)).astype("timedelta64[s]")[None]
+    units = "1" if variable == "intensity" else "mm/h"
+    ds = xr.Dataset(
+        {variable: (("time", "lead_time", "y", "x"), fcst[None].astype(np.float32),
+                    {"units": units, "long_name": f"forecast {variable}"})},
+        coords={"time": ("time", t, {"standard_name": "forecast_reference_time", "long_name": "analysis time (UTC)"}),
+                "lead_time": ("lead_time", lead_min, {"units": "minutes", "long_name": "lead time",
+                                                      "standard_name": "forecast_period"}),
+                "valid_time": (("time", "lead_time"), valid.astype("datetime64[ns]"), {"long_name": "valid time (UTC)"}),
+                "y": ("y", np.asarray(y, dtype="float64")), "x": ("x", np.asarray(x, dtype="float64"))},
+        attrs={k: ("" if v is None else v) for k, v in (attrs or {}).items()})
+    enc_t = {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.to_zarr(path, mode="w", consolidated=True,
+                   encoding={"time": enc_t, "valid_time": enc_t, variable: {"chunks": (1, 1, *fcst.shape[1:])}})
+    return path
+
+
+def forecast_strip(path: str | Path, last_obs: np.ndarray, fcst: np.ndarray, lead_min: np.ndarray,
+                   title: str = "", units: str = "mm/h", max_panels: int = 6) -> Path:
+    """PNG: the last observed frame and up to ``max_panels`` forecast leads, one colour scale."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    pick = np.unique(np.linspace(0, len(fcst) - 1, min(max_panels, len(fcst))).round().astype(int))
+    panels = [(last_obs, "analysis (observed)")] + [(fcst[i], f"+{lead_min[i]:g} min") for i in pick]
+    vmax = max(1.0, float(np.nanmax([np.nanmax(p) if np.isfinite(p).any() else 0 for p, _ in panels])))
+    fig = Figure(figsize=(2.6 * len(panels) + 0.8, 3.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (img, name) in zip(axes, panels):
+        im = ax.imshow(img, vmin=0, vmax=vmax, cmap="viridis")
+        ax.set_title(name, fontsize="small")
+        ax.set_axis_off()
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label=units)
+    if title:
+        fig.suptitle(title, fontsize="small")
+    fig.savefig(path, dpi=90)
+    return Path(path)
+
+
+def forecast_gif(path: str | Path, fcst: np.ndarray, lead_min: np.ndarray, units: str = "mm/h") -> Path:
+    """Animated GIF of the forecast leads (matplotlib Agg frames, assembled with Pillow)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    vmax = max(1.0, float(np.nanmax(fcst)) if np.isfinite(fcst).any() else 1.0)
+    frames = []
+    for img, lead in zip(fcst, lead_min):
+        fig = Figure(figsize=(4, 4), layout="constrained")
+        canvas = FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        ax.imshow(img, vmin=0, vmax=vmax, cmap="viridis")
+        ax.set_title(f"+{lead:g} min ({units})", fontsize="small")
+        ax.set_axis_off()
+        canvas.draw()
+        frames.append(Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]))
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=400, loop=0)
+    return Path(path)

@@ -1,0 +1,208 @@
+"""Evaluate a trained model against baselines on an archive, spread over Ray tasks.
+
+Contract:
+
+* **Windows.** ``in_len + n_out`` gap-free frames (``in_len`` from the model's config, ``n_out``
+  its ``out_len`` unless overridden). Chosen either by the model's own split rule
+  (``data.split``, plus its wet filter) — ``split="test"`` or ``"val"`` — or by a time range
+  (every window whose frames all lie in ``[start, end]``). ``max_windows`` keeps an evenly spaced
+  subset. Every method sees exactly the same windows and crops.
+* **Crop.** Full grid by default (it must be divisible by the model's patch), or an ``h x w`` crop
+  per window chosen as in training (``transforms.choose_crop``, seeded by ``(data.seed, t0)``).
+* **Units.** Scores are in rain rate: the archive is converted with its own Z–R relation
+  (``Archive.to_rain_mmh``), the model output with ``from_model``; so a model trained on mm/h can
+  be scored on a dBZ archive and vice versa. Moving MNIST models are scored in intensity.
+  NaN in the observation is no data (not counted); NaN input is 0 for the model.
+* **Distribution.** Windows are cut into contiguous chunks; one Ray task per chunk reads its frames
+  once per batch, runs the model and the baselines and returns ``SkillAccumulator.to_state()`` per
+  method; the driver merges them. A local Ray (``num_cpus=workers``) is started if none is running.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from convlstm_dist.errors import UserError
+
+BATCH = 4
+
+
+@dataclass
+class Selection:
+    starts: np.ndarray
+    in_len: int
+    n_out: int
+    label: str
+    record: dict = field(default_factory=dict)
+
+
+def parse_time(text: str, what: str) -> np.datetime64:
+    try:
+        return np.datetime64(str(text).rstrip("Z"), "s")
+    except ValueError:
+        raise UserError(f"{what} {text!r} is not a time (use ISO 8601, e.g. 2010-08-26T06:00)") from None
+
+
+def parse_crop(text: str | None) -> tuple[int, int] | None:
+    if text in (None, "", "full"):
+        return None
+    try:
+        h, w = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise UserError(f"--crop {text!r}: expected HxW, e.g. 128x128") from None
+    if h < 1 or w < 1:
+        raise UserError(f"--crop {text!r}: sizes must be positive")
+    return h, w
+
+
+def select_windows(nc, archive, split: str | None = "test", start: str | None = None, end: str | None = None,
+                   n_out: int | None = None, max_windows: int | None = None) -> Selection:
+    """The window starts to evaluate (see module docstring)."""
+    from convlstm_dist.data.windows import SplitRule, build_index, gap_free_starts
+
+    cfg = nc.config
+    in_len, n_out = nc.in_len, int(n_out or nc.out_len)
+    length = in_len + n_out
+    times = archive.times
+    if len(times) < length:
+        raise UserError(f"too few frames: {archive.url} has {len(times)} frames, one window needs "
+                        f"{in_len} input + {n_out} output = {length}")
+    if start is not None or end is not None:
+        lo = parse_time(start, "--start") if start else times[0]
+        hi = parse_time(end, "--end") if end else times[-1]
+        cand = gap_free_starts(times, archive.timestep_s, length)
+        starts = cand[(times[cand] >= lo) & (times[cand + length - 1] <= hi)]
+        label, record = f"{lo}..{hi}", {"start": str(lo), "end": str(hi), "gap_free_windows": len(cand)}
+    else:
+        s = cfg.data.split
+        rule = SplitRule(s.block_hours, s.val_every, s.test_every, s.gap_steps)
+        wet = None
+        if cfg.data.min_wet_fraction > 0:
+            thr = np.asarray(archive.stats["thresholds"], dtype=float)
+            j = int(np.argmin(np.abs(thr - cfg.data.wet_threshold_mmh)))
+            wet = np.asarray(archive.stats["wet_fraction"])[:, j]
+        idx = build_index(times, archive.timestep_s, in_len, n_out, rule, wet, cfg.data.min_wet_fraction,
+                          cfg.data.wet_threshold_mmh)
+        starts = idx.starts[split]
+        label, record = split, {"split": split, **idx.summary()}
+    if len(starts) == 0:
+        how = (f"the {split} split of the model's rule (data.split {cfg.data.split.model_dump()}); "
+               "try --split val or --start/--end") if start is None and end is None else f"[{start}, {end}]"
+        raise UserError(f"too few frames: no gap-free window of {length} frames in {how} "
+                        f"({len(times)} frames in {archive.url})")
+    if max_windows and len(starts) > max_windows:
+        keep = np.unique(np.linspace(0, len(starts) - 1, int(max_windows)).round().astype(int))
+        starts = starts[keep]
+    record.update(n_windows=int(len(starts)), in_len=in_len, n_out=n_out)
+    return Selection(np.sort(np.asarray(starts, dtype=np.int64)), in_len, n_out, label, record)
+
+
+def score_chunk(nc, archive, starts, in_len: int, n_out: int, crop, seed: int, methods: list[str],
+                thresholds) -> dict[str, dict]:
+    """Score ``methods`` (the model's label first, then baselines) on windows ``starts``."""
+    from convlstm_dist.data.transforms import choose_crop
+    from convlstm_dist.verify import SkillAccumulator, run_baseline
+
+    length = in_len + n_out
+    accs = {m: SkillAccumulator(thresholds, n_out) for m in methods}
+    model_variable = "intensity" if archive.variable == "intensity" else "rain_mmh"
+    for b in range(0, len(starts), BATCH):
+        batch = starts[b:b + BATCH]
+        lo, hi = int(batch[0]), int(batch[-1]) + length
+        raw = archive.read(lo, hi)
+        rate = raw if archive.variable == "intensity" else archive.to_rain_mmh(raw)
+        rate = np.where(np.isfinite(raw), rate, np.nan).astype(np.float32)
+        h, w = crop or raw.shape[1:]
+        xs, ys = [], []
+        for s in batch:
+            a = int(s) - lo
+            block = rate[a:a + length]
+            cy, cx = choose_crop(np.isfinite(block).all(axis=0), (h, w), np.random.default_rng([seed, 0, int(s), 0]))
+            block = block[:, cy:cy + h, cx:cx + w]
+            xs.append(block[:in_len])
+            ys.append(block[in_len:])
+        x, obs = np.stack(xs), np.stack(ys)
+        accs[methods[0]].accumulate(nc.predict_batch(x, n_out, model_variable), obs)
+        for m in methods[1:]:
+            accs[m].accumulate(run_baseline(m, x, n_out), obs)
+    return {m: acc.to_state() for m, acc in accs.items()}
+
+
+def _chunks(starts: np.ndarray, workers: int) -> list[np.ndarray]:
+    n = max(1, min(len(starts), 2 * workers))
+    return [c for c in np.array_split(starts, n) if len(c)]
+
+
+def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persistence", "optical_flow"),
+                   workers: int = 2, ray_address: str | None = None) -> tuple[list[dict], dict]:
+    """``(labelled rows for every method, record)``; scores merged from one Ray task per chunk."""
+    import ray
+
+    from convlstm_dist.data.units import wet_thresholds
+    from convlstm_dist.verify import DEFAULT_THRESHOLDS_MMH, SkillAccumulator, available_baselines, label_rows
+
+    unknown = [b for b in baselines if b not in available_baselines()]
+    if unknown:
+        raise UserError(f"unknown baseline(s) {unknown}; available: {available_baselines()}")
+    nc.check_variable(archive.variable)
+    if archive.variable != "intensity":
+        archive.to_rain_mmh(np.zeros(1, np.float32))  # no Z–R relation → UserError now
+    _, H, W = archive.shape
+    if crop and (crop[0] > H or crop[1] > W):
+        raise UserError(f"crop {crop[0]}x{crop[1]} is larger than the archive grid {H}x{W}")
+    h, w = crop or (H, W)
+    try:
+        nc.check_grid(h, w)
+    except UserError as err:
+        raise UserError(f"{err} ({'crop' if crop else 'full archive grid'}; pass --crop HxW)") from None
+    thresholds = wet_thresholds("intensity") if archive.variable == "intensity" else DEFAULT_THRESHOLDS_MMH
+    model_label = nc.config.model.kind
+    methods = [model_label, *baselines]
+
+    started = False
+    if not ray.is_initialized():
+        if ray_address:
+            ray.init(address=ray_address)
+        else:
+            ray.init(num_cpus=max(1, int(workers)), include_dashboard=False, log_to_driver=False)
+        started = True
+    try:
+        task = ray.remote(num_cpus=1)(score_chunk)
+        nc_ref = ray.put(nc)
+        refs = [task.remote(nc_ref, archive, c, sel.in_len, sel.n_out, crop, nc.config.data.seed, methods,
+                            thresholds) for c in _chunks(sel.starts, workers)]
+        states = ray.get(refs)
+    finally:
+        if started:
+            ray.shutdown()
+    step_min = archive.timestep_s / 60.0
+    rows = []
+    for m in methods:
+        total = SkillAccumulator.from_state(states[0][m])
+        for st in states[1:]:
+            total.merge(SkillAccumulator.from_state(st[m]))
+        rows += label_rows(total.compute(), m, step_min)
+    record = {**sel.record, "methods": methods, "crop": f"{h}x{w}", "full_grid": crop is None,
+              "archive": archive.url, "variable": archive.variable, "tasks": len(states),
+              "model": nc.source, "quantity": nc.quantity, "lead_step_min": step_min}
+    return rows, record
+
+
+def metrics_from_rows(rows: list[dict]) -> list[tuple[str, float, int]]:
+    """``(key, value, step=lead_min)`` for MLflow: ``<method>_mse`` and ``<method>_csi_<thr>mmh`` per lead."""
+    out = []
+    for r in rows:
+        step = int(round(r["lead_min"]))
+        out.append((f"{r['method']}_csi_{r['threshold_mmh']:g}mmh", r["csi"], step))
+        out.append((f"{r['method']}_hss_{r['threshold_mmh']:g}mmh", r["hss"], step))
+    seen = set()
+    for r in rows:
+        key = (r["method"], r["lead_min"])
+        if key not in seen:
+            seen.add(key)
+            step = int(round(r["lead_min"]))
+            out += [(f"{r['method']}_mse", r["mse"], step), (f"{r['method']}_mae", r["mae"], step)]
+    return [(k, v, s) for k, v, s in out if v is not None and math.isfinite(v)]
