@@ -12,6 +12,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 import pytest  # noqa: E402
+from fixtures_s3 import *  # noqa: E402,F401,F403  (s3_server: SeaweedFS on loopback)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -18,7 +18,6 @@ from convlstm_dist.data.archive import open_archive
 from convlstm_dist.data.ingest import ingest
 from convlstm_dist.data.sample import sample_files
 from convlstm_dist.errors import UserError
-from fixtures_s3 import s3_server  # noqa: F401  (also exported by tests/conftest.py)
 
 pytestmark = pytest.mark.integration
 KNMI = sample_files()
