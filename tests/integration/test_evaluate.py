@@ -1,0 +1,132 @@
+"""`convlstm-dist evaluate` / `nowcast` end to end on a synthetic archive with a tiny random-weight model:
+CSV rows per method/lead/threshold, persistence MSE against an independent numpy computation,
+the forecast Zarr read back by xarray, clear errors (exit 2), and one run on a real S3 server."""
+
+import csv
+import uuid
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from convlstm_dist.checkpoint import save_checkpoint
+from convlstm_dist.cli import main
+from convlstm_dist.config import build_model_from_config, load_config
+from fixtures_s3 import s3_server  # noqa: F401
+from synthetic import make_archive
+
+pytestmark = pytest.mark.integration
+IN_LEN, OUT_LEN, STEP_S = 3, 2, 300
+THRESHOLDS = (0.5, 2.0, 5.0, 10.0, 30.0)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    cfg = load_config(None, ["name=tiny", "model.hidden=[4]", "model.input_kernel=3", "model.state_kernel=3",
+                             "model.patch=4", "model.height=16", "model.width=16",
+                             f"data.in_len={IN_LEN}", f"data.out_len={OUT_LEN}"])
+    d = tmp_path_factory.mktemp("ckpt")
+    save_checkpoint(d, build_model_from_config(cfg), cfg.model_dump(mode="json"), "rain_norm")
+    return d
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    url = tmp_path_factory.mktemp("arc") / "rain.zarr"
+    frames = make_archive(url, n=24, h=48, w=48, step_s=STEP_S)
+    return str(url), frames
+
+
+def persistence_mse(frames):
+    """Independent numpy MSE of persistence per lead over every window of the archive (no gaps)."""
+    length = IN_LEN + OUT_LEN
+    se, n = np.zeros(OUT_LEN), np.zeros(OUT_LEN)
+    for t0 in range(len(frames) - length + 1):
+        last = frames[t0 + IN_LEN - 1]
+        for k in range(OUT_LEN):
+            obs = frames[t0 + IN_LEN + k]
+            ok = np.isfinite(obs) & np.isfinite(last)
+            se[k] += ((last[ok].astype(np.float64) - obs[ok]) ** 2).sum()
+            n[k] += ok.sum()
+    return se / n
+
+
+def read_rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_evaluate_local(ray_local, ckpt, archive, tmp_path, capsys):
+    url, frames = archive
+    out = tmp_path / "eval" / "skill.csv"
+    rc = main(["evaluate", "--model", str(ckpt), "--archive", url, "--start", "2021-06-01T00:00",
+               "--out", str(out), "--workers", "2", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+               "--workdir", str(tmp_path)])
+    stdout = capsys.readouterr().out
+    assert rc == 0, stdout
+    assert "threshold >= 0.5 mm/h" in stdout and "mse:persistence" in stdout
+    rows = read_rows(out)
+    assert list(rows[0])[:9] == ["method", "lead_min", "threshold_mmh", "csi", "pod", "far", "hss", "mse", "mae"]
+    keys = {(r["method"], float(r["lead_min"]), float(r["threshold_mmh"])) for r in rows}
+    assert keys == {(m, 5.0 * (k + 1), t) for m in ("convlstm", "persistence", "optical_flow")
+                    for k in range(OUT_LEN) for t in THRESHOLDS}
+    assert out.with_suffix(".png").stat().st_size > 1000
+    mse = {float(r["lead_min"]): float(r["mse"]) for r in rows if r["method"] == "persistence"}
+    np.testing.assert_allclose([mse[5.0], mse[10.0]], persistence_mse(frames), rtol=1e-5)
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("evaluate-tiny")
+    run = client.search_runs([exp.experiment_id])[0]
+    assert "persistence_mse" in run.data.metrics and run.info.status == "FINISHED"
+
+
+def test_nowcast_writes_zarr(ckpt, archive, tmp_path, capsys):
+    url, _ = archive
+    rc = main(["nowcast", "--model", str(ckpt), "--archive", url, "--out", str(tmp_path / "fc"),
+               "--n-out", "4", "--at", "2021-06-01T01:00:00", "--workdir", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().err
+    ds = xr.open_zarr(tmp_path / "fc" / "forecast.zarr")
+    assert ds["rain_mmh"].dims == ("time", "lead_time", "y", "x")
+    assert ds["rain_mmh"].shape == (1, 4, 48, 48)
+    assert ds["lead_time"].values.tolist() == [5.0, 10.0, 15.0, 20.0]
+    assert ds["time"].values[0] == np.datetime64("2021-06-01T01:00:00")
+    assert ds.attrs["timestep_s"] == STEP_S and np.isfinite(ds["rain_mmh"].values).all()
+    assert (tmp_path / "fc" / "forecast.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "--model", "models:/no-such-model/1"], "cannot load model 'models:/no-such-model/1'"),
+    (["evaluate", "--model", "/nonexistent/ckpt"], "no checkpoint"),
+    (["evaluate", "--model", "CKPT", "--split", "test"], "too few frames"),
+    (["evaluate", "--model", "CKPT", "--crop", "18x16", "--start", "2021-06-01"], "not divisible by the model's patch size 4"),
+    (["nowcast", "--model", "CKPT", "--at", "2021-06-01T00:05"], "too few frames"),
+])
+def test_clear_errors(ckpt, archive, tmp_path, capsys, argv, message):
+    url, _ = archive
+    argv = [str(ckpt) if a == "CKPT" else a for a in argv]
+    rc = main(argv + ["--archive", url, "--workdir", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+
+
+def test_evaluate_too_few_frames_short_archive(ckpt, tmp_path, capsys):
+    url = tmp_path / "short.zarr"
+    make_archive(url, n=4, h=16, w=16)
+    rc = main(["evaluate", "--model", str(ckpt), "--archive", str(url), "--workdir", str(tmp_path), "--no-mlflow"])
+    assert rc == 2 and "too few frames" in capsys.readouterr().err
+
+
+def test_evaluate_s3(ray_local, s3_server, ckpt, tmp_path, monkeypatch, capsys):  # noqa: F811
+    url = f"s3://{s3_server.bucket}/eval-{uuid.uuid4().hex[:8]}.zarr"
+    frames = make_archive(url, n=12, h=48, w=48, step_s=STEP_S, storage_options=s3_server.storage_options())
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "s3.csv"
+    rc = main(["evaluate", "--model", str(ckpt), "--archive", url, "--endpoint-url", s3_server.endpoint_url,
+               "--start", "2021-06-01", "--baselines", "persistence", "--out", str(out), "--no-mlflow",
+               "--workdir", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().err
+    mse = {float(r["lead_min"]): float(r["mse"]) for r in read_rows(out) if r["method"] == "persistence"}
+    np.testing.assert_allclose([mse[5.0], mse[10.0]], persistence_mse(frames), rtol=1e-5)
