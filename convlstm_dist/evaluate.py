@@ -114,7 +114,7 @@ def score_chunk(nc, archive, starts, in_len: int, n_out: int, crop, seed: int, m
         lo, hi = int(batch[0]), int(batch[-1]) + length
         raw = archive.read(lo, hi)
         rate = raw if archive.variable == "intensity" else archive.to_rain_mmh(raw)
-        rate = np.where(np.isfinite(raw), rate, np.nan).astype(np.float32)
+        rate = np.where(np.isnan(raw), np.nan, rate).astype(np.float32)  # NaN = no data; -inf dBZ = 0 mm/h
         h, w = crop or raw.shape[1:]
         xs, ys = [], []
         for s in batch:
@@ -174,7 +174,12 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persisten
         nc_ref = ray.put(nc)
         refs = [task.remote(nc_ref, archive, c, sel.in_len, sel.n_out, crop, nc.config.data.seed, methods,
                             thresholds) for c in _chunks(sel.starts, workers)]
-        states = ray.get(refs)
+        try:
+            states = ray.get(refs)
+        except ray.exceptions.RayTaskError as err:  # a UserError in a task (e.g. S3 read) stays one clear message
+            if isinstance(getattr(err, "cause", None), UserError):
+                raise UserError(str(err.cause)) from None
+            raise
     finally:
         if started:
             ray.shutdown()

@@ -186,7 +186,7 @@ def run_nowcast(args: argparse.Namespace) -> int:
         raise UserError(f"{err} (pass --crop HxW for a centred crop)") from None
     raw = archive.read(i + 1 - n_in, i + 1, ys, xs)
     intensity = archive.variable == "intensity"
-    frames = raw if intensity else np.where(np.isfinite(raw), archive.to_rain_mmh(raw), np.nan)
+    frames = raw if intensity else np.where(np.isnan(raw), np.nan, archive.to_rain_mmh(raw))
     fcst = nc.predict(frames, n_out, "intensity" if intensity else "rain_mmh")
     variable = "intensity" if intensity else "rain_mmh"
     out = Path(args.out)
