@@ -167,3 +167,27 @@ def test_dbz_archive_without_zr_is_a_clear_error(ckpt, archive, tmp_path, capsys
     rc = main(["evaluate", "--model", str(ckpt), "--archive", str(url), "--start", "2021-06-01",
                "--no-mlflow", "--workdir", str(tmp_path)])
     assert rc == 2 and "Z-R" in capsys.readouterr().err
+
+
+def test_nowcaster_from_mlflow(tmp_path):
+    """A model registered the way the training driver does (config.yaml artifact + log_model) loads by
+    name, models:/ URI and runs:/ URI, with the config recovered from the run."""
+    from convlstm_dist.config import to_yaml
+    from convlstm_dist.inference import Nowcaster
+    from convlstm_dist.tracking.mlflow_tracker import Tracker
+
+    cfg = load_config(None, ["name=tiny-mlflow", "model.hidden=[4]", "model.input_kernel=3", "model.state_kernel=3", "model.patch=4", "model.height=16",
+                             "model.width=16", f"data.in_len={IN_LEN}", f"data.out_len={OUT_LEN}"])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker, _ = Tracker.start_or_resume(uri, "tiny-mlflow", "tiny-mlflow")
+    tracker.log_text(to_yaml(cfg), "config.yaml")
+    tracker.log_model(build_model_from_config(cfg), "tiny-mlflow")
+    tracker.end()
+    frames = np.random.default_rng(0).gamma(0.5, 2.0, size=(IN_LEN, 16, 16)).astype(np.float32)
+    outs = []
+    for ref in ("tiny-mlflow", "models:/tiny-mlflow/1", f"runs:/{tracker.run_id}/model"):
+        nc = Nowcaster.load(ref, tracking_uri=uri)
+        assert nc.quantity == "rain_norm" and nc.in_len == IN_LEN and nc.patch == 4, ref
+        outs.append(nc.predict(frames))
+    for o in outs[1:]:
+        np.testing.assert_array_equal(outs[0], o)
