@@ -7,6 +7,7 @@ A module adds its parsers with ``set_defaults(func=...)``; ``func(args) -> int``
 COMMAND_MODULES = [
     "convlstm_dist.commands.archive",
     "convlstm_dist.commands.config_cmd",
+    "convlstm_dist.commands.data_check",
     "convlstm_dist.commands.evaluate",
     "convlstm_dist.commands.train",
     "convlstm_dist.commands.ui",
