@@ -97,7 +97,7 @@ def bench_one(cfg: str, impl: str, args: argparse.Namespace) -> dict:
     flops = count_flops(model, t_in, n_out, H, W) * B
     return dict(cfg=cfg, impl=impl + ("+graph" if use_graph else "") + ("+compile" if args.compile and impl == "fast" else ""),
                 ms=ms, sps=B * 1e3 / ms, tflops=flops / (ms * 1e-3) / 1e12, setup_s=setup_s,
-                loss=float(loss))
+                loss=float(loss.detach()))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
         base = None
         for impl in args.impls.split(","):
             r = bench_one(cfg, impl, args)
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
             base = base or r["ms"]
             share = "n/a" if peak is None else f"{100 * r['tflops'] / peak:.1f}%"
             print(f"{cfg:7s} {r['impl']:22s} {r['ms']:9.2f} {r['sps']:10.1f} {r['tflops']:9.3f} {share:>8s} "

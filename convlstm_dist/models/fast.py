@@ -54,11 +54,11 @@ _COMPILED: dict[str, Callable] = {}
 
 
 def pointwise(kind: str, like: torch.Tensor, compile: bool) -> Callable:
-    """The gate function ``kind``; compiled (once per process) only if asked and on CUDA."""
+    """The gate function ``kind``; compiled (once per process, dynamic shapes) only if asked and on CUDA."""
     if not (compile and like.is_cuda):
         return _EAGER[kind]
     if kind not in _COMPILED:
-        _COMPILED[kind] = torch.compile(_EAGER[kind], dynamic=False, fullgraph=True)
+        _COMPILED[kind] = torch.compile(_EAGER[kind], dynamic=True, fullgraph=True)
     return _COMPILED[kind]
 
 
@@ -96,7 +96,8 @@ class CudaGraphTrainStep:
 
     Shapes are frozen at construction: ``x`` (B, T_in, C, H, W), ``y`` (B, n_out, C, H, W).
     ``optimizer`` must be built with ``capturable=True``; gradients are reset inside the graph
-    (``.grad`` is overwritten, not accumulated). ``step(x, y)`` copies the batch into the static
+    (``.grad`` is overwritten, not accumulated). The warmup steps run on ``x, y`` and are then undone
+    (parameters and optimizer state restored in place), so the first ``step`` is the first update. ``step(x, y)`` copies the batch into the static
     buffers, replays, and returns the (device) loss tensor — read it with ``.item()`` sparingly.
     """
 
@@ -111,6 +112,9 @@ class CudaGraphTrainStep:
         self.autocast_dtype = autocast_dtype
         self.n_out = y.shape[1]
         self.static_x, self.static_y = x.clone(), y.clone()
+        params = [p.detach().clone() for p in model.parameters()]
+        opt_state = {id(t): t.clone() for st in optimizer.state.values() for t in st.values()
+                     if torch.is_tensor(t)}
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -118,6 +122,13 @@ class CudaGraphTrainStep:
                 self.opt.zero_grad(set_to_none=True)
                 self._body()
         torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():  # undo the warmup updates in place (the graph captures addresses)
+            for p, saved in zip(model.parameters(), params):
+                p.copy_(saved)
+            for st in optimizer.state.values():
+                for t in st.values():
+                    if torch.is_tensor(t):
+                        t.copy_(opt_state[id(t)]) if id(t) in opt_state else t.zero_()
         self.graph = torch.cuda.CUDAGraph()
         self.opt.zero_grad(set_to_none=True)
         with torch.cuda.graph(self.graph):

@@ -9,6 +9,9 @@ import pytest
 
 from convlstm_dist.commands import describe
 
+pytest.importorskip("pydantic")
+pytest.importorskip("yaml")
+
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = {
     "fc-lstm-2048-2048": 142_667_776,
