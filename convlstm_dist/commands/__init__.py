@@ -10,5 +10,6 @@ COMMAND_MODULES = [
     "convlstm_dist.commands.data_check",
     "convlstm_dist.commands.evaluate",
     "convlstm_dist.commands.train",
+    "convlstm_dist.commands.tune",
     "convlstm_dist.commands.ui",
 ]
