@@ -8,6 +8,7 @@ COMMAND_MODULES = [
     "convlstm_dist.commands.archive",
     "convlstm_dist.commands.config_cmd",
     "convlstm_dist.commands.data_check",
+    "convlstm_dist.commands.describe",
     "convlstm_dist.commands.evaluate",
     "convlstm_dist.commands.train",
     "convlstm_dist.commands.tune",
