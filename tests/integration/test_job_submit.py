@@ -28,6 +28,7 @@ BIN = Path(sys.executable).parent  # the venv: cluster, job driver and CLI all u
 # The job's command. To test the real training command, swap this line for:
 # ENTRYPOINT = "convlstm-dist train --config pipelines/radar_smoke.yaml --set train.epochs=1"
 ENTRYPOINT = "python tests/integration/job_entrypoint.py --experiment job-submit-test"
+ENTRYPOINT = os.environ.get("CONVLSTM_JOB_ENTRYPOINT", ENTRYPOINT)  # try another command without editing
 
 # Not uploaded with --working-dir (the job uses the cluster's Python env, not a copy of .venv).
 EXCLUDES = [".venv", ".git", "workdir", "runs", "mlruns", "out", "tests/artifacts", "**/__pycache__",
