@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from convlstm_dist.commands.common import add_config_args, add_workdir_arg
@@ -60,6 +61,9 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     out = run_training(cfg, args.workdir, progress=not args.quiet)
     _print_summary(out, Path(args.workdir))
+    if out.stopped:
+        print(f"convlstm-dist: training stopped early: {out.stopped}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -77,16 +77,24 @@ def read_windows(
 
 
 class EpochClock:
-    """Holds the current epoch for the read tasks of one run (a named Ray actor, 0 CPU)."""
+    """Small shared state of one run (a named Ray actor, 0 CPU): the current epoch for the read
+    tasks, and why training stopped early (set by rank 0, read by the driver)."""
 
     def __init__(self) -> None:
         self.epoch = 0
+        self.stop = None
 
     def set(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def get(self) -> int:
         return self.epoch
+
+    def note_stop(self, reason: str) -> None:
+        self.stop = reason
+
+    def stop_reason(self):
+        return self.stop
 
 
 def epoch_clock(name: str):

@@ -69,7 +69,8 @@ class Tracker:
         mlflow = _mlflow()
         client = mlflow.MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(
+            experiment, tags={"mlflow.experimentKind": "custom_model_development"})  # "Training runs" in the UI
         found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
                                    max_results=1, order_by=["attributes.start_time DESC"])
         if found:

@@ -69,6 +69,13 @@ def _storage(storage_path: str, endpoint_url: str | None):
     return storage_path[len("s3://"):], pafs.S3FileSystem(**{k: v for k, v in kw.items() if v is not None})
 
 
+def _fault_nan_at():
+    """``CONVLSTM_DIST_FAULT_NAN_AT=EPOCH:BATCH`` makes the loss NaN at that batch of that epoch
+    (0-based; fault injection for tests of the NaN guard)."""
+    v = os.environ.get("CONVLSTM_DIST_FAULT_NAN_AT")
+    return [int(p) for p in v.split(":")] if v else None
+
+
 def _init_ray(cfg: Config, res: Resolved) -> None:
     import ray
 
@@ -76,7 +83,9 @@ def _init_ray(cfg: Config, res: Resolved) -> None:
         return
     env_vars = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "MLFLOW_TRACKING_URI",
                                            "AWS_ENDPOINT_URL", "AWS_REGION") if k in os.environ}
-    if cfg.scaling.ray_address:
+    if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"):
+        ray.init(address="auto")  # inside `ray job submit`: the job's runtime env already applies
+    elif cfg.scaling.ray_address:
         ray.init(address=cfg.scaling.ray_address, runtime_env={"env_vars": env_vars} if env_vars else None)
     else:
         ray.init(address="local", include_dashboard=False, log_to_driver=True,
@@ -132,7 +141,8 @@ def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "variable": plan.variable, "clock": clock_name,
-                           "tracking_uri": res.tracking_uri, "run_id": tracker.run_id if tracker else None},
+                           "tracking_uri": res.tracking_uri, "run_id": tracker.run_id if tracker else None,
+                           "fault_nan_at": _fault_nan_at()},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -149,25 +159,27 @@ def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = 
     try:
         result = trainer.fit()
     except Exception:
+        ray.kill(clock)
         if tracker:
             tracker.end("FAILED")
         raise
-    finally:
-        ray.kill(clock)
+    stopped = ray.get(clock.stop_reason.remote())
+    ray.kill(clock)
     best = result.get_best_checkpoint(cfg.run.checkpoint_metric, "min") if result.best_checkpoints else None
     ckpt = best or result.checkpoint
     metrics = dict(result.metrics or {})
     history = []
     if tracker:
         history = [{"epoch": s, "val_loss": v} for s, v in tracker.metric_history("val_loss")]
-    stopped = None
+    if stopped:
+        say(f"[convlstm-dist] STOPPED: {stopped}")
     say(f"[convlstm-dist] training finished in {time.time() - t0:.0f} s")
     out = TrainOutcome(res.run_name, ckpt.path if ckpt else None, metrics, tracker.run_id if tracker else None,
                        res.tracking_uri, history, stopped=stopped)
     if ckpt is not None:
         final_report(cfg, plan, ckpt, tracker, out, res.workdir, progress)
     if tracker:
-        tracker.end("FINISHED")
+        tracker.end("FAILED" if stopped else "FINISHED")
     return out
 
 

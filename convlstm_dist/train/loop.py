@@ -271,6 +271,8 @@ def train_loop_per_worker(config: dict) -> None:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 pred, _ = ddp(x, cfg.data.out_len)
             loss = loss_fn(pred.float(), y, m, **lkw)
+            if config.get("fault_nan_at") == [epoch, n_batches]:  # fault injection for tests
+                loss = loss * float("nan")
             bad = _allreduce(torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device))
             if float(bad) > 0:
                 nan_at = (epoch, step)
@@ -290,8 +292,11 @@ def train_loop_per_worker(config: dict) -> None:
                 break
         if nan_at is not None:
             msg = f"non-finite training loss at epoch {nan_at[0]} step {nan_at[1]}; stopped, last good checkpoint kept"
-            if tracker:
-                tracker.set_tags({"convlstm_dist.stopped": msg})
+            if rank == 0:
+                if tracker:
+                    tracker.set_tags({"convlstm_dist.stopped": msg})
+                if clock is not None:
+                    ray.get(clock.note_stop.remote(msg))
             ray.train.report({"epoch": epoch, "nan_stop": 1.0, "nan_epoch": nan_at[0], "nan_step": nan_at[1]})
             return
         if sched is not None:

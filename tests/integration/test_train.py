@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -149,3 +150,19 @@ def test_missing_archive_and_unreachable_tracking_fail_fast(tmp_path):
     with pytest.raises(UserError, match="unreachable"):
         preflight(cfg, tmp_path)
     assert time.time() - t0 < 10
+
+
+def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(ray_local, tmp_path,
+                                                                                     monkeypatch):
+    ingest(SAMPLE_READER, sample_files(), str(tmp_path / "archive.zarr"), parallel=False, progress=False)
+    monkeypatch.setenv("CONVLSTM_DIST_FAULT_NAN_AT", "1:2")  # the third batch of the second epoch
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = _cfg("it-nan", str(tmp_path / "archive.zarr"), str(tmp_path / "runs"), uri, "train.epochs=3",
+               "data.crops_per_window=4")
+    out = run_training(cfg, tmp_path, progress=False)
+    assert out.stopped and re.search(r"epoch 1 step \d+", out.stopped), out.stopped
+    assert out.checkpoint is not None and out.metrics["epoch"] == 1  # the epoch-1 checkpoint survives
+    import mlflow
+
+    run = mlflow.MlflowClient(uri).get_run(out.run_id)
+    assert run.info.status == "FAILED" and "epoch 1 step" in run.data.tags["convlstm_dist.stopped"]
