@@ -30,7 +30,6 @@ def run_tune(args: argparse.Namespace) -> int:
     from convlstm_dist.tune.sweep import run_sweep
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     out = run_sweep(args.config, args.workdir, smoke_test=args.smoke_test, progress=not args.quiet,
                     storage_path=args.storage_path)
     if args.quiet and out.best_recipe:

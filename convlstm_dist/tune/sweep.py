@@ -205,8 +205,27 @@ def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = Fa
             parent.log_text(json.dumps(spec.model_dump(mode="json"), indent=2), "sweep.json")
         say(f"[tune] MLflow {'resumed' if resumed_parent else 'new'} parent run {parent.run_id} at {res.tracking_uri}")
 
-    _init_ray(base_cfg, res)
     import ray
+
+    if not ray.is_initialized() and not base_cfg.scaling.ray_address:
+        # a local Ray with the dashboard: Train's placement-group cleaner uses the state API to free the
+        # workers of trials that ASHA stops (killed mid-run); without it their CPUs stay reserved
+        # workers must find *this* cluster's state API even when other Ray instances run on the machine:
+        # fix the GCS port and hand RAY_ADDRESS to every worker
+        from ray._private import ray_constants
+        from ray._private.services import get_node_ip_address
+
+        from convlstm_dist.tracking.server import free_port
+
+        port = free_port("0.0.0.0")
+        os.environ[ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE] = str(port)
+        env_vars = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "MLFLOW_TRACKING_URI",
+                                               "AWS_ENDPOINT_URL", "AWS_REGION") if k in os.environ}
+        env_vars["RAY_ADDRESS"] = f"{get_node_ip_address()}:{port}"
+        ray.init(address="local", include_dashboard=True, log_to_driver=progress,
+                 runtime_env={"env_vars": env_vars} if env_vars else None)
+        os.environ.pop(ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE, None)
+    _init_ray(base_cfg, res)
     from ray import tune
 
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -224,6 +243,7 @@ def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = Fa
         say(f"[tune] resuming the sweep at {exp_path} (finished trials are kept)")
         tuner = tune.Tuner.restore(restore_path, trainable, resume_errored=True, storage_filesystem=fs)
     else:
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
         from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
         sch = spec.search.scheduler
@@ -246,7 +266,9 @@ def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = Fa
             tune_config=tune.TuneConfig(metric=spec.search.metric, mode=spec.search.mode, scheduler=scheduler,
                                         search_alg=search_alg, num_samples=spec.search.num_samples),
             run_config=tune.RunConfig(name=spec.name, storage_path=tune_path, storage_filesystem=fs,
-                                      verbose=1 if progress else 0),
+                                      verbose=1 if progress else 0,
+                                      # per-trial result.json/progress.csv even with TUNE_DISABLE_AUTO_CALLBACK_LOGGERS
+                                      callbacks=[CSVLoggerCallback(), JsonLoggerCallback()]),
         )
     grid = tuner.fit()
 
@@ -363,7 +385,8 @@ def _summary(spec: SweepSpec, trials: list[dict], out_dir: Path) -> list[Path]:
                 ax.set_xscale("log")
             ax.set_xlabel(key)
             ax.set_ylabel(spec.search.metric)
-        axs[0][0].legend(fontsize=7)
+        if axs[0][0].get_legend_handles_labels()[0]:
+            axs[0][0].legend(fontsize=7)
         fig.suptitle(f"sweep {spec.name}: best {spec.search.metric} per trial", fontsize=9)
         fig.tight_layout()
         png = out_dir / "metric_vs_axes.png"
