@@ -26,8 +26,8 @@ SCRIPT = REPO / "cluster" / "local_cluster.sh"
 BIN = Path(sys.executable).parent  # the venv: cluster, job driver and CLI all use this env
 
 # The job's command. To test the real training command, swap this line for:
-# ENTRYPOINT = "convlstm-dist train --config pipelines/radar_smoke.yaml --set train.epochs=1"
-ENTRYPOINT = "python tests/integration/job_entrypoint.py --experiment job-submit-test"
+# The real main job, shortened: ingest the shipped sample, train 1 epoch on 2 workers, log to MLflow.
+ENTRYPOINT = "convlstm-dist demo --workdir {workdir} --set train.epochs=1"
 ENTRYPOINT = os.environ.get("CONVLSTM_JOB_ENTRYPOINT", ENTRYPOINT)  # try another command without editing
 
 # Not uploaded with --working-dir (the job uses the cluster's Python env, not a copy of .venv).
@@ -109,7 +109,7 @@ def test_job_submit_logs_to_mlflow(local_cluster, tmp_path_factory):
         sub_id = f"convlstm-test-{os.getpid()}-{int(time.time())}"
         cmd = [str(BIN / "ray"), "job", "submit", "--address", env["RAY_ADDRESS"], "--submission-id", sub_id,
                "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
-               "--", *ENTRYPOINT.split()]
+               "--", *ENTRYPOINT.format(workdir=tmp / "workdir").split()]
         t0 = time.monotonic()
         out = _run(cmd, env, 540)
         print(f"job finished in {time.monotonic() - t0:.1f} s, rc={out.returncode}")
