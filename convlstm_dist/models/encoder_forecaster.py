@@ -76,6 +76,8 @@ class EncoderForecaster(nn.Module):
                          f"forecaster layer {l + 1}")
             for l in range(len(hidden)))
         self.output = nn.Conv2d(sum(hidden), cp, kernel_size=1)
+        if channels_last:  # fast path only; same values, NHWC strides for cuDNN/oneDNN
+            self.to(memory_format=torch.channels_last)
 
     def _check_state(self, state: State | None, x: torch.Tensor) -> None:
         if state is None:
