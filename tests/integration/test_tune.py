@@ -137,3 +137,12 @@ def test_sweep_asha_mlflow_resume(tmp_path):
         best = load_config(exp_dir / "best_recipe.yaml")
         assert best.name == f"{NAME}-best" and best.train.lr == pytest.approx(3e-3)
         assert best.model.hidden == [4] and best.train.epochs == 3
+
+        # the exported recipe is ready to run: train it for one epoch
+        t2 = time.time()
+        train = subprocess.run([sys.executable, "-m", "convlstm_dist.cli", "train", "--config",
+                                str(exp_dir / "best_recipe.yaml"), "--set", "train.epochs=1", "--workdir", str(wd),
+                                "--quiet"], env=env, capture_output=True, text=True, timeout=180)
+        durations["train_best_s"] = time.time() - t2
+        print(f"durations: {durations}")
+        assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
