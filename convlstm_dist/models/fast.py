@@ -12,6 +12,11 @@ bigger kernels.
 * ``CudaGraphTrainStep`` captures forward + loss + backward + optimizer step of a fixed-shape
   batch into one CUDA graph (kills kernel-launch overhead of the unrolled recurrence).
 
+Where it pays: the fast path removes kernel launches, weight-slice copies and small GEMMs, which
+is what limits a GPU. It does not remove FLOPs (only the t=0 state conv, ~3 %), so on a CPU that
+is already compute-bound at batch 16 it runs at about the literal's speed (measured on the 2-core
+dev box, fp32, paper Moving MNIST config: literal 8.2-8.7 s/step, fast 8.8-9.3 s/step).
+
 Sequences inside this module are time-major and flattened: (T*B, C, H, W) for conv cells,
 (T*B, F) for FC cells, so that the slice of step t is contiguous.
 """
