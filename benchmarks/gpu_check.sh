@@ -28,13 +28,13 @@ stage() {  # stage NAME SECONDS CMD...
 (nvidia-smi || echo "no nvidia-smi") 2>&1 | tee "$OUT/nvidia-smi.log"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" 2>&1 | tee "$OUT/torch.log"
 # --noconftest: tests/conftest.py pulls in the S3/Ray fixtures, absent on the GPU machine.
-stage pytest_gpu 150 $PY -m pytest tests/gpu/test_gpu_models.py -q --noconftest -p no:cacheprovider
-stage pytest_unit 90 $PY -m pytest tests/unit/test_models_cell.py tests/unit/test_models_encoder_forecaster.py \
+stage pytest_gpu 110 $PY -m pytest tests/gpu/test_gpu_models.py -q --noconftest -p no:cacheprovider
+stage pytest_unit 60 $PY -m pytest tests/unit/test_models_cell.py tests/unit/test_models_encoder_forecaster.py \
   tests/unit/test_models_losses.py tests/unit/test_models_describe.py -q --noconftest -p no:cacheprovider
-stage bench_fp32 120 $PY benchmarks/bench_model.py $DEV --configs $CFGS $STEPS --dtype fp32
-stage bench_bf16 100 $PY benchmarks/bench_model.py $DEV --configs $CFGS $STEPS --dtype bf16
-stage bench_bf16_graph 90 $PY benchmarks/bench_model.py $DEV --configs $CFGS $STEPS --dtype bf16 --impls fast --cuda-graph
-stage bench_bf16_compile_graph 150 $PY benchmarks/bench_model.py $DEV --configs $CFGS $STEPS --dtype bf16 --impls fast --compile --cuda-graph
+stage bench_fp32 90 $PY benchmarks/bench_model.py $DEV --configs $CFGS $STEPS --dtype fp32
+stage bench_bf16 70 $PY benchmarks/bench_model.py $DEV --configs $CFGS $STEPS --dtype bf16
+stage bench_bf16_graph 60 $PY benchmarks/bench_model.py $DEV --configs $CFGS $STEPS --dtype bf16 --impls fast --cuda-graph
+stage bench_bf16_compile_graph 110 $PY benchmarks/bench_model.py $DEV --configs $CFGS $STEPS --dtype bf16 --impls fast --compile --cuda-graph
 
 echo; echo "=== summary (stage rc; 124 = timed out)"
 for s in pytest_gpu pytest_unit bench_fp32 bench_bf16 bench_bf16_graph bench_bf16_compile_graph; do
