@@ -84,6 +84,6 @@ def run_demo(args: argparse.Namespace) -> int:
     print("[demo] 2/3 train with 2 Ray Train workers (progress below; MLflow in "
           f"{wd / 'mlflow.db'})")
     out = run_training(cfg, wd, progress=True)
-    print("[demo] 3/3 validation skill of the best checkpoint")
+    print("[demo] 3/3 validation skill (last epoch; the skill table, plot and forecast figure use the best checkpoint)")
     _print_summary(out, wd)
     return 0
