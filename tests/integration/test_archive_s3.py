@@ -1,39 +1,25 @@
 """Archives on a real S3 server (SeaweedFS on loopback): ingest via API and CLI, read-only key,
 wrong or missing credentials, unreachable endpoint — all fail fast with clear messages."""
 
-import gzip
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import xarray as xr
-from PIL import Image
 
 from convlstm_dist.data.archive import open_archive
 from convlstm_dist.data.ingest import ingest
 from convlstm_dist.data.sample import sample_files
 from convlstm_dist.errors import UserError
+from reference_decoders import FMI_DIR, fmi_decode, knmi_decode
 
 pytestmark = pytest.mark.integration
 KNMI = sample_files()
-FMI = sorted((Path(os.environ.get("CONVLSTM_DIST_DATA", "/work/shared/data")) / "radar/fmi/20160928").glob("*.pgm.gz"))
+FMI = sorted(FMI_DIR.glob("*.pgm.gz"))
 
-
-def knmi_decode(path):
-    with h5py.File(path, "r") as f:
-        pv = f["image1/image_data"][:]
-    return 12.0 * np.where(pv == 65535, np.nan, pv / 100.0)
-
-
-def fmi_decode(path):
-    with gzip.open(path, "rb") as fh:
-        dn = np.array(Image.open(fh))
-    return np.where(dn == 255, np.nan, (dn.astype(float) - 64.0) / 2.0)
 
 
 def cli(args, env, timeout=120):

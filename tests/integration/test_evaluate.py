@@ -12,7 +12,6 @@ import xarray as xr
 from convlstm_dist.checkpoint import save_checkpoint
 from convlstm_dist.cli import main
 from convlstm_dist.config import build_model_from_config, load_config
-from fixtures_s3 import s3_server  # noqa: F401
 from synthetic import make_archive
 
 pytestmark = pytest.mark.integration

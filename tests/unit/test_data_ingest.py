@@ -1,7 +1,6 @@
 """Ingest into a local archive: exact values, NaN, timestamps, xarray view, and the ingest rules
 (idempotent, append, out of order, duplicates, corrupt files, wrong grid, crash safety)."""
 
-import gzip
 import os
 import pickle
 from pathlib import Path
@@ -10,28 +9,17 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
-from PIL import Image
 
 from convlstm_dist.data.archive import open_archive, summary
 from convlstm_dist.data.ingest import ingest
 from convlstm_dist.data.sample import sample_files
 from convlstm_dist.errors import UserError
+from reference_decoders import FMI_DIR, fmi_decode, knmi_decode
 
 KNMI = sample_files()
-FMI_DIR = Path(os.environ.get("CONVLSTM_DIST_DATA", "/work/shared/data")) / "radar/fmi/20160928"
+
 FMI = sorted(FMI_DIR.glob("*.pgm.gz"))
 
-
-def knmi_decode(path):
-    with h5py.File(path, "r") as f:
-        pv = f["image1/image_data"][:]
-    return 12.0 * np.where(pv == 65535, np.nan, pv / 100.0)
-
-
-def fmi_decode(path):
-    with gzip.open(path, "rb") as fh:
-        dn = np.array(Image.open(fh))
-    return np.where(dn == 255, np.nan, (dn.astype(float) - 64.0) / 2.0)
 
 
 def knmi_time(path):

@@ -2,37 +2,24 @@
 trip, corrupt files, unit conversions."""
 
 import gzip
-import os
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from PIL import Image
 
 from convlstm_dist.data import units as U
 from convlstm_dist.data.readers import METADATA_KEYS, ReadError, get_reader, list_readers
 from convlstm_dist.errors import UserError
 
 from convlstm_dist.data.sample import SAMPLE_DIR
+from reference_decoders import FMI_DIR, fmi_decode, knmi_decode
 
 KNMI = SAMPLE_DIR / "knmi"
-FMI = Path(os.environ.get("CONVLSTM_DIST_DATA", "/work/shared/data")) / "radar/fmi/20160928"
+FMI = FMI_DIR
 KNMI_FILE = KNMI / "RAD_NL25_RAP_5min_201008260400.h5"
 FMI_FILE = FMI / "201609281445_fmi.radar.composite.lowest_FIN_SUOMI1.pgm.gz"
 needs_data = pytest.mark.skipif(not KNMI.exists() or not FMI.exists(), reason="radar data not present")
 
-
-def knmi_decode(path):
-    with h5py.File(path, "r") as f:
-        pv = f["image1/image_data"][:]
-    return 12.0 * np.where(pv == 65535, np.nan, pv / 100.0)
-
-
-def fmi_decode(path):
-    with gzip.open(path, "rb") as fh:
-        dn = np.array(Image.open(fh))
-    return np.where(dn == 255, np.nan, (dn.astype(float) - 64.0) / 2.0)
 
 
 def test_unknown_reader_lists_valid_ones():
