@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convlstm_dist.config import Config, build_model_from_config, flatten, to_yaml
-from convlstm_dist.errors import UserError
 
 
 @dataclass
@@ -105,13 +104,42 @@ def preflight(cfg: Config, workdir: str | Path):
     return res, plan
 
 
-def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = True) -> TrainOutcome:
-    import ray
+def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_name: str,
+                  tracking_uri: str | None, run_id: str | None, metric: str | None = None,
+                  mode: str = "min", callbacks: list | None = None):
+    """The ``TorchTrainer`` of one run (used by ``train`` and by every Tune trial)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from convlstm_dist.data.datasource import epoch_clock
     from convlstm_dist.train.loop import train_loop_per_worker
+
+    path, fs = _storage(storage_path, cfg.data.endpoint_url)
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = cfg.scaling.gpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "variable": plan.variable, "clock": clock_name,
+                           "tracking_uri": tracking_uri, "run_id": run_id, "fault_nan_at": _fault_nan_at()},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=path, storage_filesystem=fs,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints,
+                                                         checkpoint_score_attribute=metric or cfg.run.checkpoint_metric,
+                                                         checkpoint_score_order=mode),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            callbacks=callbacks or [],
+        ),
+        datasets=plan.datasets(cfg.data.seed, clock_name, cfg.data.crops_per_window),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = True) -> TrainOutcome:
+    import ray
+
+    from convlstm_dist.data.datasource import epoch_clock
 
     res, plan = preflight(cfg, workdir)
     say = print if progress else (lambda *a, **k: None)
@@ -134,27 +162,8 @@ def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = 
     ray.data.DataContext.get_current().enable_progress_bars = False
     clock_name = f"convlstm-epoch-clock-{res.run_name}"
     clock = epoch_clock(clock_name)
-    storage_path, fs = _storage(res.storage_path, cfg.data.endpoint_url)
-    resources = {"CPU": cfg.scaling.cpus_per_worker}
-    if cfg.scaling.use_gpu:
-        resources["GPU"] = cfg.scaling.gpus_per_worker
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "variable": plan.variable, "clock": clock_name,
-                           "tracking_uri": res.tracking_uri, "run_id": tracker.run_id if tracker else None,
-                           "fault_nan_at": _fault_nan_at()},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            name=res.run_name, storage_path=storage_path, storage_filesystem=fs,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints,
-                                                         checkpoint_score_attribute=cfg.run.checkpoint_metric,
-                                                         checkpoint_score_order="min"),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
-        ),
-        datasets=plan.datasets(cfg.data.seed, clock_name, cfg.data.crops_per_window),
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-    )
+    trainer = build_trainer(cfg, plan, res.run_name, res.storage_path, clock_name, res.tracking_uri,
+                            tracker.run_id if tracker else None)
     t0 = time.time()
     try:
         result = trainer.fit()

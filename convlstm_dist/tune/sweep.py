@@ -55,13 +55,11 @@ def _trial_fn(config: dict, ctx: dict) -> None:
     import ray
     import ray.train
     import ray.tune
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from convlstm_dist.data.datasource import epoch_clock
     from convlstm_dist.data.plan import DataPlan
-    from convlstm_dist.train.driver import _storage
-    from convlstm_dist.train.loop import train_loop_per_worker
+    from convlstm_dist.train.driver import build_trainer
 
     trial_id = ray.tune.get_context().get_trial_id()
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -88,27 +86,9 @@ def _trial_fn(config: dict, ctx: dict) -> None:
 
     clock_name = f"convlstm-epoch-clock-{run_name}"
     clock = epoch_clock(clock_name)
-    storage_path, fs = _storage(ctx["train_storage"], cfg.data.endpoint_url)
-    resources = {"CPU": cfg.scaling.cpus_per_worker}
-    if cfg.scaling.use_gpu:
-        resources["GPU"] = cfg.scaling.gpus_per_worker
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "variable": plan.variable, "clock": clock_name,
-                           "tracking_uri": ctx["tracking_uri"], "run_id": tracker.run_id if tracker else None},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage_path, storage_filesystem=fs,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints,
-                                                         checkpoint_score_attribute=ctx["metric"],
-                                                         checkpoint_score_order=ctx["mode"]),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
-            callbacks=[TuneReportCallback()],
-        ),
-        datasets=plan.datasets(cfg.data.seed, clock_name, cfg.data.crops_per_window),
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-    )
+    trainer = build_trainer(cfg, plan, run_name, ctx["train_storage"], clock_name, ctx["tracking_uri"],
+                            tracker.run_id if tracker else None, metric=ctx["metric"], mode=ctx["mode"],
+                            callbacks=[TuneReportCallback()])
     try:
         trainer.fit()
     except Exception:
