@@ -24,7 +24,6 @@ mm/h (``intensity`` for Moving MNIST models). Output pixels are never NaN.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -84,29 +83,9 @@ class Nowcaster:
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
             tried.append(f"no MLflow database at {uri} (set --tracking-uri or MLFLOW_TRACKING_URI)")
             raise UserError(f"cannot load model {ref!r}: " + "; ".join(tried))
-        try:
-            import mlflow
+        from convlstm_dist.tracking.models import load_mlflow_model
 
-            client = mlflow.MlflowClient(tracking_uri=uri)
-            model_uri, run_id, name = _resolve_mlflow(client, ref)
-        except UserError as err:
-            tried.append(str(err))
-            raise UserError(f"cannot load model {ref!r}: " + "; ".join(tried)) from None
-        except Exception as err:  # noqa: BLE001 - MLflow raises many kinds; the user needs the message
-            tried.append(f"MLflow at {uri}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-            raise UserError(f"cannot load model {ref!r}: " + "; ".join(tried)) from None
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        mlflow.set_tracking_uri(uri)
-        try:
-            model = mlflow.pytorch.load_model(model_uri, map_location=device)
-            with tempfile.TemporaryDirectory() as d:
-                path = client.download_artifacts(run_id, "config.yaml", d)
-                import yaml
-
-                tree = yaml.safe_load(Path(path).read_text())
-        except Exception as err:  # noqa: BLE001
-            raise UserError(f"cannot load model {ref!r} from MLflow ({model_uri}, run {run_id}, {uri}): "
-                            f"{type(err).__name__}: {err}") from None
+        model, tree, model_uri, run_id, name = load_mlflow_model(ref, uri, device, tried)
         cfg = config_from_dict(tree, origin=f"config.yaml of MLflow run {run_id}")
         model = getattr(model, "module", model).to(device).eval()
         return cls(model, cfg, quantity_for(cfg), f"MLflow {model_uri} ({uri})", device,
@@ -185,36 +164,6 @@ class Nowcaster:
         if frames.ndim != 3:
             raise ValueError(f"frames must have shape (T_in, H, W), got {frames.shape}")
         return self.predict_batch(frames[None], n_out, variable, to_rain_mmh)[0]
-
-
-def _resolve_mlflow(client, ref: str) -> tuple[str, str, str]:
-    """``(model URI to load, run id holding config.yaml, model name)`` for an MLflow reference."""
-    if ref.startswith("runs:/"):
-        rest = ref[len("runs:/"):]
-        run_id = rest.split("/", 1)[0]
-        run = client.get_run(run_id)
-        return ref, run_id, run.data.tags.get("mlflow.runName", run_id)
-    if ref.startswith("models:/"):
-        rest = ref[len("models:/"):]
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            mv = client.get_model_version_by_alias(name, alias)
-        else:
-            name, _, version = rest.partition("/")
-            mv = _latest_version(client, name) if version in ("", "latest") else client.get_model_version(name, version)
-    else:
-        name = ref
-        mv = _latest_version(client, name)
-    if not mv.run_id:
-        raise UserError(f"MLflow model {name} version {mv.version} has no run (cannot find its config.yaml)")
-    return f"models:/{name}/{mv.version}", mv.run_id, name
-
-
-def _latest_version(client, name: str):
-    versions = client.search_model_versions(f"name = '{name}'")
-    if not versions:
-        raise UserError(f"no registered MLflow model named {name!r}")
-    return max(versions, key=lambda v: int(v.version))
 
 
 # -- forecast products ------------------------------------------------------------------------

@@ -1,0 +1,72 @@
+"""Models in MLflow: resolve a reference (``runs:/…``, ``models:/name/version|@alias|latest`` or a
+registered name) and load the torch model plus the run's ``config.yaml`` (logged by training).
+Used by ``convlstm_dist.inference.Nowcaster``; keeps mlflow imports inside ``tracking/``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from convlstm_dist.errors import UserError
+
+
+def load_mlflow_model(ref: str, uri: str, device: str, tried: list[str]):
+    """``(model, config tree, model URI, run id, name)``; a failure raises ``UserError`` listing ``tried``."""
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        model_uri, run_id, name = _resolve_mlflow(client, ref)
+    except UserError as err:
+        tried.append(str(err))
+        raise UserError(f"cannot load model {ref!r}: " + "; ".join(tried)) from None
+    except Exception as err:  # noqa: BLE001 - MLflow raises many kinds; the user needs the message
+        tried.append(f"MLflow at {uri}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        raise UserError(f"cannot load model {ref!r}: " + "; ".join(tried)) from None
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(uri)
+    try:
+        import yaml
+
+        model = mlflow.pytorch.load_model(model_uri, map_location=device)
+        with tempfile.TemporaryDirectory() as d:
+            path = client.download_artifacts(run_id, "config.yaml", d)
+            tree = yaml.safe_load(Path(path).read_text())
+    except Exception as err:  # noqa: BLE001
+        raise UserError(f"cannot load model {ref!r} from MLflow ({model_uri}, run {run_id}, {uri}): "
+                        f"{type(err).__name__}: {err}") from None
+    return model, tree, model_uri, run_id, name
+
+
+def _resolve_mlflow(client, ref: str) -> tuple[str, str, str]:
+    """``(model URI to load, run id holding config.yaml, model name)`` for an MLflow reference."""
+    if ref.startswith("runs:/"):
+        rest = ref[len("runs:/"):]
+        run_id = rest.split("/", 1)[0]
+        run = client.get_run(run_id)
+        return ref, run_id, run.data.tags.get("mlflow.runName", run_id)
+    if ref.startswith("models:/"):
+        rest = ref[len("models:/"):]
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, version = rest.partition("/")
+            mv = _latest_version(client, name) if version in ("", "latest") else client.get_model_version(name, version)
+    else:
+        name = ref
+        mv = _latest_version(client, name)
+    if not mv.run_id:
+        raise UserError(f"MLflow model {name} version {mv.version} has no run (cannot find its config.yaml)")
+    return f"models:/{name}/{mv.version}", mv.run_id, name
+
+
+def _latest_version(client, name: str):
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise UserError(f"no registered MLflow model named {name!r}")
+    return max(versions, key=lambda v: int(v.version))
+
+
