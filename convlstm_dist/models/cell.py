@@ -39,6 +39,23 @@ def check_kernel(kernel: int, what: str, layer: str) -> int:
     return kernel // 2
 
 
+def init_lstm_parameters(cell: nn.Module, fan_in: int) -> None:
+    """Uniform ±1/sqrt(fan_in) weights, zero biases except the forget gate's (1), zero peepholes.
+
+    Works for any cell with ``weight_x`` (or None), ``weight_h``, ``bias`` (4h, gate order i, f, c, o),
+    ``w_ci``, ``w_cf``, ``w_co`` and ``hidden``.
+    """
+    bound = 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        if cell.weight_x is not None:
+            cell.weight_x.uniform_(-bound, bound)
+        cell.weight_h.uniform_(-bound, bound)
+        cell.bias.zero_()
+        cell.bias[cell.hidden:2 * cell.hidden].fill_(1.0)
+        for w in (cell.w_ci, cell.w_cf, cell.w_co):
+            w.zero_()
+
+
 class ConvLSTMCell(nn.Module):
     """One ConvLSTM layer. ``in_channels=0`` means no input (the forecaster's first layer)."""
 
@@ -68,16 +85,8 @@ class ConvLSTMCell(nn.Module):
 
     def reset_parameters(self) -> None:
         """Uniform ±1/sqrt(fan_in) kernels, zero biases except forget gate = 1, zero peepholes."""
-        fan_in = self.in_channels * self.input_kernel ** 2 + self.hidden * self.state_kernel ** 2
-        bound = 1.0 / math.sqrt(fan_in)
-        with torch.no_grad():
-            if self.weight_x is not None:
-                self.weight_x.uniform_(-bound, bound)
-            self.weight_h.uniform_(-bound, bound)
-            self.bias.zero_()
-            self.bias[self.hidden:2 * self.hidden].fill_(1.0)
-            for w in (self.w_ci, self.w_cf, self.w_co):
-                w.zero_()
+        init_lstm_parameters(self, fan_in=self.in_channels * self.input_kernel ** 2
+                             + self.hidden * self.state_kernel ** 2)
 
     def extra_repr(self) -> str:
         return (f"{self.name}: in={self.in_channels}, hidden={self.hidden}, "

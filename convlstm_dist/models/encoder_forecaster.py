@@ -50,6 +50,29 @@ def check_frames(x: torch.Tensor, in_channels: int, patch: int, n_out: int) -> N
         raise ValueError(f"n_out={n_out} must be >= 1")
 
 
+def run_literal(encoder, forecaster, xs: torch.Tensor, state: State, n_out: int, readout) -> tuple[State, torch.Tensor]:
+    """The paper's recurrence, one step of every layer at a time (fig. 3), for any cell type.
+
+    ``xs`` (B, T, ...) are the per-step encoder inputs; ``state`` the encoder's initial per-layer
+    (H, C); forecaster layer l starts from encoder layer l's final state and its first layer has no
+    input; ``readout(forecaster states)`` makes each output frame. Returns (encoder state, (B, n_out, ...)).
+    """
+    state = list(state)
+    for t in range(xs.shape[1]):
+        inp = xs[:, t]
+        for l, cell in enumerate(encoder):
+            state[l] = cell(inp, state[l])
+            inp = state[l][0]
+    fstate, ys = list(state), []
+    for _ in range(n_out):
+        inp = None
+        for l, cell in enumerate(forecaster):
+            fstate[l] = cell(inp, fstate[l])
+            inp = fstate[l][0]
+        ys.append(readout(fstate))
+    return state, torch.stack(ys, dim=1)
+
+
 class EncoderForecaster(nn.Module):
     def __init__(self, in_channels: int, hidden: list[int], input_kernel: list[int],
                  state_kernel: list[int], patch: int = 1, height: int = 64, width: int = 64,
@@ -105,20 +128,9 @@ class EncoderForecaster(nn.Module):
         xs = F.pixel_unshuffle(x.reshape(B * T, C, H, W), p).view(B, T, C * p * p, H // p, W // p)
         if state is None:
             state = [cell.zero_state(x, H // p, W // p) for cell in self.encoder]
-        state = list(state)
-        for t in range(T):
-            inp = xs[:, t]
-            for l, cell in enumerate(self.encoder):
-                state[l] = cell(inp, state[l])
-                inp = state[l][0]
-        fstate, ys = list(state), []
-        for _ in range(n_out):
-            inp = None
-            for l, cell in enumerate(self.forecaster):
-                fstate[l] = cell(inp, fstate[l])
-                inp = fstate[l][0]
-            ys.append(self.output(torch.cat([h for h, _ in fstate], dim=1)))
-        y = F.pixel_shuffle(torch.stack(ys, dim=1).flatten(0, 1), p)
+        state, ys = run_literal(self.encoder, self.forecaster, xs, state, n_out,
+                                lambda fstate: self.output(torch.cat([h for h, _ in fstate], dim=1)))
+        y = F.pixel_shuffle(ys.flatten(0, 1), p)
         return y.reshape(B, n_out, C, H, W), state
 
     # ---- fast: layer-major, hoisted input convs, fused gates ----

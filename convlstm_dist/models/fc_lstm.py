@@ -13,13 +13,12 @@ Parameter layout per cell (gate order i, f, c, o): ``weight_x (4h, in)`` (absent
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlstm_dist.models.encoder_forecaster import IMPLS, State, check_frames
+from convlstm_dist.models.cell import init_lstm_parameters
+from convlstm_dist.models.encoder_forecaster import IMPLS, State, check_frames, run_literal
 from convlstm_dist.models.fast import run_layer
 
 
@@ -37,15 +36,7 @@ class FCLSTMCell(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.in_features + self.hidden)
-        with torch.no_grad():
-            if self.weight_x is not None:
-                self.weight_x.uniform_(-bound, bound)
-            self.weight_h.uniform_(-bound, bound)
-            self.bias.zero_()
-            self.bias[self.hidden:2 * self.hidden].fill_(1.0)
-            for w in (self.w_ci, self.w_cf, self.w_co):
-                w.zero_()
+        init_lstm_parameters(self, fan_in=self.in_features + self.hidden)
 
     def extra_repr(self) -> str:
         return f"{self.name}: in={self.in_features}, hidden={self.hidden}"
@@ -111,19 +102,9 @@ class FCLSTM(nn.Module):
             xs = x.reshape(B, T, -1)
             state = list(state) if state is not None else [
                 (x.new_zeros(B, c.hidden), x.new_zeros(B, c.hidden)) for c in self.encoder]
-            for t in range(T):
-                inp = xs[:, t]
-                for l, cell in enumerate(self.encoder):
-                    state[l] = cell(inp, state[l])
-                    inp = state[l][0]
-            fstate, ys = list(state), []
-            for _ in range(n_out):
-                inp = None
-                for l, cell in enumerate(self.forecaster):
-                    fstate[l] = cell(inp, fstate[l])
-                    inp = fstate[l][0]
-                ys.append(self.output(inp))
-            return torch.stack(ys, dim=1).view(B, n_out, *self.frame), state
+            state, ys = run_literal(self.encoder, self.forecaster, xs, state, n_out,
+                                    lambda fstate: self.output(fstate[-1][0]))
+            return ys.view(B, n_out, *self.frame), state
         seq, enc_state = x.transpose(0, 1).reshape(T * B, -1), []
         for l, cell in enumerate(self.encoder):
             hs, hc = run_layer(cell, seq, T, B, None if state is None else state[l], self.compile)
