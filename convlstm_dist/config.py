@@ -197,20 +197,27 @@ def config_from_dict(tree: dict, origin: str = "dict") -> Config:
         raise UserError(_format_validation(err, origin)) from None
 
 
+def read_yaml_mapping(path: str | Path, what: str, where: str, keys: str) -> dict:
+    """A YAML file that must hold a mapping; missing file, bad YAML or another shape → ``UserError``."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} {str(path)!r} not found ({where})")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{what} {path} is not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"{what} {path} must be a mapping of {keys}")
+    return tree
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults ← YAML recipe at ``path`` ← ``--set`` overrides; validated."""
     tree: dict = {}
     origin = "defaults"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"recipe {str(path)!r} not found (recipes live in pipelines/, e.g. pipelines/radar_nowcast.yaml)")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"recipe {path} is not valid YAML: {err}") from None
-        if not isinstance(tree, dict):
-            raise UserError(f"recipe {path} must be a mapping of sections (model:, data:, train: ...)")
+        tree = read_yaml_mapping(path, "recipe", "recipes live in pipelines/, e.g. pipelines/radar_nowcast.yaml",
+                                 "sections (model:, data:, train: ...)")
         origin = str(path)
     if overrides:
         tree = _merge(tree, parse_overrides(overrides))

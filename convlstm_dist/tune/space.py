@@ -39,10 +39,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from convlstm_dist.config import Config, _merge, _set_path, config_from_dict
+from convlstm_dist.config import Config, _merge, _set_path, config_from_dict, read_yaml_mapping
 from convlstm_dist.errors import UserError
 
 DERIVED = ("model.depth", "model.kernel", "model.filters")
@@ -126,10 +125,7 @@ def _resolve_base(base: str | dict, sweep_dir: Path | None) -> tuple[dict, str]:
     candidates.append(pkg / "recipes" / Path(base).name)
     for p in candidates:
         if p.is_file():
-            tree = yaml.safe_load(p.read_text()) or {}
-            if not isinstance(tree, dict):
-                raise UserError(f"base recipe {p} must be a mapping of sections")
-            return tree, str(p)
+            return read_yaml_mapping(p, "base recipe", "", "sections"), str(p)
     raise UserError(f"sweep base recipe {base!r} not found (looked in {', '.join(str(c) for c in candidates)})")
 
 
@@ -140,14 +136,8 @@ def load_sweep(path: str | Path | dict, smoke_test: bool = False) -> tuple[Sweep
         tree, origin = copy.deepcopy(path), "sweep dict"
     else:
         p = Path(path)
-        if not p.is_file():
-            raise UserError(f"sweep file {str(path)!r} not found (the reference sweep is pipelines/sweeps/radar.yaml)")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"sweep file {path} is not valid YAML: {err}") from None
-        if not isinstance(tree, dict):
-            raise UserError(f"sweep file {path} must be a mapping (name:, base:, space:, search:)")
+        tree = read_yaml_mapping(p, "sweep file", "the reference sweep is pipelines/sweeps/radar.yaml",
+                                 "name:, base:, space:, search:")
         origin, sweep_dir = str(p), p.resolve().parent
     if smoke_test:
         smoke = tree.get("smoke_test") or {}
