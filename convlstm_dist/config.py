@@ -89,6 +89,8 @@ class DataConfig(_Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
     seed: int = 0
     crops_per_window: int = Field(1, ge=1)
+    augment: bool = Field(False, description="training crops get one of the 8 flips/rotations of the square "
+                                             "(the same for every frame of a window); validation never")
     # Moving MNIST (generated): sequences per split
     mnist_train: int = Field(2000, ge=1)
     mnist_val: int = Field(200, ge=1)

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if not ray.is_initialized():
         ray.init(address=cfg.scaling.ray_address or "local", include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = plan.datasets(cfg.data.seed, None, cfg.data.crops_per_window)["train"]
+    ds = plan.datasets(cfg.data.seed, None, cfg.data.crops_per_window, cfg.data.augment)["train"]
     print("== one epoch's first batches through Ray Data ==")
     t0 = time.perf_counter()
     n = 0

@@ -21,6 +21,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     add_workdir_arg(p)
     p.add_argument("--quiet", action="store_true", help="less progress output")
+    loc = p.add_argument_group(
+        "single process (--local)",
+        "train in this process without Ray: one GPU or the CPU, frames held in memory, the whole step as a "
+        "CUDA graph on GPUs. Same checkpoints (DIR/local/RUN/best, latest; rerun to resume), same metrics, "
+        "plus history.csv, curves.png and summary.json (with test-split scores)")
+    loc.add_argument("--local", action="store_true", help="single-process training without Ray")
+    loc.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    loc.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                     help="stop after this much training time (validated and checkpointed at a step boundary)")
+    loc.add_argument("--cuda-graph", dest="cuda_graph", action=argparse.BooleanOptionalAction, default=None,
+                     help="capture the training step as a CUDA graph (default: on for CUDA + fast model)")
+    loc.add_argument("--max-memory-gb", type=float, default=48.0,
+                     help="refuse archives whose frames need more host memory than this (default 48)")
     p.set_defaults(func=run_train)
 
     d = sub.add_parser(
@@ -59,6 +72,15 @@ def run_train(args: argparse.Namespace) -> int:
     from convlstm_dist.train.driver import run_training
 
     cfg = load_config(args.config, args.overrides)
+    if args.local:
+        from convlstm_dist.train.local import train_local
+
+        out = train_local(cfg, args.workdir, args.device, args.time_budget, args.cuda_graph, args.max_memory_gb,
+                          progress=not args.quiet)
+        if out.stopped:
+            print(f"convlstm-dist: training stopped early: {out.stopped}", file=sys.stderr)
+            return 3
+        return 0
     out = run_training(cfg, args.workdir, progress=not args.quiet)
     _print_summary(out, Path(args.workdir))
     if out.stopped:

@@ -15,7 +15,7 @@ archive (``convlstm_dist.data.archive``) on local disk or ``s3://`` through Ray'
   (:class:`EpochClock`), so every epoch reshuffles the block order and re-crops, deterministically.
   Validation data uses a fixed epoch: always the same crops.
 
-:func:`read_windows` is the same read without Ray (benchmarks, evaluation, tests).
+:func:`read_windows` (``convlstm_dist.data.samples``, re-exported here) is the same read without Ray.
 """
 
 from __future__ import annotations
@@ -25,55 +25,8 @@ import ray
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockAccessor, BlockMetadata
 
-from convlstm_dist.data.transforms import choose_crop, to_model
+from convlstm_dist.data.samples import read_windows  # noqa: F401  (re-exported)
 from convlstm_dist.data.windows import group_by_chunk
-
-
-def read_windows(
-    archive,
-    starts: np.ndarray,
-    in_len: int,
-    out_len: int,
-    crop: tuple[int, int] | None,
-    seed: int = 0,
-    epoch: int = 0,
-    crops_per_window: int = 1,
-) -> dict[str, np.ndarray]:
-    """Read the windows starting at ``starts`` (sorted, one read call) and crop them.
-
-    Returns the row columns described in the module docstring, stacked along axis 0.
-    """
-    starts = np.asarray(starts, dtype=np.int64)
-    length = in_len + out_len
-    lo, hi = int(starts.min()), int(starts.max()) + length
-    raw = archive.read(lo, hi)  # (t, H, W) physical unit, NaN = no data
-    _, H, W = raw.shape
-    h, w = crop or (H, W)
-    valid = np.isfinite(raw)
-    vals = to_model(raw, archive.variable, archive.to_rain_mmh)
-    vals = np.where(valid, vals, 0.0).astype(np.float32)
-    xs, ys, ms, t0s, cys, cxs = [], [], [], [], [], []
-    for s in starts:
-        a = int(s) - lo
-        win_valid = valid[a:a + length].all(axis=0)
-        for k in range(crops_per_window):
-            rng = np.random.default_rng([seed, epoch, int(s), k])
-            cy, cx = choose_crop(win_valid, (h, w), rng)
-            block = vals[a:a + length, cy:cy + h, cx:cx + w]
-            xs.append(block[:in_len, None])
-            ys.append(block[in_len:, None])
-            ms.append(valid[a + in_len:a + length, cy:cy + h, cx:cx + w][:, None].astype(np.float32))
-            t0s.append(int(s))
-            cys.append(cy)
-            cxs.append(cx)
-    return {
-        "x": np.stack(xs),
-        "y": np.stack(ys),
-        "mask": np.stack(ms),
-        "t0": np.asarray(t0s, dtype=np.int64),
-        "cy": np.asarray(cys, dtype=np.int32),
-        "cx": np.asarray(cxs, dtype=np.int32),
-    }
 
 
 class EpochClock:
@@ -108,13 +61,14 @@ def _current_epoch(clock_name: str | None, fixed_epoch: int) -> int:
     return int(ray.get(ray.get_actor(clock_name).get.remote()))
 
 
-def _read_task_fn(archive, groups, slot, in_len, out_len, crop, seed, shuffle, clock_name, fixed_epoch, cpw):
+def _read_task_fn(archive, groups, slot, in_len, out_len, crop, seed, shuffle, clock_name, fixed_epoch, cpw,
+                  augment=False):
     def fn():
         epoch = _current_epoch(clock_name, fixed_epoch)
         g = slot
         if shuffle:
             g = int(np.random.default_rng([seed, epoch, 7919]).permutation(len(groups))[slot])
-        batch = read_windows(archive, groups[g], in_len, out_len, crop, seed, epoch, cpw)
+        batch = read_windows(archive, groups[g], in_len, out_len, crop, seed, epoch, cpw, augment)
         return [BlockAccessor.batch_to_block(batch)]
 
     return fn
@@ -124,8 +78,9 @@ class WindowDatasource(Datasource):
     """Ray Data datasource over the windows ``starts`` of an archive (see module docstring)."""
 
     def __init__(self, archive, starts, in_len, out_len, crop=None, seed=0, shuffle=False,
-                 clock_name=None, fixed_epoch=0, crops_per_window=1):
+                 clock_name=None, fixed_epoch=0, crops_per_window=1, augment=False):
         super().__init__()
+        self.augment = augment
         self.archive = archive
         self.groups = group_by_chunk(np.sort(np.asarray(starts)), archive.time_chunk)
         self.in_len, self.out_len = in_len, out_len
@@ -150,16 +105,16 @@ class WindowDatasource(Datasource):
             rows = (len(g) * self.cpw) if not self.shuffle else mean_rows
             meta = BlockMetadata(num_rows=rows, size_bytes=rows * self._row_bytes, input_files=None, exec_stats=None)
             fn = _read_task_fn(self.archive, self.groups, slot, self.in_len, self.out_len, self.crop, self.seed,
-                               self.shuffle, self.clock_name, self.fixed_epoch, self.cpw)
+                               self.shuffle, self.clock_name, self.fixed_epoch, self.cpw, self.augment)
             tasks.append(ReadTask(fn, meta, per_task_row_limit=per_task_row_limit))
         return tasks
 
 
 def window_dataset(archive, starts, in_len, out_len, crop=None, seed=0, shuffle=False, clock_name=None,
-                   fixed_epoch=0, crops_per_window=1):
+                   fixed_epoch=0, crops_per_window=1, augment=False):
     """A ``ray.data.Dataset`` of training windows (rows as in the module docstring)."""
     if len(starts) == 0:
         raise ValueError("no windows to read: the split is empty (check data.split and the archive's time range)")
     src = WindowDatasource(archive, starts, in_len, out_len, crop, seed, shuffle, clock_name, fixed_epoch,
-                           crops_per_window)
+                           crops_per_window, augment)
     return ray.data.read_datasource(src, override_num_blocks=max(1, len(src.groups)))

@@ -110,13 +110,13 @@ class DataPlan:
     def counts(self) -> dict[str, int]:
         return {s: int(len(v)) for s, v in self.starts.items()}
 
-    def datasets(self, seed: int, clock_name: str | None, crops_per_window: int = 1) -> dict:
+    def datasets(self, seed: int, clock_name: str | None, crops_per_window: int = 1, augment: bool = False) -> dict:
         from convlstm_dist.data.datasource import window_dataset
 
         return {
             "train": window_dataset(self.archives["train"], self.starts["train"], self.in_len, self.out_len,
                                     self.crop, seed=seed, shuffle=True, clock_name=clock_name,
-                                    crops_per_window=crops_per_window),
+                                    crops_per_window=crops_per_window, augment=augment),
             "val": window_dataset(self.archives["val"], self.starts["val"], self.in_len, self.out_len,
                                   self.crop, seed=seed + 10_000, shuffle=False, fixed_epoch=0),
         }

@@ -108,7 +108,7 @@ class CudaGraphTrainStep:
 
     def __init__(self, model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                  x: torch.Tensor, y: torch.Tensor, autocast_dtype: torch.dtype | None = None,
-                 warmup: int = 3):
+                 warmup: int = 3, mask: torch.Tensor | None = None, grad_clip: float | None = None):
         if not x.is_cuda:
             raise ValueError("CudaGraphTrainStep needs CUDA tensors; use a plain step on CPU")
         if not all(g.get("capturable", False) for g in optimizer.param_groups):
@@ -117,6 +117,8 @@ class CudaGraphTrainStep:
         self.autocast_dtype = autocast_dtype
         self.n_out = y.shape[1]
         self.static_x, self.static_y = x.clone(), y.clone()
+        self.static_m = None if mask is None else mask.clone()
+        self.grad_clip = grad_clip
         params = [p.detach().clone() for p in model.parameters()]
         opt_state = {id(t): t.clone() for st in optimizer.state.values() for t in st.values()
                      if torch.is_tensor(t)}
@@ -143,13 +145,18 @@ class CudaGraphTrainStep:
         with torch.autocast("cuda", dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None, cache_enabled=False):
             pred, _ = self.model(self.static_x, self.n_out)
-            loss = self.loss_fn(pred.float(), self.static_y)
+            loss = (self.loss_fn(pred.float(), self.static_y) if self.static_m is None
+                    else self.loss_fn(pred.float(), self.static_y, self.static_m))
         loss.backward()
+        if self.grad_clip:  # no host sync inside: the clip coefficient stays a device tensor
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.opt.step()
         return loss.detach()
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def step(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         self.static_x.copy_(x, non_blocking=True)
         self.static_y.copy_(y, non_blocking=True)
+        if self.static_m is not None:
+            self.static_m.copy_(mask, non_blocking=True)
         self.graph.replay()
         return self.static_loss

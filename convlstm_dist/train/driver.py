@@ -131,7 +131,7 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             callbacks=callbacks or [],
         ),
-        datasets=plan.datasets(cfg.data.seed, clock_name, cfg.data.crops_per_window),
+        datasets=plan.datasets(cfg.data.seed, clock_name, cfg.data.crops_per_window, cfg.data.augment),
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
 

@@ -32,13 +32,20 @@ from convlstm_dist.models import get_loss
 THRESHOLDS_MMH = (0.5, 2.0, 5.0, 10.0, 30.0)
 
 
-def make_optimizer(t, params):
+def make_optimizer(t, params, capturable_on: torch.device | None = None):
+    """The recipe's optimizer. ``capturable_on`` (a CUDA device): built for CUDA-graph capture, with
+    the learning rate as a device tensor so that schedulers still act inside the graph (not SGD)."""
+    kw = {}
+    if capturable_on is not None:
+        kw = {"capturable": True, "lr": torch.tensor(t.lr, device=capturable_on)}
     if t.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=t.lr, alpha=t.rmsprop_decay, weight_decay=t.weight_decay)
+        return torch.optim.RMSprop(params, **{"lr": t.lr, **kw}, alpha=t.rmsprop_decay, weight_decay=t.weight_decay)
     if t.optimizer == "sgd":
+        if kw:
+            raise ValueError("sgd cannot be captured in a CUDA graph")
         return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+    return cls(params, **{"lr": t.lr, **kw}, weight_decay=t.weight_decay)
 
 
 def make_scheduler(t, opt):
@@ -59,6 +66,30 @@ def loss_kwargs(name: str, quantity: str) -> dict:
     if name in ("bmse", "bmae") and quantity == "rain_norm":
         return {"to_mmh": lambda t: from_model(t, quantity)}
     return {}
+
+
+def forward_loss(model, x, y, m, out_len: int, loss_fn, amp_dtype) -> torch.Tensor:
+    """Forward pass under autocast (``amp_dtype`` None = full precision) and the fp32 loss."""
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        pred, _ = model(x, out_len)
+    return loss_fn(pred.float(), y, m)
+
+
+def apply_gradients(loss, params, opt, scaler, grad_clip: float | None) -> None:
+    """Backward (scaled for fp16), optional gradient clipping, optimizer step."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(opt)
+    scaler.update()
+
+
+def training_loss(name: str, quantity: str):
+    """``loss(pred, target, mask)`` of the recipe, with its quantity-dependent arguments bound."""
+    fn, kw = get_loss(name), loss_kwargs(name, quantity)
+    return lambda pred, target, mask=None: fn(pred, target, mask, **kw)
 
 
 def rng_state() -> dict:
@@ -177,11 +208,13 @@ class ValAccumulator:
         return rows
 
 
-def evaluate_val(model, val_iter, cfg, quantity, device, rank, world, amp_dtype) -> ValAccumulator:
+def evaluate_val(model, batches, cfg, quantity, device, rank, world, amp_dtype) -> ValAccumulator:
+    """Metrics over ``batches`` (dicts of tensors on ``device``), merged across ranks; a rank scores
+    the windows with ``t0 % world == rank``."""
     acc = ValAccumulator(cfg.data.out_len, quantity, cfg.train.loss)
     model.eval()
     with torch.no_grad():
-        for batch in val_iter.iter_torch_batches(batch_size=cfg.data.batch_size, device=device):
+        for batch in batches:
             keep = (batch["t0"] % world) == rank
             if not bool(keep.any()):
                 continue
@@ -242,8 +275,7 @@ def train_loop_per_worker(config: dict) -> None:
     best = float(state.get("best", math.inf))
     since_best = int(state.get("since_best", 0))
 
-    loss_fn = get_loss(cfg.train.loss)
-    lkw = loss_kwargs(cfg.train.loss, quantity)
+    step_loss = training_loss(cfg.train.loss, quantity)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     clock = ray.get_actor(config["clock"]) if config.get("clock") else None
@@ -268,22 +300,14 @@ def train_loop_per_worker(config: dict) -> None:
             if batch is None:
                 break
             x, y, m = batch["x"], batch["y"], batch["mask"] > 0.5
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                pred, _ = ddp(x, cfg.data.out_len)
-            loss = loss_fn(pred.float(), y, m, **lkw)
+            loss = forward_loss(ddp, x, y, m, cfg.data.out_len, step_loss, amp_dtype)
             if config.get("fault_nan_at") == [epoch, n_batches]:  # fault injection for tests
                 loss = loss * float("nan")
             bad = _allreduce(torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device))
             if float(bad) > 0:
                 nan_at = (epoch, step)
                 break
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.train.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            scaler.step(opt)
-            scaler.update()
+            apply_gradients(loss, model.parameters(), opt, scaler, cfg.train.grad_clip)
             sum_loss += float(loss.detach())
             n_batches += 1
             n_samples += x.shape[0]
@@ -303,7 +327,8 @@ def train_loop_per_worker(config: dict) -> None:
             sched.step()
         train_time = time.perf_counter() - t_epoch
         tot = _allreduce(torch.tensor([sum_loss, n_batches, n_samples], dtype=torch.float64, device=device))
-        acc = evaluate_val(model, val_shard, cfg, quantity, device, rank, world, amp_dtype)
+        acc = evaluate_val(model, val_shard.iter_torch_batches(batch_size=cfg.data.batch_size, device=device),
+                           cfg, quantity, device, rank, world, amp_dtype)
         metrics = {
             "epoch": epoch + 1, "step": step,
             "train_loss": float(tot[0] / max(float(tot[1]), 1.0)),

@@ -53,7 +53,7 @@ def forecast_figure(model, plan, quantity: str, out_dir: Path, case: int | None 
     import matplotlib.pyplot as plt
     import torch
 
-    from convlstm_dist.data.datasource import read_windows
+    from convlstm_dist.data.samples import read_windows
     from convlstm_dist.data.transforms import from_model
 
     starts = plan.starts["val"][:16]

@@ -1,0 +1,85 @@
+"""Cutting training samples out of archive frames, without Ray.
+
+One sample = one window (``in_len + out_len`` consecutive frames) at one crop:
+
+* ``x`` (in_len, 1, h, w) and ``y`` (out_len, 1, h, w) in the model's range (``transforms``),
+  NaN → 0; ``mask`` (out_len, 1, h, w) 1.0 where the target is valid; ``t0`` (window start),
+  ``cy``/``cx`` (crop corner).
+* The crop (and, with ``augment``, one of the 8 flips/rotations of the square, the same for every
+  frame of the window) is drawn from ``(seed, epoch, t0, k)``: deterministic, and different in
+  every epoch.
+
+:func:`read_windows` reads and cuts in one call (Ray read tasks, evaluation, figures);
+:func:`load_block` + :func:`cut_windows` let a single-process trainer keep the frames in memory
+and cut batches from them (``convlstm_dist.train.local``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convlstm_dist.data.transforms import choose_crop, to_model
+
+
+def load_block(archive, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frames ``lo:hi`` in model units (float32, NaN → 0) and their validity (bool)."""
+    raw = archive.read(lo, hi)  # (t, H, W) physical unit, NaN = no data
+    valid = np.isfinite(raw)
+    vals = to_model(raw, archive.variable, archive.to_rain_mmh)
+    return np.where(valid, vals, 0.0).astype(np.float32), valid
+
+
+def dihedral(a: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 symmetries of the square on the last two axes (k = 0 is the identity)."""
+    a = np.rot90(a, k % 4, axes=(-2, -1))
+    return a[..., ::-1] if k >= 4 else a
+
+
+def cut_windows(vals: np.ndarray, valid: np.ndarray, offset: int, starts, in_len: int, out_len: int,
+                crop: tuple[int, int] | None, seed: int = 0, epoch: int = 0, crops_per_window: int = 1,
+                augment: bool = False, draws=None) -> dict[str, np.ndarray]:
+    """Samples of the windows ``starts`` from frames ``vals``/``valid`` whose first frame is the
+    archive's frame ``offset``. Returns the columns of the module docstring stacked on axis 0.
+
+    Each start gives ``crops_per_window`` samples (draws k = 0..n-1), or, with ``draws`` (one
+    int per start), exactly one sample: draw ``draws[i]``."""
+    length = in_len + out_len
+    _, H, W = vals.shape
+    h, w = crop or (H, W)
+    xs, ys, ms, t0s, cys, cxs = [], [], [], [], [], []
+    for i, s in enumerate(np.asarray(starts, dtype=np.int64)):
+        a = int(s) - offset
+        win_valid = valid[a:a + length].all(axis=0)
+        for k in (range(crops_per_window) if draws is None else (int(draws[i]),)):
+            rng = np.random.default_rng([seed, epoch, int(s), k])
+            cy, cx = choose_crop(win_valid, (h, w), rng)
+            block = vals[a:a + length, cy:cy + h, cx:cx + w]
+            mask = valid[a + in_len:a + length, cy:cy + h, cx:cx + w]
+            if augment:
+                sym = int(rng.integers(8 if h == w else 4))
+                sym = sym if h == w else (0, 2, 4, 6)[sym]  # rectangles: flips only
+                block, mask = dihedral(block, sym), dihedral(mask, sym)
+            xs.append(block[:in_len, None])
+            ys.append(block[in_len:, None])
+            ms.append(mask[:, None].astype(np.float32))
+            t0s.append(int(s))
+            cys.append(cy)
+            cxs.append(cx)
+    return {
+        "x": np.ascontiguousarray(np.stack(xs)),
+        "y": np.ascontiguousarray(np.stack(ys)),
+        "mask": np.ascontiguousarray(np.stack(ms)),
+        "t0": np.asarray(t0s, dtype=np.int64),
+        "cy": np.asarray(cys, dtype=np.int32),
+        "cx": np.asarray(cxs, dtype=np.int32),
+    }
+
+
+def read_windows(archive, starts: np.ndarray, in_len: int, out_len: int, crop: tuple[int, int] | None,
+                 seed: int = 0, epoch: int = 0, crops_per_window: int = 1,
+                 augment: bool = False) -> dict[str, np.ndarray]:
+    """Read the windows starting at ``starts`` (one read call over their span) and cut them."""
+    starts = np.asarray(starts, dtype=np.int64)
+    lo, hi = int(starts.min()), int(starts.max()) + in_len + out_len
+    vals, valid = load_block(archive, lo, hi)
+    return cut_windows(vals, valid, lo, starts, in_len, out_len, crop, seed, epoch, crops_per_window, augment)

@@ -1,0 +1,377 @@
+"""Single-process training without Ray: ``convlstm-dist train --local``.
+
+For one GPU (or a CPU) where a Ray cluster is not wanted or not installed: a workstation, a
+notebook, a lent GPU box. The recipe, model, losses, validation metrics (``ValAccumulator``) and
+checkpoint format are those of ``train``, so ``evaluate``, ``nowcast`` and ``Nowcaster`` take its
+checkpoints. What differs:
+
+* one process, no Ray Data: the frames of each split are read once into memory
+  (:func:`convlstm_dist.data.samples.load_block`) and batches are cut from them in a background
+  thread; archives larger than ``max_memory_gb`` are refused (stream them with ``train``);
+* on CUDA with the fast model, the whole training step (forward, loss, backward, clipping,
+  optimizer) is one CUDA graph (``CudaGraphTrainStep``); the last, smaller batch of an epoch is
+  dropped then. If capture fails, training goes on with eager steps and says so;
+* ``time_budget_s`` ends training at a step boundary; the partial epoch is validated and
+  checkpointed like a full one;
+* output folder ``<workdir>/local/<run name>/``: ``latest/`` and ``best/`` checkpoints (rerunning
+  resumes from ``latest``), ``history.csv``, ``curves.png``, ``skill.csv``/``skill.png`` and
+  ``forecast.png`` of the best checkpoint, ``summary.json`` (with test-split metrics if the plan
+  has a test split). MLflow logging happens when ``tracking.enabled`` and mlflow is importable.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convlstm_dist.checkpoint import read_checkpoint, save_checkpoint
+from convlstm_dist.config import Config, build_model_from_config
+from convlstm_dist.data.samples import cut_windows, load_block
+from convlstm_dist.data.transforms import model_quantity
+from convlstm_dist.errors import UserError
+from convlstm_dist.train.loop import (apply_gradients, evaluate_val, forward_loss, make_optimizer,
+                                      make_scheduler, resolve_precision, training_loss)
+
+EVAL_BATCH = 64
+
+
+@dataclass
+class LocalOutcome:
+    run_name: str
+    out_dir: Path
+    checkpoint: Path | None
+    metrics: dict
+    test_metrics: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    stopped: str | None = None
+    graph: bool = False
+
+
+class MemorySplit:
+    """One split's frames in memory (model units) and its window starts; cuts batches."""
+
+    def __init__(self, archive, starts: np.ndarray, in_len: int, out_len: int, crop):
+        self.starts = np.sort(np.asarray(starts, dtype=np.int64))
+        self.in_len, self.out_len, self.crop = in_len, out_len, crop
+        self.lo = int(self.starts.min())
+        self.vals, self.valid = load_block(archive, self.lo, int(self.starts.max()) + in_len + out_len)
+
+    @staticmethod
+    def nbytes(archive, starts, length: int) -> int:
+        _, H, W = archive.shape
+        return (int(np.max(starts)) + length - int(np.min(starts))) * H * W * 5  # float32 + bool
+
+    def batches(self, batch_size: int, seed: int, epoch: int, shuffle: bool, cpw: int = 1,
+                augment: bool = False, drop_last: bool = False):
+        """Numpy batches (dicts as ``cut_windows``); training order and crops drawn from (seed, epoch)."""
+        order = np.repeat(self.starts, cpw)
+        draws = np.tile(np.arange(cpw), len(self.starts))
+        if shuffle:
+            perm = np.random.default_rng([seed, epoch, 7919]).permutation(len(order))
+            order, draws = order[perm], draws[perm]
+        n = len(order) - (len(order) % batch_size if drop_last else 0)
+        for i in range(0, n, batch_size):
+            yield cut_windows(self.vals, self.valid, self.lo, order[i:i + batch_size], self.in_len, self.out_len,
+                              self.crop, seed, epoch, augment=augment, draws=draws[i:i + batch_size])
+
+
+def prefetch(it, device: torch.device, depth: int = 2):
+    """Iterate ``it`` (numpy batch dicts) in a thread, yielding tensors on ``device``."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def work():
+        try:
+            for b in it:
+                q.put({k: torch.from_numpy(v) for k, v in b.items()})
+        except BaseException as err:  # surfaced in the consumer
+            q.put(err)
+        q.put(done)
+
+    threading.Thread(target=work, daemon=True).start()
+    while True:
+        b = q.get()
+        if b is done:
+            return
+        if isinstance(b, BaseException):
+            raise b
+        pin = device.type == "cuda"
+        yield {k: (v.pin_memory() if pin else v).to(device, non_blocking=pin) for k, v in b.items()}
+
+
+def _device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible to torch here; use --device cpu")
+    return torch.device(requested)
+
+
+def _write_history(rows: list[dict], out_dir: Path) -> None:
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("epoch", "step", "train_loss", "val_loss"), k))
+    with (out_dir / "history.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ep = [r["epoch_float"] for r in rows]
+    ax[0].plot(ep, [r["train_loss"] for r in rows], "-o", label="train")
+    ax[0].plot(ep, [r["val_loss"] for r in rows], "-s", label="validation")
+    ax[0].set_xlabel("epoch")
+    ax[0].set_ylabel("loss")
+    ax[0].legend()
+    key = "val_cross_entropy" if "val_cross_entropy" in rows[0] else "val_mse"
+    ax[1].plot(ep, [r[key] for r in rows], "-o", label="model")
+    if key == "val_mse":
+        ax[1].plot(ep, [r["val_persistence_mse"] for r in rows], "--", label="persistence")
+        ax[1].legend()
+    ax[1].set_xlabel("epoch")
+    ax[1].set_ylabel(key)
+    fig.tight_layout()
+    fig.savefig(out_dir / "curves.png", dpi=110)
+    plt.close(fig)
+
+
+def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "auto",
+                time_budget_s: float | None = None, cuda_graph: bool | None = None,
+                max_memory_gb: float = 48.0, progress: bool = True, log_every_s: float = 30.0) -> LocalOutcome:
+    from convlstm_dist.data.plan import DataPlan
+
+    say = print if progress else (lambda *a, **k: None)
+    wd = Path(workdir).resolve()
+    plan = DataPlan.from_config(cfg, wd)
+    run_name = cfg.run.name or cfg.name
+    out_dir = wd / "local" / run_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = _device(device)
+    length = plan.in_len + plan.out_len
+    need = sum(MemorySplit.nbytes(plan.archives[s], plan.starts[s], length) for s in plan.starts if len(plan.starts[s]))
+    if need > max_memory_gb * 2**30:
+        raise UserError(f"--local keeps the archive's frames in memory: {need / 2**30:.1f} GiB needed, limit "
+                        f"{max_memory_gb:g} GiB (--max-memory-gb); use `convlstm-dist train` (Ray Data streaming)")
+    t_load = time.perf_counter()
+    splits = {s: MemorySplit(plan.archives[s], plan.starts[s], plan.in_len, plan.out_len, plan.crop)
+              for s in ("train", "val", "test") if s in plan.starts and len(plan.starts[s])}
+    say(f"[local] run '{run_name}' on {dev}: windows per split {plan.counts()}, crop {plan.crop[0]}x{plan.crop[1]}, "
+        f"frames loaded in {time.perf_counter() - t_load:.1f} s ({need / 2**30:.2f} GiB)")
+
+    quantity = model_quantity(plan.variable)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model_from_config(cfg).to(dev)
+    precision = resolve_precision(cfg.train.precision, dev)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    want_graph = (dev.type == "cuda" and cfg.model.impl == "fast" and precision != "fp16"
+                  and cfg.train.optimizer != "sgd") if cuda_graph is None else bool(cuda_graph)
+    if want_graph and dev.type != "cuda":
+        raise UserError("--cuda-graph needs a CUDA device")
+    opt = make_optimizer(cfg.train, model.parameters(), dev if want_graph else None)
+    sched = make_scheduler(cfg.train, opt)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    state: dict = {}
+    latest = out_dir / "latest"
+    if (latest / "checkpoint.pt").exists():
+        payload = read_checkpoint(latest)
+        model.load_state_dict(payload["model"])
+        state = payload["train"]
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler"):
+            sched.load_state_dict(state["scheduler"])
+        say(f"[local] resumed from {latest} (epoch {state.get('epoch')}, step {state.get('step')})")
+    start_epoch, step = int(state.get("epoch", 0)), int(state.get("step", 0))
+    best, since_best = float(state.get("best", math.inf)), int(state.get("since_best", 0))
+    history: list[dict] = list(state.get("history", []))
+
+    step_loss = training_loss(cfg.train.loss, quantity)
+    fault = os.environ.get("CONVLSTM_DIST_FAULT_NAN_AT")
+    fault_at = tuple(int(p) for p in fault.split(":")) if fault else None
+    d, t = cfg.data, cfg.train
+    graph = None
+
+    def train_batches(epoch):
+        return prefetch(splits["train"].batches(d.batch_size, d.seed, epoch, True, d.crops_per_window, d.augment,
+                                                drop_last=want_graph), dev)
+
+    def eval_batches(split):
+        return prefetch(splits[split].batches(EVAL_BATCH, d.seed + 10_000, 0, False), dev)
+
+    if want_graph:
+        from convlstm_dist.models.fast import CudaGraphTrainStep
+
+        first = next(train_batches(start_epoch), None)
+        if first is None:
+            raise UserError(f"fewer training windows than one batch ({d.batch_size}); lower data.batch_size")
+        try:
+            t0 = time.perf_counter()
+            graph = CudaGraphTrainStep(model, step_loss, opt, first["x"], first["y"], amp_dtype,
+                                       mask=first["mask"] > 0.5, grad_clip=t.grad_clip)
+            say(f"[local] training step captured as a CUDA graph in {time.perf_counter() - t0:.1f} s")
+        except Exception as err:  # noqa: BLE001 - fall back, loudly
+            say(f"[local] CUDA graph capture failed ({type(err).__name__}: {err}); eager steps instead")
+            torch.cuda.synchronize()
+            opt = make_optimizer(t, model.parameters(), None)
+            sched = make_scheduler(t, opt)
+            graph = None
+
+    steps_per_epoch = len(splits["train"].starts) * d.crops_per_window // d.batch_size or 1
+    if t.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
+    t_start = time.perf_counter()
+    stopped, metrics, best_ckpt = None, {}, (out_dir / "best") if (out_dir / "best" / "checkpoint.pt").exists() else None
+    for epoch in range(start_epoch, t.epochs):
+        t_epoch = time.perf_counter()
+        sum_loss = torch.zeros((), device=dev)
+        n_batches = n_samples = 0
+        wait, last_log, nan_at, out_of_time = 0.0, time.perf_counter(), None, False
+        it = train_batches(epoch)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(it, None)
+            wait += time.perf_counter() - t0
+            if batch is None:
+                break
+            x, y, m = batch["x"], batch["y"], batch["mask"] > 0.5
+            if graph is not None:
+                loss = graph.step(x, y, m)
+            else:
+                loss = forward_loss(model, x, y, m, d.out_len, step_loss, amp_dtype)
+                if fault_at == (epoch, n_batches):  # fault injection for tests of the NaN guard
+                    loss = loss * float("nan")
+                if not bool(torch.isfinite(loss)):
+                    nan_at = (epoch, step)
+                    break
+                apply_gradients(loss, model.parameters(), opt, scaler, t.grad_clip)
+            sum_loss += loss.detach()
+            n_batches += 1
+            n_samples += x.shape[0]
+            step += 1
+            if graph is not None and n_batches % 50 == 0 and not bool(torch.isfinite(sum_loss)):
+                nan_at = (epoch, step)
+                break
+            now = time.perf_counter()
+            if now - last_log > log_every_s:
+                last_log = now
+                say(f"[local]   epoch {epoch + 1} step {n_batches}/{steps_per_epoch}  "
+                    f"loss {float(sum_loss) / n_batches:.5f}  {n_samples / (now - t_epoch):.1f} samples/s")
+            if time_budget_s is not None and now - t_start > time_budget_s:
+                out_of_time = True
+                break
+            if t.max_steps_per_epoch and n_batches >= t.max_steps_per_epoch:
+                break
+        if nan_at is None and graph is not None and not bool(torch.isfinite(sum_loss)):
+            nan_at = (epoch, step)
+        if nan_at is not None:
+            stopped = f"non-finite training loss at epoch {nan_at[0]} step {nan_at[1]}; stopped, last good checkpoint kept"
+            say(f"[local] STOPPED: {stopped}")
+            break
+        if n_batches == 0:
+            break
+        if sched is not None:
+            sched.step()
+        train_time = time.perf_counter() - t_epoch
+        acc = evaluate_val(model, eval_batches("val"), cfg, quantity, dev, 0, 1, amp_dtype)
+        metrics = {
+            "epoch": epoch + 1, "epoch_float": epoch + n_batches / steps_per_epoch, "step": step,
+            "train_loss": float(sum_loss) / n_batches, "samples_per_s": n_samples / max(train_time, 1e-9),
+            "data_wait_share": wait / max(train_time, 1e-9), "epoch_time_s": time.perf_counter() - t_epoch,
+            "elapsed_s": time.perf_counter() - t_start, "lr": float(opt.param_groups[0]["lr"]), **acc.metrics(),
+        }
+        history.append(metrics)
+        improved = metrics["val_loss"] < best
+        best, since_best = (metrics["val_loss"], 0) if improved else (best, since_best + 1)
+        train_state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                       "scheduler": sched.state_dict() if sched is not None else None,
+                       "epoch": epoch + 1, "step": step, "best": best, "since_best": since_best,
+                       "history": history, "lead_table": acc.lead_table(), "variable": plan.variable,
+                       "data_position": {"epoch": epoch + 1, "batch": 0}}
+        save_checkpoint(latest, model, cfg.model_dump(mode="json"), quantity, train_state)
+        if improved:
+            best_ckpt = out_dir / "best"
+            save_checkpoint(best_ckpt, model, cfg.model_dump(mode="json"), quantity, train_state)
+        _write_history(history, out_dir)
+        extra = (f"  cross-entropy {metrics['val_cross_entropy']:.1f}" if "val_cross_entropy" in metrics else
+                 f"  val_mse {metrics['val_mse']:.4f} (persistence {metrics['val_persistence_mse']:.4f})")
+        say(f"[local epoch {epoch + 1}/{t.epochs}] step {step}  train_loss {metrics['train_loss']:.5f}  "
+            f"val_loss {metrics['val_loss']:.5f}{extra}  {metrics['samples_per_s']:.1f} samples/s  "
+            f"data wait {100 * metrics['data_wait_share']:.0f}%  {metrics['elapsed_s']:.0f} s")
+        if t.early_stopping_patience and since_best >= t.early_stopping_patience:
+            say(f"[local] early stop: no validation improvement for {since_best} epochs")
+            break
+        if out_of_time:
+            say(f"[local] time budget of {time_budget_s:g} s reached after {step} steps (epoch {epoch + 1}, "
+                f"{n_batches}/{steps_per_epoch} steps into it)")
+            break
+
+    out = LocalOutcome(run_name, out_dir, best_ckpt, metrics, history=history, stopped=stopped,
+                       graph=graph is not None)
+    if best_ckpt is not None:
+        _final_report(cfg, plan, splits, best_ckpt, out, quantity, dev, amp_dtype, say)
+    return out
+
+
+def _final_report(cfg, plan, splits, best_ckpt: Path, out: LocalOutcome, quantity, dev, amp_dtype, say) -> None:
+    from convlstm_dist.checkpoint import load_model
+    from convlstm_dist.train.report import forecast_figure, skill_outputs
+
+    payload = read_checkpoint(best_ckpt)
+    model, _, _ = load_model(best_ckpt, dev)
+    files = skill_outputs(payload["train"].get("lead_table", []), cfg.data.out_len,
+                          plan.record.get("timestep_s", 300), out.out_dir)
+    files.append(forecast_figure(model.cpu(), plan, quantity, out.out_dir))
+    model.to(dev)
+    if "test" in splits:
+        acc = evaluate_val(model, prefetch(splits["test"].batches(EVAL_BATCH, cfg.data.seed + 20_000, 0, False), dev),
+                           cfg, quantity, dev, 0, 1, amp_dtype)
+        out.test_metrics = {k.replace("val_", "test_", 1): v for k, v in acc.metrics().items()}
+    summary = {"run": out.run_name, "best_epoch": payload["train"].get("epoch"), "stopped": out.stopped,
+               "cuda_graph": out.graph, "last": out.metrics, "test": out.test_metrics,
+               "windows": plan.counts(), "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+               "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None}
+    (out.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    _track(cfg, out, files)
+    for f in [*files, out.out_dir / "curves.png", out.out_dir / "summary.json"]:
+        say(f"[local] wrote {f}")
+    if out.test_metrics:
+        key = "test_cross_entropy" if "test_cross_entropy" in out.test_metrics else "test_mse"
+        say(f"[local] test split ({plan.counts().get('test')} windows, best checkpoint): {key} {out.test_metrics[key]:.4f}")
+
+
+def _track(cfg, out: LocalOutcome, files: list[Path]) -> None:
+    """MLflow, when enabled and installed (a bare GPU box may have neither mlflow nor a server)."""
+    if not cfg.tracking.enabled:
+        return
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        print("[local] mlflow is not installed: run not tracked (history.csv and summary.json have it all)")
+        return
+    from convlstm_dist.config import flatten
+    from convlstm_dist.tracking.mlflow_tracker import Tracker
+
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out.out_dir.parent.parent / 'mlflow.db'}"
+    tracker, _ = Tracker.start_or_resume(uri, cfg.tracking.experiment or cfg.name, f"{out.run_name}-local",
+                                         tags={"convlstm_dist.recipe": cfg.name, "convlstm_dist.mode": "local"})
+    tracker.log_params(flatten(cfg))
+    for r in out.history:
+        tracker.log_metrics({k: v for k, v in r.items() if isinstance(v, (int, float))}, step=int(r["epoch"]))
+    if out.test_metrics:
+        tracker.log_metrics(out.test_metrics, step=int(out.history[-1]["epoch"]) if out.history else 0)
+    for f in [*files, out.out_dir / "curves.png", out.out_dir / "history.csv"]:
+        if f.exists():
+            tracker.log_artifact(f)
+    tracker.end("FAILED" if out.stopped else "FINISHED")
+    print(f"[local] MLflow run {tracker.run_id} at {uri}")
