@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from convlstm_dist.data.transforms import choose_crop, to_model
+from convlstm_dist.data.transforms import choose_crop, to_model, valid_integral
 
 
 def load_block(archive, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,22 +37,30 @@ def dihedral(a: np.ndarray, k: int) -> np.ndarray:
 
 def cut_windows(vals: np.ndarray, valid: np.ndarray, offset: int, starts, in_len: int, out_len: int,
                 crop: tuple[int, int] | None, seed: int = 0, epoch: int = 0, crops_per_window: int = 1,
-                augment: bool = False, draws=None) -> dict[str, np.ndarray]:
+                augment: bool = False, draws=None, cache: dict | None = None) -> dict[str, np.ndarray]:
     """Samples of the windows ``starts`` from frames ``vals``/``valid`` whose first frame is the
     archive's frame ``offset``. Returns the columns of the module docstring stacked on axis 0.
 
     Each start gives ``crops_per_window`` samples (draws k = 0..n-1), or, with ``draws`` (one
-    int per start), exactly one sample: draw ``draws[i]``."""
+    int per start), exactly one sample: draw ``draws[i]``. ``cache`` (a dict the caller keeps) holds
+    each window's validity map and its summed-area table between calls, so repeated cuts of the
+    same window skip that work (the bulk of it on large grids)."""
     length = in_len + out_len
     _, H, W = vals.shape
     h, w = crop or (H, W)
     xs, ys, ms, t0s, cys, cxs = [], [], [], [], [], []
     for i, s in enumerate(np.asarray(starts, dtype=np.int64)):
         a = int(s) - offset
-        win_valid = valid[a:a + length].all(axis=0)
+        if cache is not None and int(s) in cache:
+            win_valid, integral = cache[int(s)]
+        else:
+            win_valid = valid[a:a + length].all(axis=0)
+            integral = valid_integral(win_valid) if (h, w) != (H, W) else None
+            if cache is not None:
+                cache[int(s)] = (win_valid, integral)
         for k in (range(crops_per_window) if draws is None else (int(draws[i]),)):
             rng = np.random.default_rng([seed, epoch, int(s), k])
-            cy, cx = choose_crop(win_valid, (h, w), rng)
+            cy, cx = choose_crop(win_valid, (h, w), rng, integral=integral)
             block = vals[a:a + length, cy:cy + h, cx:cx + w]
             mask = valid[a + in_len:a + length, cy:cy + h, cx:cx + w]
             if augment:

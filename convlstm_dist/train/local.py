@@ -65,6 +65,7 @@ class MemorySplit:
         self.in_len, self.out_len, self.crop = in_len, out_len, crop
         self.lo = int(self.starts.min())
         self.vals, self.valid = load_block(archive, self.lo, int(self.starts.max()) + in_len + out_len)
+        self.cache: dict = {}  # per window: validity map + summed-area table (crop choice)
 
     @staticmethod
     def nbytes(archive, starts, length: int) -> int:
@@ -82,7 +83,8 @@ class MemorySplit:
         n = len(order) - (len(order) % batch_size if drop_last else 0)
         for i in range(0, n, batch_size):
             yield cut_windows(self.vals, self.valid, self.lo, order[i:i + batch_size], self.in_len, self.out_len,
-                              self.crop, seed, epoch, augment=augment, draws=draws[i:i + batch_size])
+                              self.crop, seed, epoch, augment=augment, draws=draws[i:i + batch_size],
+                              cache=self.cache)
 
 
 def prefetch(it, device: torch.device, depth: int = 2):

@@ -1,0 +1,60 @@
+"""Cutting samples without Ray: draws, dihedral augmentation, load + cut == read."""
+
+import numpy as np
+import pytest
+
+from convlstm_dist.data.archive import open_archive
+from convlstm_dist.data.samples import cut_windows, dihedral, load_block, read_windows
+from synthetic import make_archive
+
+
+@pytest.fixture(scope="module")
+def arc(tmp_path_factory):
+    url = tmp_path_factory.mktemp("s") / "a.zarr"
+    make_archive(url, n=30, h=40, w=40)
+    return open_archive(str(url))
+
+
+def test_dihedral_is_the_eight_symmetries_of_the_square():
+    a = np.arange(9).reshape(3, 3)
+    outs = {dihedral(a, k).tobytes() for k in range(8)}
+    assert len(outs) == 8
+    np.testing.assert_array_equal(dihedral(a, 1), np.rot90(a))
+    np.testing.assert_array_equal(dihedral(a, 4), a[:, ::-1])
+
+
+def test_load_and_cut_equals_read_and_draws_pick_the_crop(arc):
+    starts = np.array([2, 5, 9])
+    ref = read_windows(arc, starts, 3, 2, (16, 16), seed=4, epoch=1, crops_per_window=2)
+    vals, valid = load_block(arc, 2, 14)
+    cut = cut_windows(vals, valid, 2, starts, 3, 2, (16, 16), seed=4, epoch=1, crops_per_window=2)
+    for k in ref:
+        np.testing.assert_array_equal(cut[k], ref[k])
+    # draws=[1, 0, 1] gives exactly those draws of each window (rows 1, 2 and 5 of the reference)
+    one = cut_windows(vals, valid, 2, starts, 3, 2, (16, 16), seed=4, epoch=1, draws=[1, 0, 1])
+    np.testing.assert_array_equal(one["x"], ref["x"][[1, 2, 5]])
+    np.testing.assert_array_equal(one["cy"], ref["cy"][[1, 2, 5]])
+
+
+def test_augment_applies_one_symmetry_to_inputs_targets_and_mask_alike(arc):
+    starts = np.arange(0, 10)
+    plain = read_windows(arc, starts, 3, 2, (16, 16), seed=1)
+    aug = read_windows(arc, starts, 3, 2, (16, 16), seed=1, augment=True)
+    np.testing.assert_array_equal(aug["cy"], plain["cy"])  # same crops, then transformed
+    used = set()
+    for i in range(len(starts)):
+        ks = [k for k in range(8) if np.array_equal(dihedral(plain["x"][i], k), aug["x"][i])]
+        assert ks, f"sample {i} is not a symmetry of the plain crop"
+        k = ks[0]
+        np.testing.assert_array_equal(dihedral(plain["y"][i], k), aug["y"][i])
+        np.testing.assert_array_equal(dihedral(plain["mask"][i], k), aug["mask"][i])
+        used.add(k)
+    assert len(used) > 1
+
+
+def test_augment_on_rectangles_only_flips(arc):
+    plain = read_windows(arc, np.arange(0, 10), 3, 2, (16, 24), seed=3)
+    out = read_windows(arc, np.arange(0, 10), 3, 2, (16, 24), seed=3, augment=True)
+    assert out["x"].shape == (10, 3, 1, 16, 24)
+    for i in range(10):  # identity, rot180 (= both flips), left-right or up-down flip
+        assert any(np.array_equal(dihedral(plain["x"][i], k), out["x"][i]) for k in (0, 2, 4, 6))
