@@ -33,6 +33,7 @@ import numpy as np
 from convlstm_dist.errors import UserError
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
+PIXELS_PER_FORWARD = 1 << 20  # windows x pixels per model forward at inference (memory bound)
 
 
 def resolve_tracking_uri(uri: str | None = None, workdir: str | Path = "workdir") -> str:
@@ -131,9 +132,15 @@ class Nowcaster:
 
         B, T, C, H, W = x.shape
         self.check_grid(H, W)
+        # The fast path holds every step's gates of a layer at once (several GB per full radar
+        # grid): forward at most ~PIXELS_PER_FORWARD pixels of windows at a time.
+        per = max(1, PIXELS_PER_FORWARD // (H * W))
+        out = []
         with torch.inference_mode():
-            y, _ = self.model(torch.as_tensor(x, dtype=torch.float32, device=self.device), int(n_out))
-        return y.float().cpu().numpy()
+            for i in range(0, B, per):
+                y, _ = self.model(torch.as_tensor(x[i:i + per], dtype=torch.float32, device=self.device), int(n_out))
+                out.append(y.float().cpu().numpy())
+        return np.concatenate(out)
 
     def predict_batch(self, frames: np.ndarray, n_out: int | None = None, variable: str = "rain_mmh",
                       to_rain_mmh: Callable | None = None) -> np.ndarray:

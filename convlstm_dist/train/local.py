@@ -39,7 +39,7 @@ from convlstm_dist.config import Config, build_model_from_config
 from convlstm_dist.data.samples import cut_windows, load_block
 from convlstm_dist.data.transforms import model_quantity
 from convlstm_dist.errors import UserError
-from convlstm_dist.train.loop import (apply_gradients, evaluate_val, forward_loss, make_optimizer,
+from convlstm_dist.train.loop import (TimedBatches, apply_gradients, evaluate_val, forward_loss, make_optimizer,
                                       make_scheduler, resolve_precision, training_loss)
 
 EVAL_BATCH = 64
@@ -238,15 +238,9 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
         t_epoch = time.perf_counter()
         sum_loss = torch.zeros((), device=dev)
         n_batches = n_samples = 0
-        wait, last_log, nan_at, out_of_time = 0.0, time.perf_counter(), None, False
-        it = train_batches(epoch)
-        while True:
-            t0 = time.perf_counter()
-            batch = next(it, None)
-            wait += time.perf_counter() - t0
-            if batch is None:
-                break
-            x, y, m = batch["x"], batch["y"], batch["mask"] > 0.5
+        last_log, nan_at, out_of_time = time.perf_counter(), None, False
+        batches = TimedBatches(train_batches(epoch))
+        for x, y, m in batches:
             if graph is not None:
                 loss = graph.step(x, y, m)
             else:
@@ -289,7 +283,7 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
         metrics = {
             "epoch": epoch + 1, "epoch_float": epoch + n_batches / steps_per_epoch, "step": step,
             "train_loss": float(sum_loss) / n_batches, "samples_per_s": n_samples / max(train_time, 1e-9),
-            "data_wait_share": wait / max(train_time, 1e-9), "epoch_time_s": time.perf_counter() - t_epoch,
+            "data_wait_share": batches.wait / max(train_time, 1e-9), "epoch_time_s": time.perf_counter() - t_epoch,
             "elapsed_s": time.perf_counter() - t_start, "lr": float(opt.param_groups[0]["lr"]), **acc.metrics(),
         }
         history.append(metrics)

@@ -68,6 +68,22 @@ def loss_kwargs(name: str, quantity: str) -> dict:
     return {}
 
 
+class TimedBatches:
+    """Iterate training batches as ``(x, y, mask)``, summing the time spent waiting for them (``.wait``, s)."""
+
+    def __init__(self, batches):
+        self.it, self.wait = iter(batches), 0.0
+
+    def __iter__(self):
+        while True:
+            t0 = time.perf_counter()
+            batch = next(self.it, None)
+            self.wait += time.perf_counter() - t0
+            if batch is None:
+                return
+            yield batch["x"], batch["y"], batch["mask"] > 0.5
+
+
 def forward_loss(model, x, y, m, out_len: int, loss_fn, amp_dtype) -> torch.Tensor:
     """Forward pass under autocast (``amp_dtype`` None = full precision) and the fp32 loss."""
     with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -289,17 +305,10 @@ def train_loop_per_worker(config: dict) -> None:
         if clock is not None:
             ray.get(clock.set.remote(epoch))
         t_epoch = time.perf_counter()
-        wait = 0.0
         sum_loss, n_batches, n_samples, nan_at = 0.0, 0, 0, None
-        it = iter(train_shard.iter_torch_batches(batch_size=cfg.data.batch_size, device=device,
-                                                 drop_last=False))
-        while True:
-            t0 = time.perf_counter()
-            batch = next(it, None)
-            wait += time.perf_counter() - t0
-            if batch is None:
-                break
-            x, y, m = batch["x"], batch["y"], batch["mask"] > 0.5
+        batches = TimedBatches(train_shard.iter_torch_batches(batch_size=cfg.data.batch_size, device=device,
+                                                              drop_last=False))
+        for x, y, m in batches:
             loss = forward_loss(ddp, x, y, m, cfg.data.out_len, step_loss, amp_dtype)
             if config.get("fault_nan_at") == [epoch, n_batches]:  # fault injection for tests
                 loss = loss * float("nan")
@@ -333,7 +342,7 @@ def train_loop_per_worker(config: dict) -> None:
             "epoch": epoch + 1, "step": step,
             "train_loss": float(tot[0] / max(float(tot[1]), 1.0)),
             "samples_per_s": float(tot[2]) / max(train_time, 1e-9),
-            "data_wait_share": wait / max(train_time, 1e-9),
+            "data_wait_share": batches.wait / max(train_time, 1e-9),
             "epoch_time_s": time.perf_counter() - t_epoch,
             "lr": opt.param_groups[0]["lr"],
             **acc.metrics(),

@@ -82,3 +82,18 @@ def test_intensity_model_refuses_rain(tmp_path):
     with pytest.raises(UserError, match="intensity"):
         nc.predict(np.zeros((3, 16, 16), np.float32), 2)
     assert nc.predict(np.zeros((3, 16, 16), np.float32), 2, variable="intensity").shape == (2, 16, 16)
+
+
+def test_large_batches_are_forwarded_in_memory_bounded_pieces(ckpt, monkeypatch):
+    import convlstm_dist.inference as inf
+
+    nc = Nowcaster.load(ckpt)
+    frames = np.random.default_rng(0).gamma(0.5, 2.0, (5, 3, 32, 32)).astype(np.float32)
+    whole = nc.predict_batch(frames, 2)
+    calls = []
+    forward = nc.model.forward
+    monkeypatch.setattr(nc.model, "forward", lambda x, n: calls.append(x.shape[0]) or forward(x, n))
+    monkeypatch.setattr(inf, "PIXELS_PER_FORWARD", 2 * 32 * 32)
+    pieces = nc.predict_batch(frames, 2)
+    assert calls == [2, 2, 1]
+    np.testing.assert_allclose(pieces, whole, rtol=1e-5, atol=1e-6)
