@@ -28,6 +28,7 @@ import numpy as np
 from convlstm_dist.errors import UserError
 
 BATCH = 4
+PM_SUFFIX = "_pm"  # method label suffix: the model's forecast after probability matching
 
 
 @dataclass
@@ -105,6 +106,7 @@ def score_chunk(nc, archive, starts, in_len: int, n_out: int, crop, seed: int, m
     """Score ``methods`` (the model's label first, then baselines) on windows ``starts``."""
     from convlstm_dist.data.transforms import choose_crop
     from convlstm_dist.verify import SkillAccumulator, run_baseline
+    from convlstm_dist.verify.postprocess import probability_match
 
     length = in_len + n_out
     accs = {m: SkillAccumulator(thresholds, n_out) for m in methods}
@@ -125,9 +127,13 @@ def score_chunk(nc, archive, starts, in_len: int, n_out: int, crop, seed: int, m
             xs.append(block[:in_len])
             ys.append(block[in_len:])
         x, obs = np.stack(xs), np.stack(ys)
-        accs[methods[0]].accumulate(nc.predict_batch(x, n_out, model_variable), obs)
+        fcst = nc.predict_batch(x, n_out, model_variable)
+        accs[methods[0]].accumulate(fcst, obs)
         for m in methods[1:]:
-            accs[m].accumulate(run_baseline(m, x, n_out), obs)
+            if m.endswith(PM_SUFFIX):  # the same forecast, probability-matched to the last input frame
+                accs[m].accumulate(probability_match(fcst, x[:, -1]), obs)
+            else:
+                accs[m].accumulate(run_baseline(m, x, n_out), obs)
     return {m: acc.to_state() for m, acc in accs.items()}
 
 
@@ -137,8 +143,10 @@ def _chunks(starts: np.ndarray, workers: int) -> list[np.ndarray]:
 
 
 def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persistence", "optical_flow"),
-                   workers: int = 2, ray_address: str | None = None) -> tuple[list[dict], dict]:
-    """``(labelled rows for every method, record)``; scores merged from one Ray task per chunk."""
+                   workers: int = 2, ray_address: str | None = None,
+                   probability_matching: bool = False) -> tuple[list[dict], dict]:
+    """``(labelled rows for every method, record)``; scores merged from one Ray task per chunk.
+    ``probability_matching`` adds the method ``<model>_pm`` (:mod:`convlstm_dist.verify.postprocess`)."""
     import ray
 
     from convlstm_dist.data.units import wet_thresholds
@@ -160,7 +168,7 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persisten
         raise UserError(f"{err} ({'crop' if crop else 'full archive grid'}; pass --crop HxW)") from None
     thresholds = wet_thresholds("intensity") if archive.variable == "intensity" else DEFAULT_THRESHOLDS_MMH
     model_label = nc.config.model.kind
-    methods = [model_label, *baselines]
+    methods = [model_label, *([model_label + PM_SUFFIX] if probability_matching else []), *baselines]
 
     started = False
     if not ray.is_initialized():

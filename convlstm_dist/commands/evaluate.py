@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", default=None, metavar="FILE.csv", help="CSV path (default: WORKDIR/evaluate/<model>-<split>.csv)")
     e.add_argument("--baselines", default="persistence,optical_flow",
                    help="comma-separated baselines, or 'none' (default: persistence,optical_flow)")
+    e.add_argument("--probability-matching", action="store_true",
+                   help="also score the model's forecast after probability matching to the last input frame "
+                        "(method <model>_pm: the forecast's pattern with the observed intensity distribution)")
     e.add_argument("--workers", type=int, default=2, help="Ray tasks run in parallel (local Ray CPUs; default 2)")
     e.add_argument("--ray-address", default=None, help="attach to this Ray cluster instead of starting a local one")
     e.add_argument("--max-windows", type=int, default=None, metavar="N", help="evenly spaced subset of N windows")
@@ -105,8 +108,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     sel = select_windows(nc, archive, split, args.start, args.end, args.n_out, args.max_windows)
     baselines = [] if args.baselines.strip().lower() == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
     print(f"[evaluate] {nc.source}: {len(sel.starts)} windows ({sel.label}) of {sel.in_len}+{sel.n_out} frames "
-          f"from {archive.url}; methods {[nc.config.model.kind, *baselines]}", flush=True)
-    rows, record = run_evaluation(nc, archive, sel, crop, baselines, args.workers, args.ray_address)
+          f"from {archive.url}; methods {[nc.config.model.kind, *baselines]}"
+          f"{' + probability matching' if args.probability_matching else ''}", flush=True)
+    rows, record = run_evaluation(nc, archive, sel, crop, baselines, args.workers, args.ray_address,
+                                  args.probability_matching)
     safe_label = sel.label.replace(":", "").replace("..", "_")
     out = Path(args.out) if args.out else Path(args.workdir) / "evaluate" / f"{nc.name}-{safe_label}.csv"
     csv_path = write_csv(rows, out)

@@ -81,6 +81,27 @@ def test_evaluate_local(ray_local, ckpt, archive, tmp_path, capsys):
     assert "persistence_mse" in run.data.metrics and run.info.status == "FINISHED"
 
 
+def test_evaluate_with_probability_matching(ray_local, ckpt, archive, tmp_path, capsys):
+    url, _ = archive
+    out = tmp_path / "pm.csv"
+    rc = main(["evaluate", "--model", str(ckpt), "--archive", url, "--start", "2021-06-01T00:00", "--out", str(out),
+               "--baselines", "persistence", "--probability-matching", "--workers", "2",
+               "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--workdir", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().out
+    rows = read_rows(out)
+    assert {r["method"] for r in rows} == {"convlstm", "convlstm_pm", "persistence"}
+    raw = {(r["lead_min"], r["threshold_mmh"]): r for r in rows if r["method"] == "convlstm"}
+    pm = {(r["lead_min"], r["threshold_mmh"]): r for r in rows if r["method"] == "convlstm_pm"}
+    assert raw.keys() == pm.keys()
+    assert any(raw[k]["mse"] != pm[k]["mse"] for k in raw)  # a different forecast, scored on the same windows
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("evaluate-tiny").experiment_id])[0]
+    assert "convlstm_pm_mse" in run.data.metrics
+
+
 def test_nowcast_writes_zarr(ckpt, archive, tmp_path, capsys):
     url, _ = archive
     rc = main(["nowcast", "--model", str(ckpt), "--archive", url, "--out", str(tmp_path / "fc"),
