@@ -64,3 +64,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     model = build_model_from_config(cfg)
     model.load_state_dict(payload["model"])
     return model.to(device).eval(), cfg, payload
+
+
+SLIM_KEYS = ("epoch", "step", "best", "lead_table", "variable", "history")
+
+
+def slim_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Copy a checkpoint without what only resuming needs (optimizer, scaler, RNG, scheduler state):
+    a model to evaluate or ship, a fraction of the size. Loads like any checkpoint."""
+    payload = read_checkpoint(src)
+    payload["train"] = {k: v for k, v in payload["train"].items() if k in SLIM_KEYS}
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    tmp = dst / (FILENAME + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(dst / FILENAME)
+    return dst / FILENAME

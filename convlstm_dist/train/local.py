@@ -229,7 +229,8 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
             sched = make_scheduler(t, opt)
             graph = None
 
-    steps_per_epoch = len(splits["train"].starts) * d.crops_per_window // d.batch_size or 1
+    n_train = len(splits["train"].starts) * d.crops_per_window
+    steps_per_epoch = max(1, n_train // d.batch_size if want_graph else math.ceil(n_train / d.batch_size))
     if t.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
     t_start = time.perf_counter()

@@ -50,6 +50,16 @@ def test_trains_checkpoints_and_resumes(archive, tmp_path):
     assert [h["epoch"] for h in again.history] == [1, 2, 3]
     assert read_checkpoint(run / "latest")["train"]["step"] == again.history[-1]["step"]
     assert again.history[2]["step"] > out.history[-1]["step"]
+    # a slim copy (no optimizer state) loads the same model and keeps the skill table
+    from convlstm_dist.checkpoint import slim_checkpoint
+
+    slim = slim_checkpoint(run / "latest", tmp_path / "slim")
+    assert slim.stat().st_size < (run / "latest" / "checkpoint.pt").stat().st_size
+    slim_model, _, slim_payload = load_model(slim.parent)
+    assert "optimizer" not in slim_payload["train"] and slim_payload["train"]["lead_table"]
+    latest_model, _, _ = load_model(run / "latest")
+    for (k, a), (_, b) in zip(slim_model.state_dict().items(), latest_model.state_dict().items()):
+        assert (a == b).all(), k
 
 
 def test_time_budget_stops_inside_an_epoch_and_still_checkpoints(archive, tmp_path):
