@@ -88,8 +88,10 @@ def _decode(reader: Reader, files: list[Path], parallel: bool, progress: bool):
                 out += ray.get(ref)
                 bar.update(pending.pop(ref))
     except ray.exceptions.RayTaskError as exc:
-        for ref in pending:
-            ray.cancel(ref)
+        # Let the other decode tasks finish instead of ray.cancel()-ing them: in Ray 2.60 a cancel
+        # racing a task's completion can abort the driver process (core worker "Check failed: ...
+        # Tried to complete task that was not pending", seen in CI). Decodes are short.
+        ray.wait(list(pending), num_returns=len(pending), timeout=120)
         cause = exc.as_instanceof_cause()
         raise (cause if isinstance(cause, UserError) else UserError(str(exc))) from None
     finally:
