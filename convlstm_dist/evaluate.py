@@ -175,7 +175,9 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persisten
         if ray_address:
             ray.init(address=ray_address)
         else:
-            ray.init(num_cpus=max(1, int(workers)), include_dashboard=False, log_to_driver=False)
+            # a task the memory monitor kills is retried once, not forever (Ray's default)
+            ray.init(num_cpus=max(1, int(workers)), include_dashboard=False, log_to_driver=False,
+                     _system_config={"task_oom_retries": 1})
         started = True
     try:
         task = ray.remote(num_cpus=1)(score_chunk)
@@ -184,6 +186,9 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persisten
                             thresholds) for c in _chunks(sel.starts, workers)]
         try:
             states = ray.get(refs)
+        except ray.exceptions.OutOfMemoryError:
+            raise UserError(f"evaluation ran out of memory: {workers} task(s) at once, each forecasting "
+                            f"{h}x{w} windows; use --crop HxW, fewer --workers or a machine with more memory") from None
         except ray.exceptions.RayTaskError as err:  # a UserError in a task (e.g. S3 read) stays one clear message
             if isinstance(getattr(err, "cause", None), UserError):
                 raise UserError(str(err.cause)) from None

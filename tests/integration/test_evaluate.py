@@ -102,6 +102,25 @@ def test_evaluate_with_probability_matching(ray_local, ckpt, archive, tmp_path, 
     assert "convlstm_pm_mse" in run.data.metrics
 
 
+def test_out_of_memory_is_a_clear_error_not_endless_retries(ckpt, archive, tmp_path):
+    """Ray's memory monitor with a 1% threshold kills every evaluation task: the command must stop
+    after one retry with a message that says what to do (Ray alone retries OOM kills forever)."""
+    import os
+    import subprocess
+    import sys
+
+    url, _ = archive
+    env = {**os.environ, "RAY_memory_usage_threshold": "0.01"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "convlstm_dist.cli", "evaluate", "--model", str(ckpt),
+                           "--archive", url, "--start", "2021-06-01T00:00", "--baselines", "persistence",
+                           "--no-mlflow", "--workdir", str(tmp_path), "--out", str(tmp_path / "x.csv")],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "evaluation ran out of memory" in proc.stderr and "--crop" in proc.stderr
+    assert not (tmp_path / "x.csv").exists()
+
+
 def test_nowcast_writes_zarr(ckpt, archive, tmp_path, capsys):
     url, _ = archive
     rc = main(["nowcast", "--model", str(ckpt), "--archive", url, "--out", str(tmp_path / "fc"),
