@@ -30,6 +30,10 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, config: dict,
     payload = {"format": FORMAT, "config": config, "quantity": quantity,
                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "train": train_state or {}}
+    return _write(payload, directory)
+
+
+def _write(payload: dict, directory: Path) -> Path:
     path = directory / FILENAME
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
@@ -76,7 +80,4 @@ def slim_checkpoint(src: str | Path, dst: str | Path) -> Path:
     payload["train"] = {k: v for k, v in payload["train"].items() if k in SLIM_KEYS}
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    tmp = dst / (FILENAME + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(dst / FILENAME)
-    return dst / FILENAME
+    return _write(payload, dst)

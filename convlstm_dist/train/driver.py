@@ -68,13 +68,6 @@ def _storage(storage_path: str, endpoint_url: str | None):
     return storage_path[len("s3://"):], pafs.S3FileSystem(**{k: v for k, v in kw.items() if v is not None})
 
 
-def _fault_nan_at():
-    """``CONVLSTM_DIST_FAULT_NAN_AT=EPOCH:BATCH`` makes the loss NaN at that batch of that epoch
-    (0-based; fault injection for tests of the NaN guard)."""
-    v = os.environ.get("CONVLSTM_DIST_FAULT_NAN_AT")
-    return [int(p) for p in v.split(":")] if v else None
-
-
 def _init_ray(cfg: Config, res: Resolved) -> None:
     import ray
 
@@ -111,7 +104,7 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from convlstm_dist.train.loop import train_loop_per_worker
+    from convlstm_dist.train.loop import fault_nan_at, train_loop_per_worker
 
     path, fs = _storage(storage_path, cfg.data.endpoint_url)
     resources = {"CPU": cfg.scaling.cpus_per_worker}
@@ -120,7 +113,7 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "variable": plan.variable, "clock": clock_name,
-                           "tracking_uri": tracking_uri, "run_id": run_id, "fault_nan_at": _fault_nan_at()},
+                           "tracking_uri": tracking_uri, "run_id": run_id, "fault_nan_at": fault_nan_at()},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -194,12 +187,11 @@ def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = 
 
 def final_report(cfg, plan, ckpt, tracker, out: TrainOutcome, workdir: Path, progress: bool) -> None:
     """Skill table (CSV + plot) of the best checkpoint, a forecast figure, the model in MLflow."""
-    from convlstm_dist.checkpoint import load_model, read_checkpoint
+    from convlstm_dist.checkpoint import load_model
     from convlstm_dist.train.report import forecast_figure, skill_outputs
 
     with ckpt.as_directory() as d:
-        payload = read_checkpoint(d)
-        model, _, _ = load_model(d)
+        model, _, payload = load_model(d)
     table = payload["train"].get("lead_table", [])
     out.metrics.setdefault("best_epoch", payload["train"].get("epoch"))
     report_dir = Path(tempfile.mkdtemp(prefix="report-", dir=workdir))

@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import queue
 import threading
 import time
@@ -39,8 +38,9 @@ from convlstm_dist.config import Config, build_model_from_config
 from convlstm_dist.data.samples import cut_windows, load_block
 from convlstm_dist.data.transforms import model_quantity
 from convlstm_dist.errors import UserError
-from convlstm_dist.train.loop import (TimedBatches, apply_gradients, evaluate_val, forward_loss, make_optimizer,
-                                      make_scheduler, resolve_precision, training_loss)
+from convlstm_dist.train.driver import Resolved, resolve
+from convlstm_dist.train.loop import (TimedBatches, apply_gradients, evaluate_val, fault_nan_at, forward_loss,
+                                      make_optimizer, make_scheduler, resolve_precision, training_loss)
 
 EVAL_BATCH = 64
 
@@ -87,6 +87,12 @@ class MemorySplit:
                               cache=self.cache)
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A batch of tensors on ``device`` (through pinned memory, asynchronously, to CUDA)."""
+    pin = device.type == "cuda"
+    return {k: (v.pin_memory() if pin else v).to(device, non_blocking=pin) for k, v in batch.items()}
+
+
 def prefetch(it, device: torch.device, depth: int = 2):
     """Iterate ``it`` (numpy batch dicts) in a thread, yielding tensors on ``device``."""
     q: queue.Queue = queue.Queue(maxsize=depth)
@@ -107,8 +113,7 @@ def prefetch(it, device: torch.device, depth: int = 2):
             return
         if isinstance(b, BaseException):
             raise b
-        pin = device.type == "cuda"
-        yield {k: (v.pin_memory() if pin else v).to(device, non_blocking=pin) for k, v in b.items()}
+        yield to_device(b, device)
 
 
 def _device(requested: str) -> torch.device:
@@ -155,10 +160,10 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
     from convlstm_dist.data.plan import DataPlan
 
     say = print if progress else (lambda *a, **k: None)
-    wd = Path(workdir).resolve()
-    plan = DataPlan.from_config(cfg, wd)
-    run_name = cfg.run.name or cfg.name
-    out_dir = wd / "local" / run_name
+    res = resolve(cfg, workdir)  # workdir, run name, MLflow URI and experiment as for `train`
+    plan = DataPlan.from_config(cfg, res.workdir)
+    run_name = res.run_name
+    out_dir = res.workdir / "local" / run_name
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = _device(device)
     length = plan.in_len + plan.out_len
@@ -199,8 +204,7 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
     history: list[dict] = list(state.get("history", []))
 
     step_loss = training_loss(cfg.train.loss, quantity)
-    fault = os.environ.get("CONVLSTM_DIST_FAULT_NAN_AT")
-    fault_at = tuple(int(p) for p in fault.split(":")) if fault else None
+    fault_at = fault_nan_at()
     d, t = cfg.data, cfg.train
     graph = None
 
@@ -214,9 +218,11 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
     if want_graph:
         from convlstm_dist.models.fast import CudaGraphTrainStep
 
-        first = next(train_batches(start_epoch), None)
+        first = next(splits["train"].batches(d.batch_size, d.seed, start_epoch, True, d.crops_per_window, d.augment,
+                                             drop_last=True), None)
         if first is None:
             raise UserError(f"fewer training windows than one batch ({d.batch_size}); lower data.batch_size")
+        first = to_device({k: torch.from_numpy(v) for k, v in first.items()}, dev)
         try:
             t0 = time.perf_counter()
             graph = CudaGraphTrainStep(model, step_loss, opt, first["x"], first["y"], amp_dtype,
@@ -246,7 +252,7 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
                 loss = graph.step(x, y, m)
             else:
                 loss = forward_loss(model, x, y, m, d.out_len, step_loss, amp_dtype)
-                if fault_at == (epoch, n_batches):  # fault injection for tests of the NaN guard
+                if fault_at == [epoch, n_batches]:  # fault injection for tests of the NaN guard
                     loss = loss * float("nan")
                 if not bool(torch.isfinite(loss)):
                     nan_at = (epoch, step)
@@ -316,16 +322,16 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
     out = LocalOutcome(run_name, out_dir, best_ckpt, metrics, history=history, stopped=stopped,
                        graph=graph is not None)
     if best_ckpt is not None:
-        _final_report(cfg, plan, splits, best_ckpt, out, quantity, dev, amp_dtype, say)
+        _final_report(cfg, res, plan, splits, best_ckpt, out, quantity, dev, amp_dtype, say)
     return out
 
 
-def _final_report(cfg, plan, splits, best_ckpt: Path, out: LocalOutcome, quantity, dev, amp_dtype, say) -> None:
+def _final_report(cfg, res: Resolved, plan, splits, best_ckpt: Path, out: LocalOutcome, quantity, dev, amp_dtype,
+                  say) -> None:
     from convlstm_dist.checkpoint import load_model
     from convlstm_dist.train.report import forecast_figure, skill_outputs
 
-    payload = read_checkpoint(best_ckpt)
-    model, _, _ = load_model(best_ckpt, dev)
+    model, _, payload = load_model(best_ckpt, dev)
     files = skill_outputs(payload["train"].get("lead_table", []), cfg.data.out_len,
                           plan.record.get("timestep_s", 300), out.out_dir)
     files.append(forecast_figure(model.cpu(), plan, quantity, out.out_dir))
@@ -339,7 +345,7 @@ def _final_report(cfg, plan, splits, best_ckpt: Path, out: LocalOutcome, quantit
                "windows": plan.counts(), "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
                "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None}
     (out.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    _track(cfg, out, files)
+    _track(cfg, res, out, files)
     for f in [*files, out.out_dir / "curves.png", out.out_dir / "summary.json"]:
         say(f"[local] wrote {f}")
     if out.test_metrics:
@@ -347,9 +353,9 @@ def _final_report(cfg, plan, splits, best_ckpt: Path, out: LocalOutcome, quantit
         say(f"[local] test split ({plan.counts().get('test')} windows, best checkpoint): {key} {out.test_metrics[key]:.4f}")
 
 
-def _track(cfg, out: LocalOutcome, files: list[Path]) -> None:
+def _track(cfg, res: Resolved, out: LocalOutcome, files: list[Path]) -> None:
     """MLflow, when enabled and installed (a bare GPU box may have neither mlflow nor a server)."""
-    if not cfg.tracking.enabled:
+    if res.tracking_uri is None:
         return
     try:
         import mlflow  # noqa: F401
@@ -359,8 +365,8 @@ def _track(cfg, out: LocalOutcome, files: list[Path]) -> None:
     from convlstm_dist.config import flatten
     from convlstm_dist.tracking.mlflow_tracker import Tracker
 
-    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out.out_dir.parent.parent / 'mlflow.db'}"
-    tracker, _ = Tracker.start_or_resume(uri, cfg.tracking.experiment or cfg.name, f"{out.run_name}-local",
+    uri = res.tracking_uri
+    tracker, _ = Tracker.start_or_resume(uri, res.experiment, f"{out.run_name}-local",
                                          tags={"convlstm_dist.recipe": cfg.name, "convlstm_dist.mode": "local"})
     tracker.log_params(flatten(cfg))
     for r in out.history:

@@ -35,17 +35,16 @@ THRESHOLDS_MMH = (0.5, 2.0, 5.0, 10.0, 30.0)
 def make_optimizer(t, params, capturable_on: torch.device | None = None):
     """The recipe's optimizer. ``capturable_on`` (a CUDA device): built for CUDA-graph capture, with
     the learning rate as a device tensor so that schedulers still act inside the graph (not SGD)."""
-    kw = {}
-    if capturable_on is not None:
-        kw = {"capturable": True, "lr": torch.tensor(t.lr, device=capturable_on)}
-    if t.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, **{"lr": t.lr, **kw}, alpha=t.rmsprop_decay, weight_decay=t.weight_decay)
     if t.optimizer == "sgd":
-        if kw:
+        if capturable_on is not None:
             raise ValueError("sgd cannot be captured in a CUDA graph")
         return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+    graph = {} if capturable_on is None else {"capturable": True}
+    lr = t.lr if capturable_on is None else torch.tensor(t.lr, device=capturable_on)
+    if t.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=t.rmsprop_decay, weight_decay=t.weight_decay, **graph)
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, **{"lr": t.lr, **kw}, weight_decay=t.weight_decay)
+    return cls(params, lr=lr, weight_decay=t.weight_decay, **graph)
 
 
 def make_scheduler(t, opt):
@@ -108,6 +107,13 @@ def training_loss(name: str, quantity: str):
     return lambda pred, target, mask=None: fn(pred, target, mask, **kw)
 
 
+def fault_nan_at() -> list[int] | None:
+    """``CONVLSTM_DIST_FAULT_NAN_AT=EPOCH:BATCH`` makes the loss NaN at that batch of that epoch
+    (0-based; fault injection for tests of the NaN guard)."""
+    v = os.environ.get("CONVLSTM_DIST_FAULT_NAN_AT")
+    return [int(p) for p in v.split(":")] if v else None
+
+
 def rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
@@ -129,6 +135,7 @@ class ValAccumulator:
 
     def __init__(self, out_len: int, quantity: str, loss_name: str):
         self.q, self.loss_name, self.out_len = quantity, loss_name, out_len
+        self.loss = training_loss(loss_name, quantity)
         self.s = {k: 0.0 for k in ("loss", "loss_n", "se", "ae", "bse", "n", "pse", "pae", "bce_sum", "seqs")}
         nt = len(THRESHOLDS_MMH)
         # contingency per lead and threshold: hits, misses, false alarms, correct negatives (model, persistence)
@@ -143,7 +150,7 @@ class ValAccumulator:
         valid = mask > 0.5
         vf = valid.float()
         n = float(vf.sum())
-        loss = get_loss(self.loss_name)(raw, y_n, valid, **loss_kwargs(self.loss_name, self.q))
+        loss = self.loss(raw, y_n, valid)
         self.s["loss"] += float(loss) * max(n, 1.0)
         self.s["loss_n"] += max(n, 1.0)
         logits = self.loss_name in ("bce", "bce_sum")

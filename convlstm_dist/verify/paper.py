@@ -29,8 +29,6 @@ PAPER_TABLE1 = {
     "mm-convlstm-9x9-1x1-128-128": ("ConvLSTM(9x9)-1x1-128-1x1-128", 11_550_224, 4782.84),
     "mm-convlstm-9x9-1x1-128-64-64": ("ConvLSTM(9x9)-1x1-128-1x1-64-1x1-64", 8_830_480, 4231.50),
 }
-# Table 2 (HKO radar, 15 output frames of 6 min, averaged over them), CSI at 0.5 mm/h
-PAPER_TABLE2_CSI = {"ConvLSTM": 0.577, "ROVER (optical flow)": 0.516, "FC-LSTM": 0.286}
 
 
 def entropy_floor(y: np.ndarray) -> float:
