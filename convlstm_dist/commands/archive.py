@@ -36,6 +36,9 @@ def register(subparsers) -> None:
                         "A shard holds the whole grid, so fewer objects on S3")
     p.add_argument("--no-parallel", action="store_true", help="decode in this process, not on Ray")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--lock-timeout", type=float, default=600.0, metavar="S",
+                   help="seconds to wait for another ingest writing the same archive (default 600); "
+                        "one writer at a time, the other waits and then appends after it")
     p.add_argument("files", nargs="+", metavar="FILES", help="radar files to ingest")
     p.set_defaults(func=run_ingest)
 
@@ -54,7 +57,8 @@ def run_ingest(args) -> int:
     opts = storage_options_for(args.archive, args.endpoint_url)
     report = ingest(args.reader, args.files, args.archive, storage_options=opts,
                     chunks=(args.chunk_time, args.chunk_space, args.chunk_space),
-                    shards=args.shard_time, parallel=not args.no_parallel, progress=not args.quiet)
+                    shards=args.shard_time, parallel=not args.no_parallel, progress=not args.quiet,
+                    lock_timeout_s=args.lock_timeout)
     print(report)
     return 0
 

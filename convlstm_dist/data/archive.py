@@ -11,13 +11,15 @@ Layout (see docs/archive_format.md for the full contract):
     wet_fraction    (time, threshold) float32  share of valid pixels >= threshold
 
 Writes are ordered so that a crash leaves the archive readable at its old length: data first,
-then statistics, then the `time` coordinate, then consolidated metadata. The length of `time`
-is authoritative; `Archive` never reads beyond it, and the next append overwrites any tail
-left by a crashed write. `Archive` is read-only and picklable (only url + storage_options travel).
+then statistics, then the `time` coordinate, then consolidated metadata, the one commit point.
+The length of `time` *in the consolidated metadata* is authoritative (`committed_length`);
+`Archive` never reads beyond it, and the next append starts there, overwriting any tail left by
+a crashed write. Writers hold `data.lock.writer_lock`, so only one appends at a time. `Archive` is read-only and picklable (only url + storage_options travel).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -135,29 +137,72 @@ def consolidate(url: str, storage_options: dict | None = None) -> None:
         zarr.consolidate_metadata(store)
 
 
-def append_frames(url: str, storage_options: dict | None, frames: np.ndarray, times_s: np.ndarray,
-                  stats: dict[str, np.ndarray], _after_data=None) -> int:
-    """Append frames (n, H, W) with epoch-second times. Order: data, stats, time, metadata.
+WRITE_STEPS = ("data-resize", "data", "stats", "time-resize", "time", "commit")
+FAULT_ENV = "CONVLSTM_FAULT_APPEND"
 
-    Returns the new time length. `_after_data` is a test hook called between data and stats.
+
+def _fault(step: str) -> None:
+    """Fault injection for crash tests: ``CONVLSTM_FAULT_APPEND=<step>`` SIGKILLs this process just
+    before ``step`` (one of WRITE_STEPS) of an append. Unset (always, outside tests): nothing."""
+    if os.environ.get(FAULT_ENV) == step:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def committed_length(url: str, storage_options: dict | None = None) -> int:
+    """The archive's length as every reader sees it: the `time` shape in the consolidated metadata.
+
+    The consolidated metadata (the root ``zarr.json``) is written last and in one atomic put (a
+    rename locally, one PUT on S3), so it is the single commit point of an append; raw array
+    lengths may be ahead of it after a crash and are never trusted.
     """
     import zarr
 
+    g = zarr.open_group(url, mode="r", use_consolidated=True, **_zarr_kwargs(url, storage_options))
+    return int(g["time"].shape[0])
+
+
+def append_frames(url: str, storage_options: dict | None, frames: np.ndarray, times_s: np.ndarray,
+                  stats: dict[str, np.ndarray], _after_data=None, expected_length: int | None = None,
+                  lock=None) -> int:
+    """Append frames (n, H, W) with epoch-second times at the committed length; returns the new length.
+
+    Order: data, statistics, time, then the consolidated metadata (the commit). Every array is
+    resized to exactly ``t0 + n`` where ``t0`` is the *committed* length, so a tail left by a crashed
+    append is overwritten (or cut off), never kept, and a rerun never duplicates frames. The caller
+    must hold the archive's writer lock (``data.lock.writer_lock``, passed as ``lock``: it is checked
+    once more right before the commit); ``expected_length`` guards against a length that changed
+    since the caller decided what to write. ``_after_data`` is a test hook called after the data.
+    """
+    import zarr
+
+    t0 = committed_length(url, storage_options)
+    if expected_length is not None and t0 != expected_length:
+        raise UserError(f"the archive {url} changed while this ingest was preparing its frames "
+                        f"({expected_length} -> {t0} frames): run the same command again")
     g = zarr.open_group(url, mode="r+", use_consolidated=False, **_zarr_kwargs(url, storage_options))
     var = g.attrs["variable"]
-    t0 = g["time"].shape[0]
     n = frames.shape[0]
     data = g[var]
+    _fault("data-resize")
     data.resize((t0 + n,) + tuple(data.shape[1:]))
+    _fault("data")
     data[t0:t0 + n] = frames.astype(np.float32, copy=False)
     if _after_data is not None:
         _after_data()
+    _fault("stats")
     for name in STAT_NAMES:
         arr = g[name]
         arr.resize((t0 + n,) + tuple(arr.shape[1:]))
         arr[t0:t0 + n] = stats[name]
+    _fault("time-resize")
     g["time"].resize((t0 + n,))
+    _fault("time")
     g["time"][t0:t0 + n] = np.asarray(times_s, dtype=np.int64)
+    if lock is not None:
+        lock.verify()
+    _fault("commit")
     consolidate(url, storage_options)
     return t0 + n
 

@@ -98,19 +98,21 @@ def write_archive(url: str, n_sequences: int, seq_len: int = 20, size: int = 64,
                   images_path: str | Path | None = None, batch: int = 256):
     """Write a new Moving MNIST archive (variable `intensity`); returns the opened Archive."""
     from convlstm_dist.data.archive import open_archive
+    from convlstm_dist.data.lock import writer_lock
 
     digits = load_digits(images_path)
     grid = GridSpec(variable="intensity", units=U.units_of("intensity"), zr_a=None, zr_b=None,
                     projection="", pixel_size_m=None, timestep_s=TIMESTEP_S,
                     source=f"moving_mnist(seed={seed}, n_digits={n_digits})", shape=(size, size),
                     y=None, x=None, attribution=ATTRIBUTION)
-    create_archive(url, grid, storage_options, chunks=chunks, shards=shards)
-    thr = U.thresholds_in_unit("intensity", None, None)
-    times = sequence_times(n_sequences, seq_len).astype("int64")
-    for start in range(0, n_sequences, batch):
-        n = min(batch, n_sequences - start)
-        seqs = generate(n, seq_len, size, n_digits, seed=seed, digits=digits, first=start)
-        frames = seqs.reshape(n * seq_len, size, size)
-        append_frames(url, storage_options, frames,
-                      times[start * seq_len:(start + n) * seq_len], U.frame_stats(frames, thr))
+    with writer_lock(url, storage_options):
+        create_archive(url, grid, storage_options, chunks=chunks, shards=shards)
+        thr = U.thresholds_in_unit("intensity", None, None)
+        times = sequence_times(n_sequences, seq_len).astype("int64")
+        for start in range(0, n_sequences, batch):
+            n = min(batch, n_sequences - start)
+            seqs = generate(n, seq_len, size, n_digits, seed=seed, digits=digits, first=start)
+            frames = seqs.reshape(n * seq_len, size, size)
+            append_frames(url, storage_options, frames,
+                          times[start * seq_len:(start + n) * seq_len], U.frame_stats(frames, thr))
     return open_archive(url, storage_options)

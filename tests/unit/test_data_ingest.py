@@ -142,6 +142,22 @@ def test_wrong_grid_refused(tmp_path):
     assert snapshot(url) == before
 
 
+def test_reingest_with_different_data_is_reported(tmp_path, capsys):
+    url = tmp_path / "a.zarr"
+    run(KNMI[:3], url)
+    changed = tmp_path / "changed" / KNMI[1].name
+    changed.parent.mkdir()
+    changed.write_bytes(KNMI[1].read_bytes())
+    with h5py.File(changed, "r+") as f:
+        f["image1/image_data"][0, 0] = 7
+    before = snapshot(url)
+    r = run([KNMI[0], changed, KNMI[2]], url)
+    assert (r.written, r.skipped_present, r.differing) == (0, 3, [str(changed)])
+    assert "different data" in str(r) and str(changed) in str(r)
+    assert "DIFFERENT data" in capsys.readouterr().err
+    assert snapshot(url) == before                          # the archive keeps its first version
+
+
 def test_crash_mid_write_keeps_old_length(tmp_path):
     url = tmp_path / "a.zarr"
     run(KNMI[:4], url)
@@ -187,8 +203,9 @@ def test_parallel_decode_on_ray(tmp_path):
         assert r.written == 12
         bad = tmp_path / KNMI[12].name
         bad.write_bytes(b"not hdf5")
-        with pytest.raises(UserError, match=bad.name):
+        with pytest.raises(UserError, match=bad.name) as err:
             ingest("knmi_hdf5", [*KNMI[13:16], bad], str(url), parallel=True, progress=False)
+        assert "\n" not in str(err.value) and "Traceback" not in str(err.value)  # one line, no Ray trace
         assert open_archive(url).shape[0] == 12
     finally:
         if own:
