@@ -9,7 +9,8 @@
   an accumulation, or the observation time), `variable`, `units`, `zr_a`, `zr_b` (Z = a R^b or
   None), `projection` (proj4, metres), `pixel_size_m`, `timestep_s`, `source`, `shape`, and
   `y`, `x` (pixel-centre projection coordinates in metres, or None when the file does not give
-  them without a projection library).
+  them without a projection library). `timestep_s` is None when the file does not state one
+  (ODIM): ingest then takes the step from the spacing of the frames.
 
 A file that cannot be decoded (truncated, corrupt, wrong product) raises `ReadError` naming it.
 """
@@ -204,10 +205,13 @@ def read_odim_hdf5(path: Path):
         if "dataset1/data1/data" not in f:
             raise ValueError("no dataset1/data1/data (not an ODIM_H5 image?)")
         raw = f["dataset1/data1/data"][:]
-        what = dict(f["dataset1/data1/what"].attrs)
-        if "dataset1/what" in f:
-            what = {**dict(f["dataset1/what"].attrs), **what}
-        top = dict(f["what"].attrs)
+        # ODIM attributes inherit downwards: `dataset1/data1/what` overrides `dataset1/what`. OPERA
+        # composites keep quantity, gain, offset, nodata and undetect in `dataset1/what` only.
+        what = {}
+        for group in ("dataset1/what", "dataset1/data1/what"):
+            if group in f:
+                what.update(f[group].attrs)
+        top = dict(f["what"].attrs) if "what" in f else {}
         where = dict(f["where"].attrs) if "where" in f else {}
         how = dict(f["how"].attrs) if "how" in f else {}
     qty = _s(what.get("quantity", b""))
@@ -220,18 +224,24 @@ def read_odim_hdf5(path: Path):
         vals[raw == _f(what["undetect"])] = 0.0 if variable == "rain_mmh" else UNDETECT_DBZ
     if "nodata" in what:
         vals[raw == _f(what["nodata"])] = np.nan
-    date = _s(what.get("enddate", top["date"])) if "enddate" in what else _s(top["date"])
-    time = _s(what.get("endtime", top["time"])) if "endtime" in what else _s(top["time"])
-    t = np.datetime64(dt.datetime.strptime(date + time, "%Y%m%d%H%M%S"), "s")
-    if "startdate" in what and "enddate" in what:
-        t0 = dt.datetime.strptime(_s(what["startdate"]) + _s(what["starttime"]), "%Y%m%d%H%M%S")
-        step = int((t - np.datetime64(t0, "s")) / np.timedelta64(1, "s")) or 300
+    # Valid time = the product's nominal time, root `what/date` + `what/time` (15:50:00 for a 5-min
+    # composite of scans 15:49:08..15:49:27; 18:00:00 for an OPERA composite of scans 17:50..18:05).
+    # `dataset1/what` start/end date/time give the span of the scans that went into the product:
+    # neither the valid time nor a time step. ODIM makes the root date/time mandatory; only a file
+    # that lacks it falls back to the scan end, the nearest thing to a nominal time it still states.
+    # The file gives no time step: timestep_s is None and ingest takes the step from the spacing of
+    # the frames (or from the archive it appends to).
+    if "date" in top and "time" in top:
+        date, time = _s(top["date"]), _s(top["time"])
+    elif "enddate" in what and "endtime" in what:
+        date, time = _s(what["enddate"]), _s(what["endtime"])
     else:
-        step = 300
+        raise ValueError("no nominal time (what/date, what/time) and no dataset1/what enddate/endtime")
+    t = np.datetime64(dt.datetime.strptime(date + time, "%Y%m%d%H%M%S"), "s")
     xs, ys = _f(where.get("xscale", np.nan)), _f(where.get("yscale", np.nan))
     zr_a = _f(how["zr_a"]) if "zr_a" in how else (200.0 if variable == "refl_dbz" else None)
     zr_b = _f(how["zr_b"]) if "zr_b" in how else (1.6 if variable == "refl_dbz" else None)
     return vals.astype(np.float32), _meta(
         time=t, variable=variable, units=units, zr_a=zr_a, zr_b=zr_b,
         projection=_s(where.get("projdef", b"")), pixel_size_m=None if np.isnan(xs) else (xs + ys) / 2,
-        timestep_s=step, source=_s(top.get("source", b"ODIM")), shape=raw.shape, y=None, x=None)
+        timestep_s=None, source=_s(top.get("source", b"ODIM")), shape=raw.shape, y=None, x=None)

@@ -102,7 +102,7 @@ def test_odim_round_trip(tmp_path, quantity, variable, gain, offset, undetect_va
     np.testing.assert_allclose(data, expect.astype(np.float32), equal_nan=True)
     assert np.isnan(data[0, :5]).all()
     assert meta["variable"] == variable and meta["time"] == np.datetime64("2020-01-01T12:05:00", "s")
-    assert meta["timestep_s"] == 300 and meta["pixel_size_m"] == 2000.0 and meta["y"] is None
+    assert meta["timestep_s"] is None and meta["pixel_size_m"] == 2000.0 and meta["y"] is None
     assert meta["projection"].startswith("+proj=laea")
 
 
