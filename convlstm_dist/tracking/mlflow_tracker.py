@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 RUN_KEY_TAG = "convlstm_dist.run_key"
+MODEL_ARTIFACT = "model"
 _SECRET = re.compile(r"(secret|password|token|key$|credential)", re.I)
 
 
@@ -118,17 +119,47 @@ class Tracker:
             p.write_text(text)
             self.log_artifact(p)
 
-    def log_model(self, model, registered_name: str | None = None) -> str | None:
-        """Log the (unwrapped, CPU) torch model and register it; returns the model URI."""
+    def log_model(self, checkpoint_dir: str | Path, registered_name: str | None = None) -> str:
+        """Log a checkpoint as this run's model and register it; returns ``models:/NAME/VERSION``
+        (or ``runs:/RUN/model`` without a name).
+
+        The model is stored as plain data, never as a pickled module: ``model/checkpoint.pt`` is a
+        slim checkpoint (state dict + resolved config, loadable with ``weights_only=True``) beside
+        an ``MLmodel`` file naming the ``convlstm_dist`` flavour. A run that already registered a
+        version under ``registered_name`` is not registered again (a rerun of a finished run).
+        """
+        from convlstm_dist.checkpoint import slim_checkpoint
+
+        if registered_name:
+            mine = [v for v in self._versions(registered_name) if v.run_id == self.run_id]
+            if mine:
+                return f"models:/{registered_name}/{max(int(v.version) for v in mine)}"
+        with tempfile.TemporaryDirectory() as d:
+            model_dir = Path(d) / MODEL_ARTIFACT
+            slim_checkpoint(checkpoint_dir, model_dir)
+            (model_dir / "MLmodel").write_text(
+                "flavors:\n  convlstm_dist:\n    checkpoint: checkpoint.pt\n    format: 1\n"
+                "    loader: convlstm_dist.Nowcaster.load (state dict + config; no pickled code)\n"
+                f"run_id: {self.run_id}\n")
+            self.client.log_artifacts(self.run_id, str(model_dir), MODEL_ARTIFACT)
+        if not registered_name:
+            return f"runs:/{self.run_id}/{MODEL_ARTIFACT}"
         mlflow = _mlflow()
-        mlflow.set_tracking_uri(self.uri)
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
-            info = mlflow.pytorch.log_model(getattr(model, "module", model).cpu(), name="model",
-                                            serialization_format="pickle",
-                                            registered_model_name=registered_name)
-        self.client.update_run(self.run_id, status="RUNNING")
-        return info.model_uri
+        try:
+            self.client.create_registered_model(registered_name)
+        except mlflow.exceptions.MlflowException as err:
+            if "RESOURCE_ALREADY_EXISTS" not in str(err) and "already exists" not in str(err):
+                raise
+        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
+        mv = self.client.create_model_version(registered_name, source, run_id=self.run_id)
+        return f"models:/{registered_name}/{mv.version}"
+
+    def _versions(self, name: str) -> list:
+        mlflow = _mlflow()
+        try:
+            return list(self.client.search_model_versions(f"name = '{name}'"))
+        except mlflow.exceptions.MlflowException:
+            return []
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)

@@ -1,5 +1,5 @@
 """Models in MLflow: resolve a reference (``runs:/…``, ``models:/name/version|@alias|latest`` or a
-registered name) and load the torch model plus the run's ``config.yaml`` (logged by training).
+registered name) and load the run's ``model/checkpoint.pt`` (state dict + config, no pickled code).
 Used by ``convlstm_dist.inference.Nowcaster``; keeps mlflow imports inside ``tracking/``.
 """
 
@@ -10,10 +10,17 @@ import tempfile
 from pathlib import Path
 
 from convlstm_dist.errors import UserError
+from convlstm_dist.tracking.mlflow_tracker import MODEL_ARTIFACT
 
 
-def load_mlflow_model(ref: str, uri: str, device: str, tried: list[str]):
-    """``(model, config tree, model URI, run id, name)``; a failure raises ``UserError`` listing ``tried``."""
+def load_mlflow_model(ref: str, uri: str, device: str, tried: list[str], trust: bool = False):
+    """``(model, checkpoint payload, model URI, run id, name)``; a failure raises ``UserError``
+    listing ``tried``.
+
+    The model is the run's ``model/checkpoint.pt`` (state dict + config, loaded with
+    ``weights_only=True``). A model logged by older versions as a pickled torch module is loaded
+    only with ``trust=True`` (``--trust-model``): unpickling it would run code named in the file.
+    """
     try:
         import mlflow
 
@@ -26,18 +33,31 @@ def load_mlflow_model(ref: str, uri: str, device: str, tried: list[str]):
         tried.append(f"MLflow at {uri}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         raise UserError(f"cannot load model {ref!r}: " + "; ".join(tried)) from None
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow.set_tracking_uri(uri)
+    from convlstm_dist.checkpoint import FILENAME, TRUST_HINT, load_model
+
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            path = client.download_artifacts(run_id, f"{MODEL_ARTIFACT}/{FILENAME}", d)
+        except Exception:  # noqa: BLE001 - no plain-data model in this run: a legacy pickled one?
+            path = None
+        if path is not None:
+            model, _, payload = load_model(path, device, trust=trust)
+            return model, payload, model_uri, run_id, name
+    if not trust:
+        raise UserError(f"cannot load model {ref!r} from MLflow ({model_uri}, run {run_id}): it has no "
+                        f"{MODEL_ARTIFACT}/{FILENAME} (plain state dict); if it is a pickled torch module "
+                        f"logged by an older convlstm-dist, {TRUST_HINT}")
     try:
         import yaml
 
+        mlflow.set_tracking_uri(uri)
         model = mlflow.pytorch.load_model(model_uri, map_location=device)
         with tempfile.TemporaryDirectory() as d:
-            path = client.download_artifacts(run_id, "config.yaml", d)
-            tree = yaml.safe_load(Path(path).read_text())
+            tree = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", d)).read_text())
     except Exception as err:  # noqa: BLE001
         raise UserError(f"cannot load model {ref!r} from MLflow ({model_uri}, run {run_id}, {uri}): "
                         f"{type(err).__name__}: {err}") from None
-    return model, tree, model_uri, run_id, name
+    return model, {"config": tree, "quantity": None, "model": None, "train": {}}, model_uri, run_id, name
 
 
 def _resolve_mlflow(client, ref: str) -> tuple[str, str, str]:

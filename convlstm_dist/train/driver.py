@@ -187,21 +187,21 @@ def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = 
 
 def final_report(cfg, plan, ckpt, tracker, out: TrainOutcome, workdir: Path, progress: bool) -> None:
     """Skill table (CSV + plot) of the best checkpoint, a forecast figure, the model in MLflow."""
-    from convlstm_dist.checkpoint import load_model
+    from convlstm_dist.checkpoint import load_model, slim_checkpoint
     from convlstm_dist.train.report import forecast_figure, skill_outputs
 
+    report_dir = Path(tempfile.mkdtemp(prefix="report-", dir=workdir))
     with ckpt.as_directory() as d:
         model, _, payload = load_model(d)
+        best_dir = slim_checkpoint(d, report_dir / "best-model").parent
     table = payload["train"].get("lead_table", [])
     out.metrics.setdefault("best_epoch", payload["train"].get("epoch"))
-    report_dir = Path(tempfile.mkdtemp(prefix="report-", dir=workdir))
     files = skill_outputs(table, cfg.data.out_len, plan.record.get("timestep_s", 300), report_dir)
     files.append(forecast_figure(model, plan, payload["quantity"], report_dir))
     if tracker:
         for f in files:
             tracker.log_artifact(f)
-        if cfg.tracking.register_model is not None or True:
-            out.model_uri = tracker.log_model(model, cfg.tracking.register_model or cfg.name)
+        out.model_uri = tracker.log_model(best_dir, cfg.tracking.register_model or cfg.name)
     if progress:
         for f in files:
             print(f"[convlstm-dist] wrote {f}")

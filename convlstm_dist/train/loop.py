@@ -28,8 +28,7 @@ from convlstm_dist.checkpoint import save_checkpoint
 from convlstm_dist.config import build_model_from_config, config_from_dict
 from convlstm_dist.data.transforms import from_model, model_quantity
 from convlstm_dist.models import get_loss
-
-THRESHOLDS_MMH = (0.5, 2.0, 5.0, 10.0, 30.0)
+from convlstm_dist.train.metrics import THRESHOLDS_MMH  # noqa: F401 - also imported from here
 
 
 def make_optimizer(t, params, capturable_on: torch.device | None = None):
@@ -115,12 +114,18 @@ def fault_nan_at() -> list[int] | None:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every library's RNG state as tensors and plain data (checkpoints load with weights_only)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "cached_gaussian": float(cached)}}
 
 
 def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
+    n = s["numpy"]
+    np.random.set_state((n["name"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]) if isinstance(n, dict) else n)
     random.setstate(s["python"])
 
 

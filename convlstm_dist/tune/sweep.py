@@ -320,13 +320,10 @@ def _close_children(uri: str, experiment: str, sweep: str, trials: list[dict]) -
 def _register_best(parent, best: dict, fs, registered_name: str) -> str | None:
     import ray.train
 
-    from convlstm_dist.checkpoint import load_model
-
     path = best["checkpoint"]
     ckpt = ray.train.Checkpoint(path, filesystem=fs) if fs is not None else ray.train.Checkpoint(path)
     with ckpt.as_directory() as d:
-        model, _, _ = load_model(d)
-    return parent.log_model(model, registered_name)
+        return parent.log_model(d, registered_name)
 
 
 def _summary(spec: SweepSpec, trials: list[dict], out_dir: Path) -> list[Path]:
