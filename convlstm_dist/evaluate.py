@@ -7,7 +7,8 @@ Contract:
   (``data.split``, plus its wet filter) — ``split="test"`` or ``"val"`` — or by a time range
   (every window whose frames all lie in ``[start, end]``). ``max_windows`` keeps an evenly spaced
   subset. Every method sees exactly the same windows and crops.
-* **Crop.** Full grid by default (it must be divisible by the model's patch), or an ``h x w`` crop
+* **Crop.** Full grid by default (any size: the model runs on it padded up to its patch with
+  no-data, and its forecast is cropped back, ``inference.pad_to_patch``), or an ``h x w`` crop
   per window chosen as in training (``transforms.choose_crop``, seeded by ``(data.seed, t0)``).
 * **Units.** Scores are in rain rate: the archive is converted with its own Z–R relation
   (``Archive.to_rain_mmh``), the model output with ``from_model``; so a model trained on mm/h can
@@ -21,6 +22,8 @@ Contract:
 from __future__ import annotations
 
 import math
+import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,15 +141,53 @@ def score_chunk(nc, archive, starts, in_len: int, n_out: int, crop, seed: int, m
 
 
 def _chunks(starts: np.ndarray, workers: int) -> list[np.ndarray]:
-    n = max(1, min(len(starts), 2 * workers))
+    """Contiguous chunks, one Ray task each: at least two per worker (while there are windows) and
+    at most ``BATCH`` windows each, so progress moves at least once per batch (a task reads its
+    frames per batch anyway, so smaller chunks read nothing twice)."""
+    n = max(1, min(len(starts), 2 * workers), -(-len(starts) // BATCH))
     return [c for c in np.array_split(starts, n) if len(c)]
+
+
+class Progress:
+    """Windows scored so far, on stderr: a tqdm bar on a terminal, else one line per finished chunk."""
+
+    def __init__(self, total: int, tasks: int, stream=None, tty: bool | None = None, enabled: bool = True):
+        self.stream = stream if stream is not None else sys.stderr
+        self.total, self.tasks, self.done, self.tasks_done = int(total), int(tasks), 0, 0
+        self.enabled, self.t0 = enabled, time.monotonic()
+        tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
+        self.bar = None
+        if enabled and tty:
+            from tqdm import tqdm
+
+            # updates come once per chunk (seconds to minutes apart): draw every one of them
+            self.bar = tqdm(total=self.total, unit="window", desc="[evaluate]", file=self.stream, leave=False,
+                            dynamic_ncols=True, mininterval=0)
+
+    def update(self, windows: int) -> None:
+        self.done += int(windows)
+        self.tasks_done += 1
+        if self.bar is not None:
+            self.bar.update(int(windows))
+        elif self.enabled:
+            spent = time.monotonic() - self.t0
+            left = spent / self.done * (self.total - self.done) if self.done else float("nan")
+            eta = f", ~{left:.0f} s left" if self.done < self.total else ""
+            print(f"[evaluate] {self.done}/{self.total} windows scored ({self.tasks_done}/{self.tasks} tasks) "
+                  f"in {spent:.0f} s{eta}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persistence", "optical_flow"),
                    workers: int = 2, ray_address: str | None = None,
-                   probability_matching: bool = False) -> tuple[list[dict], dict]:
+                   probability_matching: bool = False, progress: bool = True) -> tuple[list[dict], dict]:
     """``(labelled rows for every method, record)``; scores merged from one Ray task per chunk.
-    ``probability_matching`` adds the method ``<model>_pm`` (:mod:`convlstm_dist.verify.postprocess`)."""
+    ``probability_matching`` adds the method ``<model>_pm`` (:mod:`convlstm_dist.verify.postprocess`);
+    ``progress`` reports finished windows on stderr (:class:`Progress`)."""
     import ray
 
     from convlstm_dist.data.units import wet_thresholds
@@ -182,10 +223,19 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persisten
     try:
         task = ray.remote(num_cpus=1)(score_chunk)
         nc_ref = ray.put(nc)
+        chunks = _chunks(sel.starts, workers)
         refs = [task.remote(nc_ref, archive, c, sel.in_len, sel.n_out, crop, nc.config.data.seed, methods,
-                            thresholds) for c in _chunks(sel.starts, workers)]
+                            thresholds) for c in chunks]
+        bar = Progress(len(sel.starts), len(refs), enabled=progress)
         try:
-            states = ray.get(refs)
+            size = {r: len(c) for r, c in zip(refs, chunks)}
+            got, pending = {}, list(refs)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for r in done:
+                    got[r] = ray.get(r)
+                    bar.update(size[r])
+            states = [got[r] for r in refs]  # merged in chunk order, as before
         except ray.exceptions.OutOfMemoryError:
             raise UserError(f"evaluation ran out of memory: {workers} task(s) at once, each forecasting "
                             f"{h}x{w} windows; use --crop HxW, fewer --workers or a machine with more memory") from None
@@ -193,6 +243,8 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persisten
             if isinstance(getattr(err, "cause", None), UserError):
                 raise UserError(str(err.cause)) from None
             raise
+        finally:
+            bar.close()
     finally:
         if started:
             ray.shutdown()
@@ -204,6 +256,7 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persisten
             total.merge(SkillAccumulator.from_state(st[m]))
         rows += label_rows(total.compute(), m, step_min)
     record = {**sel.record, "methods": methods, "crop": f"{h}x{w}", "full_grid": crop is None,
+              "model_grid": "{}x{}".format(*nc.model_grid(h, w)),
               "archive": archive.url, "variable": archive.variable, "tasks": len(states),
               "model": nc.source, "quantity": nc.quantity, "lead_step_min": step_min}
     return rows, record

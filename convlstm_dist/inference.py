@@ -11,14 +11,15 @@ What ``MODEL`` may be (tried in this order):
   ``runs:/RUN_ID/model``;
 * a registered MLflow model name (its latest version).
 
-MLflow models are loaded with ``mlflow.pytorch.load_model``; the config is the ``config.yaml``
-artifact the training driver logs to the model's run, and the quantity follows from it
-(``intensity`` for Moving MNIST, else ``rain_norm``). The tracking URI is the argument, else
+MLflow models are the run's ``model/checkpoint.pt`` artifact (a slim checkpoint: state dict,
+resolved config and quantity). Nothing is unpickled beyond tensors and plain data unless the
+caller passes ``trust=True`` (``--trust-model``). The tracking URI is the argument, else
 ``MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow.db``.
 
 Units: ``predict`` takes frames in the archive's physical unit (``rain_mmh`` default, ``refl_dbz``
 with a Z–R relation, or ``intensity``) with NaN = no data (fed to the model as 0) and returns
-mm/h (``intensity`` for Moving MNIST models). Output pixels are never NaN.
+mm/h (``intensity`` for Moving MNIST models). Output pixels are never NaN. Frames of any size
+work: a grid the model's patch does not divide is padded with no-data and the forecast cropped back.
 """
 
 from __future__ import annotations
@@ -34,6 +35,22 @@ from convlstm_dist.errors import UserError
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 PIXELS_PER_FORWARD = 1 << 20  # windows x pixels per model forward at inference (memory bound)
+
+
+def pad_to_patch(x: np.ndarray, patch: int) -> np.ndarray:
+    """Pad the last two axes of ``x`` (model range) at the bottom and right up to multiples of ``patch``.
+
+    The padding is 0, which in model range is both zero rain and no data (NaN input is fed as 0,
+    ``data.transforms``), so the model sees a dry, empty strip of at most ``patch - 1`` pixels
+    beyond the grid's edge; callers crop the forecast back to ``[..., :H, :W]``. Only the last
+    row/column of patches mixes real and padded pixels; the top and left edges are untouched.
+    A grid the patch divides is returned as is (the forecast is unchanged).
+    """
+    H, W = x.shape[-2:]
+    ph, pw = -H % patch, -W % patch
+    if not (ph or pw):
+        return x
+    return np.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, ph), (0, pw)], constant_values=0.0)
 
 
 def resolve_tracking_uri(uri: str | None = None, workdir: str | Path = "workdir") -> str:
@@ -60,25 +77,28 @@ class Nowcaster:
     # -- loading ----------------------------------------------------------------------------
     @classmethod
     def load(cls, ref: str, tracking_uri: str | None = None, workdir: str | Path = "workdir",
-             device: str = "cpu") -> "Nowcaster":
-        """Load ``ref`` (see module docstring); a ref that resolves to nothing is a UserError."""
+             device: str = "cpu", trust: bool = False) -> "Nowcaster":
+        """Load ``ref`` (see module docstring); a ref that resolves to nothing is a UserError.
+
+        Models load as state dicts + config (``weights_only``); ``trust=True`` also allows files
+        that need full unpickling (legacy pickled MLflow models): only for files you trust."""
         ref = str(ref)
         tried = []
         p = Path(ref)
         if p.exists():
             from convlstm_dist.checkpoint import load_model
 
-            model, cfg, payload = load_model(p, device)
+            model, cfg, payload = load_model(p, device, trust=trust)
             return cls(model, cfg, payload["quantity"], f"checkpoint {p}", device, {"kind": "checkpoint"})
         tried.append(f"no checkpoint file or directory {ref}")
         looks_like_path = "/" in ref and not ref.startswith(MLFLOW_SCHEMES)
         if looks_like_path or ref.endswith(".pt"):
             raise UserError(f"cannot load model {ref!r}: {tried[0]}")
         uri = resolve_tracking_uri(tracking_uri, workdir)
-        return cls._from_mlflow(ref, uri, device, tried)
+        return cls._from_mlflow(ref, uri, device, tried, trust=trust)
 
     @classmethod
-    def _from_mlflow(cls, ref: str, uri: str, device: str, tried: list[str]) -> "Nowcaster":
+    def _from_mlflow(cls, ref: str, uri: str, device: str, tried: list[str], trust: bool = False) -> "Nowcaster":
         from convlstm_dist.config import config_from_dict
 
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
@@ -86,10 +106,10 @@ class Nowcaster:
             raise UserError(f"cannot load model {ref!r}: " + "; ".join(tried))
         from convlstm_dist.tracking.models import load_mlflow_model
 
-        model, tree, model_uri, run_id, name = load_mlflow_model(ref, uri, device, tried)
-        cfg = config_from_dict(tree, origin=f"config.yaml of MLflow run {run_id}")
+        model, payload, model_uri, run_id, name = load_mlflow_model(ref, uri, device, tried, trust=trust)
+        cfg = config_from_dict(payload["config"], origin=f"the model of MLflow run {run_id}")
         model = getattr(model, "module", model).to(device).eval()
-        return cls(model, cfg, quantity_for(cfg), f"MLflow {model_uri} ({uri})", device,
+        return cls(model, cfg, payload.get("quantity") or quantity_for(cfg), f"MLflow {model_uri} ({uri})", device,
                    {"kind": "mlflow", "model_uri": model_uri, "run_id": run_id, "name": name,
                     "tracking_uri": uri})
 
@@ -111,13 +131,16 @@ class Nowcaster:
         return int(self.config.model.patch)
 
     def check_grid(self, H: int, W: int) -> None:
-        """UserError unless the model can run on an ``H x W`` grid."""
+        """UserError unless the model can run on an ``H x W`` grid (any size for a ConvLSTM: a grid
+        the patch does not divide is padded, see :func:`pad_to_patch`)."""
         m = self.config.model
         if m.kind == "fclstm" and (H, W) != (m.height, m.width):
             raise UserError(f"this FC-LSTM model only runs on {m.height}x{m.width} frames, got {H}x{W}")
-        if H % self.patch or W % self.patch:
-            raise UserError(f"grid {H}x{W} is not divisible by the model's patch size {self.patch}; "
-                            "crop it (e.g. evaluate --crop) to a multiple of the patch")
+
+    def model_grid(self, H: int, W: int) -> tuple[int, int]:
+        """The grid the model actually runs on for ``H x W`` frames (padded up to the patch)."""
+        p = self.patch
+        return -(-H // p) * p, -(-W // p) * p
 
     def check_variable(self, variable: str) -> None:
         model_is_intensity = self.quantity == "intensity"
@@ -127,19 +150,22 @@ class Nowcaster:
 
     # -- forecasting ------------------------------------------------------------------------
     def predict_model_range(self, x: np.ndarray, n_out: int) -> np.ndarray:
-        """``x`` (B, T_in, 1, H, W) in model range, no NaN → (B, n_out, 1, H, W) in model range."""
+        """``x`` (B, T_in, 1, H, W) in model range, no NaN → (B, n_out, 1, H, W) in model range.
+
+        Any ``H x W``: the model runs on :func:`pad_to_patch`'s grid and the forecast is cropped back."""
         import torch
 
         B, T, C, H, W = x.shape
         self.check_grid(H, W)
+        x = pad_to_patch(x, self.patch)
         # The fast path holds every step's gates of a layer at once (several GB per full radar
         # grid): forward at most ~PIXELS_PER_FORWARD pixels of windows at a time.
-        per = max(1, PIXELS_PER_FORWARD // (H * W))
+        per = max(1, PIXELS_PER_FORWARD // (x.shape[-2] * x.shape[-1]))
         out = []
         with torch.inference_mode():
             for i in range(0, B, per):
                 y, _ = self.model(torch.as_tensor(x[i:i + per], dtype=torch.float32, device=self.device), int(n_out))
-                out.append(y.float().cpu().numpy())
+                out.append(y.float().cpu().numpy()[..., :H, :W])  # crop the padding back off
         return np.concatenate(out)
 
     def predict_batch(self, frames: np.ndarray, n_out: int | None = None, variable: str = "rain_mmh",

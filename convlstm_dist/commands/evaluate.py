@@ -20,12 +20,17 @@ MODEL_HELP = ("checkpoint directory or checkpoint.pt, an MLflow model URI (model
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--trust-model", action="store_true",
+                   help="also load model files that need full unpickling (checkpoints or MLflow models "
+                        "written by older versions). Unpickling runs code named in the file: use only for "
+                        "files you trust. Without it, models load as tensors + plain data only")
     p.add_argument("--archive", required=True, metavar="URL", help="archive: local path or s3://bucket/x.zarr")
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL[_S3])")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlflow.db)")
     p.add_argument("--crop", default=None, metavar="HxW",
-                   help="evaluate/forecast an HxW crop instead of the full grid (which must be divisible by the patch)")
+                   help="evaluate/forecast an HxW crop instead of the full grid (any size; a grid the model's "
+                        "patch does not divide is padded with no-data and the forecast cropped back)")
     p.add_argument("--n-out", type=int, default=None, metavar="N", help="lead times (default: the model's out_len)")
     add_workdir_arg(p)
 
@@ -102,7 +107,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     crop = parse_crop(args.crop)
     if args.split and args.end:
         raise UserError("--end goes with --start (a time range), not with --split")
-    nc = Nowcaster.load(args.model, args.tracking_uri, args.workdir)
+    nc = Nowcaster.load(args.model, args.tracking_uri, args.workdir, trust=args.trust_model)
     archive = _open(args)
     split = args.split or ("test" if args.start is None and args.end is None else None)
     sel = select_windows(nc, archive, split, args.start, args.end, args.n_out, args.max_windows)
@@ -159,7 +164,7 @@ def run_nowcast(args: argparse.Namespace) -> int:
     from convlstm_dist.evaluate import parse_crop, parse_time
     from convlstm_dist.inference import Nowcaster, forecast_gif, forecast_strip, write_forecast_zarr
 
-    nc = Nowcaster.load(args.model, args.tracking_uri, args.workdir)
+    nc = Nowcaster.load(args.model, args.tracking_uri, args.workdir, trust=args.trust_model)
     archive = _open(args)
     nc.check_variable(archive.variable)
     times, step = archive.times, archive.timestep_s

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 
 UI_HELP = """\
 Start an MLflow server on 127.0.0.1 for the runs in DIR/mlflow.db (artifacts in DIR/mlartifacts)
 and print its URL. It listens on loopback only; from another machine use an SSH tunnel
-(ssh -L PORT:127.0.0.1:PORT host). Stop it with Ctrl-C.
+(ssh -L PORT:127.0.0.1:PORT host). Stop it with Ctrl-C (SIGTERM and SIGHUP stop the server too).
 
 Training runs log there when tracking.uri / MLFLOW_TRACKING_URI is the printed URL; with no
 tracking URI they write sqlite:///DIR/mlflow.db directly, which this command then shows.
@@ -28,6 +30,46 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_ui)
 
 
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM / SIGHUP so that ``finally`` stops the MLflow server."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_signals(signums=(signal.SIGTERM, signal.SIGHUP)):
+    """Turn ``signums`` into :class:`Terminated` while the block runs (main thread only).
+
+    The MLflow server lives in its own process group (so Ctrl-C reaches only this process, which
+    stops it); without this, SIGTERM or a closed terminal killed this process outright and left the
+    server running. Yields ``stopping()``: after it is called (and after the first signal) further
+    signals are ignored, so they cannot interrupt the server's stop.
+    """
+    fired = []
+
+    def handler(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise Terminated(signum)
+
+    def stopping():
+        fired.append(None)
+
+    previous = {}
+    try:
+        for s in signums:
+            previous[s] = signal.signal(s, handler)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        pass
+    try:
+        yield stopping
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def run_ui(args) -> int:
     from pathlib import Path
 
@@ -41,16 +83,24 @@ def run_ui(args) -> int:
         raise UserError(f"--workdir {workdir} exists and is not a folder")
     workdir.mkdir(parents=True, exist_ok=True)
     server = MlflowServer(workdir, port=args.port, log_path=workdir / "mlflow-server.log")
-    print(f"starting MLflow server for {server.backend_store_uri} ...", flush=True)
-    server.start()
-    print(f"MLflow UI: {server.uri}   (log: {workdir / 'mlflow-server.log'}; Ctrl-C to stop)", flush=True)
-    print(f"log runs to it with: export MLFLOW_TRACKING_URI={server.uri}", flush=True)
-    try:
-        rc = server.wait()
-    except KeyboardInterrupt:
-        rc = 0
-    finally:
-        server.stop()
+    rc, signum = 0, None
+    with stop_signals() as stopping:
+        try:
+            print(f"starting MLflow server for {server.backend_store_uri} ...", flush=True)
+            server.start()  # a signal while it starts up: start() stops the server and re-raises
+            print(f"MLflow UI: {server.uri}   (log: {workdir / 'mlflow-server.log'}; Ctrl-C to stop)", flush=True)
+            print(f"log runs to it with: export MLFLOW_TRACKING_URI={server.uri}", flush=True)
+            rc = server.wait()
+        except KeyboardInterrupt:
+            rc = 0
+        except Terminated as t:
+            signum = t.signum
+        finally:
+            stopping()
+            server.stop()  # SIGTERM to the server's process group, SIGKILL after 10 s
+    if signum is not None:
+        print(f"stopped the MLflow server ({signal.Signals(signum).name})", flush=True)
+        return 128 + signum
     if rc not in (0, -2, -15):
         raise UserError(f"mlflow server exited with code {rc}; see {workdir / 'mlflow-server.log'}")
     return 0

@@ -61,9 +61,13 @@ def test_evaluate_local(ray_local, ckpt, archive, tmp_path, capsys):
     rc = main(["evaluate", "--model", str(ckpt), "--archive", url, "--start", "2021-06-01T00:00",
                "--out", str(out), "--workers", "2", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
                "--workdir", str(tmp_path)])
-    stdout = capsys.readouterr().out
+    captured = capsys.readouterr()
+    stdout = captured.out
     assert rc == 0, stdout
     assert "threshold >= 0.5 mm/h" in stdout and "mse:persistence" in stdout
+    # progress on stderr (not a terminal here): one line per chunk of at most 4 windows, up to 20/20
+    progress = [ln for ln in captured.err.splitlines() if "windows scored" in ln]
+    assert len(progress) == 5 and progress[-1].startswith("[evaluate] 20/20 windows scored (5/5 tasks)"), captured.err
     rows = read_rows(out)
     assert list(rows[0])[:9] == ["method", "lead_min", "threshold_mmh", "csi", "pod", "far", "hss", "mse", "mae"]
     keys = {(r["method"], float(r["lead_min"]), float(r["threshold_mmh"])) for r in rows}
@@ -139,7 +143,6 @@ def test_nowcast_writes_zarr(ckpt, archive, tmp_path, capsys):
     (["evaluate", "--model", "models:/no-such-model/1"], "cannot load model 'models:/no-such-model/1'"),
     (["evaluate", "--model", "/nonexistent/ckpt"], "no checkpoint"),
     (["evaluate", "--model", "CKPT", "--split", "test"], "too few frames"),
-    (["evaluate", "--model", "CKPT", "--crop", "18x16", "--start", "2021-06-01"], "not divisible by the model's patch size 4"),
     (["nowcast", "--model", "CKPT", "--at", "2021-06-01T00:05"], "too few frames"),
 ])
 def test_clear_errors(ckpt, archive, tmp_path, capsys, argv, message):
@@ -148,6 +151,30 @@ def test_clear_errors(ckpt, archive, tmp_path, capsys, argv, message):
     rc = main(argv + ["--archive", url, "--workdir", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
     assert rc == 2
     assert message in capsys.readouterr().err
+
+
+def test_evaluate_and_nowcast_on_a_grid_the_patch_does_not_divide(ray_local, ckpt, tmp_path, capsys):
+    """A 30x22 archive (patch 4, NaN top rows) without --crop: evaluate scores the full grid (the model
+    padded to 32x24 and cropped back, persistence exactly as numpy computes it on 30x22) and nowcast
+    writes a 30x22 forecast."""
+    url = tmp_path / "odd.zarr"
+    frames = make_archive(url, n=8, h=30, w=22, step_s=STEP_S)
+    out = tmp_path / "odd.csv"
+    rc = main(["evaluate", "--model", str(ckpt), "--archive", str(url), "--start", "2021-06-01",
+               "--baselines", "persistence", "--workers", "1", "--out", str(out), "--no-mlflow",
+               "--workdir", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().err
+    rows = read_rows(out)
+    assert {r["method"] for r in rows} == {"convlstm", "persistence"}
+    assert all(np.isfinite(float(r["mse"])) for r in rows if r["method"] == "convlstm")
+    mse = {float(r["lead_min"]): float(r["mse"]) for r in rows if r["method"] == "persistence"}
+    np.testing.assert_allclose([mse[5.0], mse[10.0]], persistence_mse(frames), rtol=1e-5)
+
+    rc = main(["nowcast", "--model", str(ckpt), "--archive", str(url), "--out", str(tmp_path / "fc"),
+               "--workdir", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().err
+    fc = xr.open_zarr(tmp_path / "fc" / "forecast.zarr")["rain_mmh"].values
+    assert fc.shape == (1, OUT_LEN, 30, 22) and np.isfinite(fc).all()
 
 
 def test_evaluate_too_few_frames_short_archive(ckpt, tmp_path, capsys):
@@ -209,8 +236,8 @@ def test_dbz_archive_without_zr_is_a_clear_error(ckpt, archive, tmp_path, capsys
 
 
 def test_nowcaster_from_mlflow(tmp_path):
-    """A model registered the way the training driver does (config.yaml artifact + log_model) loads by
-    name, models:/ URI and runs:/ URI, with the config recovered from the run."""
+    """A model registered the way the training driver does (log_model of a checkpoint: state dict +
+    config) loads by name, models:/ URI and runs:/ URI, with the config recovered from the model."""
     from convlstm_dist.config import to_yaml
     from convlstm_dist.inference import Nowcaster
     from convlstm_dist.tracking.mlflow_tracker import Tracker
@@ -220,7 +247,8 @@ def test_nowcaster_from_mlflow(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker, _ = Tracker.start_or_resume(uri, "tiny-mlflow", "tiny-mlflow")
     tracker.log_text(to_yaml(cfg), "config.yaml")
-    tracker.log_model(build_model_from_config(cfg), "tiny-mlflow")
+    ckpt = save_checkpoint(tmp_path / "ckpt", build_model_from_config(cfg), cfg.model_dump(mode="json"), "rain_norm")
+    assert tracker.log_model(ckpt.parent, "tiny-mlflow") == "models:/tiny-mlflow/1"
     tracker.end()
     frames = np.random.default_rng(0).gamma(0.5, 2.0, size=(IN_LEN, 16, 16)).astype(np.float32)
     outs = []

@@ -71,9 +71,50 @@ def test_bad_path_names_what_was_tried(tmp_path):
         Nowcaster.load("no-such-model", tracking_uri=f"sqlite:///{tmp_path}/absent.db")
 
 
-def test_grid_not_divisible_by_patch(ckpt):
+def test_grid_not_divisible_by_patch_is_padded_and_cropped_back(ckpt, monkeypatch):
+    """30x22 with patch 4: the model runs on 32x24 with a no-data (= 0) strip at the bottom/right, and
+    the forecast is exactly 30x22, finite where the input was valid; it is the forecast of the 32x24
+    grid with that dry strip, cropped (so padding costs only the strip's boundary effect)."""
     nc = Nowcaster.load(ckpt)
-    with pytest.raises(UserError, match="not divisible by the model's patch size 4"):
+    frames = np.random.default_rng(3).gamma(0.5, 2.0, size=(3, 30, 22)).astype(np.float32)
+    frames[:, :3] = np.nan  # a no-data border, as radar composites have
+    seen = []
+    forward = nc.model.forward
+    monkeypatch.setattr(nc.model, "forward", lambda x, n: seen.append(tuple(x.shape[-2:])) or forward(x, n))
+    out = nc.predict(frames, 2)
+    assert seen == [(32, 24)]
+    assert out.shape == (2, 30, 22) and out.dtype == np.float32
+    assert np.isfinite(out[:, 3:]).all() and np.isfinite(out).all() and (out >= 0).all()
+    dry = np.zeros((3, 32, 24), np.float32)
+    dry[:, :30, :22] = frames
+    np.testing.assert_array_equal(out, nc.predict(dry, 2)[:, :30, :22])
+    # one path for predict, predict_batch (evaluate) and nowcast: a batch gives the same forecast
+    batch = np.stack([frames, np.nan_to_num(frames[::-1].copy())])
+    np.testing.assert_allclose(nc.predict_batch(batch, 2)[0], out, rtol=1e-5, atol=1e-5)
+
+
+def test_divisible_grid_is_not_padded(ckpt, monkeypatch):
+    """A grid the patch divides runs exactly as before: the model sees it unpadded and unchanged."""
+    import torch
+
+    nc = Nowcaster.load(ckpt)
+    frames = np.random.default_rng(4).gamma(0.5, 2.0, size=(3, 24, 16)).astype(np.float32)
+    seen = []
+    forward = nc.model.forward
+    monkeypatch.setattr(nc.model, "forward", lambda x, n: seen.append(x.clone()) or forward(x, n))
+    out = nc.predict(frames, 2)
+    assert [tuple(x.shape) for x in seen] == [(1, 3, 1, 24, 16)]
+    from convlstm_dist.data.transforms import from_model, rain_to_norm
+
+    x = torch.as_tensor(rain_to_norm(frames)[None, :, None])
+    with torch.inference_mode():
+        direct = from_model(forward(x, 2)[0].numpy()[0, :, 0], "rain_norm")
+    np.testing.assert_array_equal(out, direct)
+
+
+def test_fclstm_still_needs_its_grid(tmp_path):
+    nc = Nowcaster.load(tiny_checkpoint(tmp_path, kind="fclstm"))
+    with pytest.raises(UserError, match="only runs on 16x16"):
         nc.predict(np.zeros((3, 18, 16), np.float32), 2)
 
 
