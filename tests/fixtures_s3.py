@@ -32,6 +32,14 @@ import pytest
 
 __all__ = ["SeaweedServer", "S3Credentials", "find_weed", "s3_server"]
 
+# Start-up deadline: ~3 s alone, far longer on a loaded 2-core box; overridable for slower machines.
+STARTUP_TIMEOUT_ENV = "CONVLSTM_DIST_S3_STARTUP_S"
+DEFAULT_STARTUP_TIMEOUT_S = 240.0
+
+
+def startup_timeout_s() -> float:
+    return float(os.environ.get(STARTUP_TIMEOUT_ENV) or DEFAULT_STARTUP_TIMEOUT_S)
+
 
 @dataclass(frozen=True)
 class S3Credentials:
@@ -78,7 +86,9 @@ class SeaweedServer:
         self.proc: subprocess.Popen | None = None
         self.endpoint_url = ""
 
-    def start(self, timeout_s: float = 30.0) -> "SeaweedServer":
+    def start(self, timeout_s: float | None = None) -> "SeaweedServer":
+        """Start `weed mini` and wait until the bucket answers (deadline: `startup_timeout_s()`)."""
+        timeout_s = startup_timeout_s() if timeout_s is None else timeout_s
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
         ident = {"identities": [
@@ -114,12 +124,19 @@ class SeaweedServer:
                             aws_secret_access_key=c.secret_key, region_name="us-east-1",
                             config=Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}))
 
+    def _log_tail(self, n: int = 2000) -> str:
+        try:
+            return (self.workdir / "weed.log").read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
     def _wait_ready(self, timeout_s: float) -> None:
-        deadline, last = time.monotonic() + timeout_s, None
+        t0 = time.monotonic()
+        deadline, last = t0 + timeout_s, None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.proc.returncode}; log: "
-                                   f"{(self.workdir / 'weed.log').read_text()[-2000:]}")
+                raise RuntimeError(f"weed exited with {self.proc.returncode} before it was ready; log tail:\n"
+                                   f"{self._log_tail()}")
             try:
                 client = self._client()
                 client.create_bucket(Bucket=self.bucket)
@@ -130,7 +147,8 @@ class SeaweedServer:
                     return
                 last = exc
                 time.sleep(0.3)
-        raise TimeoutError(f"SeaweedFS not ready after {timeout_s} s: {last}")
+        raise TimeoutError(f"SeaweedFS not ready after {time.monotonic() - t0:.0f} s (limit {timeout_s:.0f} s, "
+                           f"{STARTUP_TIMEOUT_ENV} raises it): {last}; log tail:\n{self._log_tail()}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

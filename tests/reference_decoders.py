@@ -10,7 +10,9 @@ import h5py
 import numpy as np
 from PIL import Image
 
-FMI_DIR = Path(os.environ.get("CONVLSTM_DIST_DATA", "/work/shared/data")) / "radar/fmi/20160928"
+# The shared data sit next to the checkout: <repo>/../shared/data (CONVLSTM_DIST_DATA overrides).
+DATA_DIR = Path(os.environ.get("CONVLSTM_DIST_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+FMI_DIR = DATA_DIR / "radar/fmi/20160928"
 
 
 def knmi_decode(path):

@@ -3,7 +3,10 @@
 The server stores runs in ``sqlite:///WORKDIR/mlflow.db`` and artifacts under ``WORKDIR/mlartifacts``
 and proxies artifact traffic (clients need only the tracking URI). It binds 127.0.0.1 only, runs one
 worker and has MLflow's job execution off: ~5 s to ``/health`` and ~0.5 GiB instead of ~14 s and
-2.4 GiB with the defaults (see STACK.md).
+2.4 GiB with the defaults (see STACK.md). On a loaded machine start-up takes much longer (over 60 s
+seen on a busy 2-core box), so ``start()`` polls ``/health`` for up to 240 s by default
+(``CONVLSTM_DIST_MLFLOW_STARTUP_S`` overrides) and fails at once, with the server's log tail, if
+the process dies first.
 
     with MlflowServer("workdir") as srv:
         mlflow.set_tracking_uri(srv.uri)
@@ -16,12 +19,32 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 HOST = "127.0.0.1"
+STARTUP_TIMEOUT_ENV = "CONVLSTM_DIST_MLFLOW_STARTUP_S"
+DEFAULT_STARTUP_TIMEOUT_S = 240.0
+LOG_TAIL_BYTES = 3000
+
+
+def default_startup_timeout_s() -> float:
+    """Seconds to wait for ``/health``: ``$CONVLSTM_DIST_MLFLOW_STARTUP_S`` or 240."""
+    from convlstm_dist.errors import UserError
+
+    raw = os.environ.get(STARTUP_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_STARTUP_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise UserError(f"{STARTUP_TIMEOUT_ENV}={raw!r} is not a positive number of seconds")
+    return value
 
 
 def free_port(host: str = HOST) -> int:
@@ -45,7 +68,7 @@ class MlflowServer:
     ``(backend_store_uri, artifacts_destination)`` for anything else (e.g. Postgres + s3://).
     """
 
-    def __init__(self, workdir_or_paths, port: int | None = None, *, startup_timeout_s: float = 60.0,
+    def __init__(self, workdir_or_paths, port: int | None = None, *, startup_timeout_s: float | None = None,
                  log_path: str | os.PathLike | None = None, extra_env: dict[str, str] | None = None):
         if isinstance(workdir_or_paths, (tuple, list)):
             self.backend_store_uri, self.artifacts_destination = (str(x) for x in workdir_or_paths)
@@ -55,11 +78,12 @@ class MlflowServer:
             self.backend_store_uri = f"sqlite:///{self.workdir / 'mlflow.db'}"
             self.artifacts_destination = str(self.workdir / "mlartifacts")
         self.port = port
-        self.startup_timeout_s = startup_timeout_s
+        self.startup_timeout_s = startup_timeout_s  # None: default_startup_timeout_s() at start()
         self.log_path = Path(log_path) if log_path else None
         self.extra_env = dict(extra_env or {})
         self.proc: subprocess.Popen | None = None
         self._log = None
+        self._log_start = 0
 
     @property
     def uri(self) -> str:
@@ -89,37 +113,56 @@ class MlflowServer:
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.update(self.extra_env)
+        timeout_s = self.startup_timeout_s if self.startup_timeout_s is not None else default_startup_timeout_s()
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_path, "ab")
-            out = self._log
-        else:
-            out = subprocess.DEVNULL
+            self._log = open(self.log_path, "a+b")
+        else:  # an unnamed file, kept only to quote its tail if start-up fails
+            self._log = tempfile.TemporaryFile(prefix="mlflow-server-")
+        self._log_start = os.fstat(self._log.fileno()).st_size
+        out = self._log
         # own process group: the gunicorn/uvicorn children go away with it in stop()
         self.proc = subprocess.Popen(self.command(), env=env, stdout=out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            self._wait_healthy()
+            self._wait_healthy(timeout_s)
         except BaseException:  # incl. KeyboardInterrupt while waiting: leave no server behind
             self.stop()
             raise
         return self
 
-    def _wait_healthy(self) -> None:
+    def _wait_healthy(self, timeout_s: float) -> None:
         from convlstm_dist.errors import UserError
 
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
+        while True:
             if self.proc.poll() is not None:
-                rc = self.proc.returncode
-                hint = f" (log: {self.log_path})" if self.log_path else ""
-                raise UserError(f"mlflow server exited with code {rc} before answering{hint}")
-            if self.healthy():
+                raise UserError(f"mlflow server exited with code {self.proc.returncode} before answering "
+                                f"{self.uri}/health{self._log_hint()}")
+            if self.healthy(timeout_s=min(5.0, max(1.0, deadline - time.monotonic()))):
                 return
+            if time.monotonic() >= deadline:
+                break
             time.sleep(0.25)
-        raise UserError(f"mlflow server did not answer {self.uri}/health within {self.startup_timeout_s:.0f} s")
+        raise UserError(f"mlflow server did not answer {self.uri}/health within {time.monotonic() - t0:.0f} s "
+                        f"(limit {timeout_s:.0f} s, set {STARTUP_TIMEOUT_ENV} to wait longer){self._log_hint()}")
 
-    def healthy(self, timeout_s: float = 1.0) -> bool:
+    def log_tail(self, max_bytes: int = LOG_TAIL_BYTES) -> str:
+        """The end of what the server printed since start() (while it is running or just failed)."""
+        if self._log is None:
+            return ""
+        fd = self._log.fileno()
+        size = os.fstat(fd).st_size
+        start = max(self._log_start, size - max_bytes)
+        return os.pread(fd, size - start, start).decode("utf-8", "replace")
+
+    def _log_hint(self) -> str:
+        where = f"; log: {self.log_path}" if self.log_path else ""
+        tail = self.log_tail().strip()
+        return f"{where}\n--- server output (tail) ---\n{tail}" if tail else f"{where}; the server printed nothing"
+
+    def healthy(self, timeout_s: float = 2.0) -> bool:
         try:
             with urllib.request.urlopen(self.uri + "/health", timeout=timeout_s) as r:
                 return r.status == 200

@@ -47,11 +47,21 @@ def test_to_tune_distributions():
 def test_radar_sweep_loads_and_passes_checks():
     spec, base = load_sweep(RADAR)
     assert spec.space["model.depth"] == {"choice": [1, 2, 3]}
-    assert check_space(spec, base) >= 27
+    assert base["train"]["epochs"] == 12 and spec.search.num_samples == 16
+    # every model-shaping combination is checked: depth 3 x kernel 3 x filters 3 x batch 2 (lr: one end)
+    assert check_space(spec, base) == 3 * 3 * 3 * 2
+    # --smoke-test merges the file's smoke_test: section over set/space/search
     smoke, sbase = load_sweep(RADAR, smoke_test=True)
-    assert smoke.name.endswith("-smoke") and smoke.search.num_samples >= 4
-    assert sbase["train"]["epochs"] <= 3 if "train" in sbase else True
-    check_space(smoke, sbase)
+    assert smoke.name == "radar-sweep-smoke"
+    assert sbase["train"]["epochs"] == 2  # smoke_test.set overrides the sweep's set (12)
+    assert (sbase["model"]["height"], sbase["model"]["width"], sbase["data"]["crops_per_window"]) == (64, 64, 1)
+    assert smoke.space["model.filters"] == {"choice": [4, 8]} and smoke.space["data.batch_size"] == {"choice": [4]}
+    assert smoke.space["train.lr"] == spec.space["train.lr"]  # axes the smoke test leaves alone stay
+    assert (smoke.search.num_samples, smoke.search.max_concurrent_trials, smoke.search.workers_per_trial) == (4, 1, 1)
+    sched = smoke.search.scheduler
+    assert (sched.type, sched.grace_period, sched.reduction_factor) == ("asha", 1, 2)  # merged key by key
+    assert smoke.search.metric == "val_loss" and smoke.search.trial_memory_gb == 16  # kept from the sweep
+    assert check_space(smoke, sbase) == 2 * 2 * 2 * 1
 
 
 def test_even_kernel_refused():
