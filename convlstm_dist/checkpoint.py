@@ -110,6 +110,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", trust: bool
     return model.to(device).eval(), cfg, payload
 
 
+def weights_digest(state_dict: dict) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and values (identifies the weights)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        t = state_dict[k].detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 SLIM_KEYS = ("epoch", "step", "best", "lead_table", "variable", "history")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 RUN_KEY_TAG = "convlstm_dist.run_key"
 MODEL_ARTIFACT = "model"
+WEIGHTS_TAG = "convlstm_dist.weights_sha256"
 _SECRET = re.compile(r"(secret|password|token|key$|credential)", re.I)
 
 
@@ -125,15 +126,18 @@ class Tracker:
 
         The model is stored as plain data, never as a pickled module: ``model/checkpoint.pt`` is a
         slim checkpoint (state dict + resolved config, loadable with ``weights_only=True``) beside
-        an ``MLmodel`` file naming the ``convlstm_dist`` flavour. A run that already registered a
-        version under ``registered_name`` is not registered again (a rerun of a finished run).
+        an ``MLmodel`` file naming the ``convlstm_dist`` flavour. A run that already registered
+        these same weights under ``registered_name`` is not registered again (a rerun of a finished
+        run); a resumed run that trained further registers its new weights as a new version.
         """
-        from convlstm_dist.checkpoint import slim_checkpoint
+        from convlstm_dist.checkpoint import read_checkpoint, slim_checkpoint, weights_digest
 
+        digest = weights_digest(read_checkpoint(checkpoint_dir)["model"])
         if registered_name:
-            mine = [v for v in self._versions(registered_name) if v.run_id == self.run_id]
-            if mine:
-                return f"models:/{registered_name}/{max(int(v.version) for v in mine)}"
+            same = [v for v in self._versions(registered_name)
+                    if v.run_id == self.run_id and (v.tags or {}).get(WEIGHTS_TAG) == digest]
+            if same:  # this run already registered these very weights (a rerun of a finished run)
+                return f"models:/{registered_name}/{max(int(v.version) for v in same)}"
         with tempfile.TemporaryDirectory() as d:
             model_dir = Path(d) / MODEL_ARTIFACT
             slim_checkpoint(checkpoint_dir, model_dir)
@@ -151,7 +155,8 @@ class Tracker:
             if "RESOURCE_ALREADY_EXISTS" not in str(err) and "already exists" not in str(err):
                 raise
         source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
-        mv = self.client.create_model_version(registered_name, source, run_id=self.run_id)
+        mv = self.client.create_model_version(registered_name, source, run_id=self.run_id,
+                                              tags={WEIGHTS_TAG: digest})
         return f"models:/{registered_name}/{mv.version}"
 
     def _versions(self, name: str) -> list:

@@ -43,3 +43,20 @@ def test_rerun_of_a_finished_run_does_not_register_again(tmp_path):
     assert other.log_model(ckpt, "tiny-reg") == "models:/tiny-reg/2"
     other.end()
     assert sorted(str(v.version) for v in client.search_model_versions("name = 'tiny-reg'")) == ["1", "2"]
+
+
+def test_resumed_run_that_trained_further_registers_its_new_weights(tmp_path):
+    import torch
+
+    from convlstm_dist.tracking.mlflow_tracker import Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ckpt = _ckpt(tmp_path / "ckpt")
+    tracker, _ = Tracker.start_or_resume(uri, "tiny-reg", "tiny-reg")
+    assert tracker.log_model(ckpt, "tiny-reg") == "models:/tiny-reg/1"
+    payload = torch.load(ckpt / "checkpoint.pt", weights_only=True)  # "trained further": other weights
+    payload["model"] = {k: v + 1 for k, v in payload["model"].items()}
+    torch.save(payload, ckpt / "checkpoint.pt")
+    again, resumed = Tracker.start_or_resume(uri, "tiny-reg", "tiny-reg")
+    assert resumed and again.log_model(ckpt, "tiny-reg") == "models:/tiny-reg/2"
+    assert again.log_model(ckpt, "tiny-reg") == "models:/tiny-reg/2"   # and only once
