@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("convlstm-dist: interrupted", file=sys.stderr)
         return 130
+    finally:
+        # storage requests an error left in flight would print "Exception ignored" tracebacks at exit
+        from convlstm_dist.data.storage import cancel_pending_io
+
+        cancel_pending_io()
 
 
 if __name__ == "__main__":

@@ -18,10 +18,24 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from convlstm_dist.errors import UserError
+from convlstm_dist.train.metrics import metric_problem
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: no float here (rates, fractions, sizes, CPUs) makes sense as NaN or ±inf;
+    # YAML reads `.inf` / `.nan` as floats, and `train.lr=.inf` would otherwise train on NaN weights
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+NAME_CHARS = "letters, digits, '.', '_' and '-' (starting with a letter or digit, no '..', at most 100 characters)"
+
+
+def check_name(v: str, what: str) -> str:
+    """A name that becomes a directory (checkpoints), an MLflow run key and part of a search filter: no path
+    separators, quotes, spaces or '..'."""
+    if len(v) > 100 or ".." in v or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", v):
+        raise ValueError(f"{what} {v!r} may only contain {NAME_CHARS}")
+    return v
 
 
 class ModelConfig(_Strict):
@@ -124,8 +138,22 @@ class RunConfig(_Strict):
     storage_path: str | None = Field(None, description="checkpoints; default <workdir>/runs; may be s3://")
     name: str | None = Field(None, description="stable run name; default <recipe name>")
     keep_checkpoints: int = Field(2, ge=1)
-    checkpoint_metric: str = "val_loss"
+    checkpoint_metric: str = Field("val_loss", description="a metric training reports (train/metrics.py); "
+                                                           "the lowest is best")
     max_failures: int = Field(2, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return None if v is None else check_name(v, "run name")  # it names the checkpoint directory
+
+    @field_validator("checkpoint_metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        problem = metric_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 class TrackingConfig(_Strict):
@@ -147,9 +175,7 @@ class Config(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", v):
-            raise ValueError(f"name {v!r} must be letters, digits, '.', '_' or '-' (it names runs and experiments)")
-        return v
+        return check_name(v, "name")  # it names runs and experiments
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:

@@ -88,8 +88,11 @@ def format_summary(s: dict) -> str:
 
 def run_archive_info(args) -> int:
     from convlstm_dist.data.archive import open_archive, summary
-    from convlstm_dist.data.storage import storage_options_for
+    from convlstm_dist.data.storage import exists, is_remote, storage_options_for
 
-    archive = open_archive(args.url, storage_options_for(args.url, args.endpoint_url))
+    opts = storage_options_for(args.url, args.endpoint_url)
+    if is_remote(args.url):
+        exists(args.url, opts)  # one request under a deadline: a silent endpoint fails in seconds, not minutes
+    archive = open_archive(args.url, opts)
     print(format_summary(summary(archive)))
     return 0

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convlstm_dist.data import units as U
-from convlstm_dist.data.storage import storage_error, with_fast_fail
+from convlstm_dist.data.storage import exists, is_remote, storage_error, with_fast_fail
 from convlstm_dist.errors import UserError
 
 FORMAT_VERSION = 1
@@ -231,16 +231,22 @@ class Archive:
             import zarr
 
             try:
-                self._group = zarr.open_group(self.url, mode="r", **_zarr_kwargs(self.url, self.storage_options))
+                g = zarr.open_group(self.url, mode="r", **_zarr_kwargs(self.url, self.storage_options))
             except UserError:
                 raise
             except Exception as exc:  # noqa: BLE001 - translated for the user
                 if isinstance(exc, FileNotFoundError) and "://" not in self.url:
                     raise UserError(f"no archive at {self.url}") from None
                 raise storage_error(self.url, self.storage_options, exc, "read") from None
-            if self._group.attrs.get("convlstm_dist_format") != FORMAT_VERSION:
+            if g.attrs.get("convlstm_dist_format") != FORMAT_VERSION:
                 raise UserError(f"{self.url} is not a convlstm-dist archive (format "
-                                f"{self._group.attrs.get('convlstm_dist_format')!r}, expected {FORMAT_VERSION})")
+                                f"{g.attrs.get('convlstm_dist_format')!r}, expected {FORMAT_VERSION})")
+            var = g.attrs.get("variable")
+            if not isinstance(var, str) or var not in g or "time" not in g:  # consolidated: no extra request
+                arrays = ", ".join(sorted(g.array_keys())) or "none"
+                raise UserError(f"{self.url} is damaged: its 'variable' attribute names {var!r} but the archive has "
+                                f"no such array, or no 'time' (arrays: {arrays}); fix the attribute or re-ingest")
+            self._group = g  # only a checked group is kept: a failed check fails again on the next access
         return self._group
 
     @property
@@ -325,6 +331,8 @@ class Archive:
 
 def open_archive(url: str, storage_options: dict | None = None) -> Archive:
     """Open an archive read-only; raise UserError if it is missing or unreachable."""
+    if is_remote(url):
+        exists(url, storage_options)  # one request under a deadline: a silent endpoint fails in seconds
     a = Archive(url, storage_options)
     a._g  # noqa: B018 - fail now, not in the first Ray task
     return a

@@ -6,21 +6,45 @@ AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION); local paths need none (`{}`)
 Credentials never reach logs, error messages or tracked parameters: pass options through
 `redact()` before printing or logging them. S3 clients get a short connect timeout and few
 retries so a wrong endpoint or key fails within seconds with a message naming the URL and what
-to check (`storage_error`, `check_access`).
+to check (`storage_error`, `check_access`); `exists()`, the first request of every command that
+opens an archive, has an overall deadline so an endpoint that accepts connections and never
+answers fails within ~10 s too. `cancel_pending_io()` (called by the CLI on exit) unwinds requests
+still in flight after an error, so they do not print "Exception ignored" tracebacks at exit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 from typing import Any
 
 from convlstm_dist.errors import UserError
 
 SECRET_KEYS = ("key", "secret", "token", "aws_access_key_id", "aws_secret_access_key",
                "aws_session_token", "password")
+# Timeouts, and why they differ between data and metadata:
+# * botocore's read timeout bounds each wait for the next bytes of a response (not a whole download).
+#   Data reads (zarr chunks/shards of MBs, from Ray Data tasks, on a real S3 that may stall for a
+#   few seconds under load) keep a generous READ_TIMEOUT_S: lowering it would turn a slow but
+#   working S3 into failed epochs. Two attempts in all ("standard" retry mode).
+# * A silent endpoint (accepts TCP, never answers) then costs READ_TIMEOUT_S x MAX_ATTEMPTS per
+#   request, and zarr's open issues several requests: minutes. So the metadata probe `exists()` --
+#   the first request of every command that opens an archive -- also has an overall deadline,
+#   METADATA_DEADLINE_S (env CONVLSTM_DIST_S3_METADATA_DEADLINE_S for very slow links): a HEAD on
+#   a working S3 answers in well under a second, so ~8 s only ever trips on a dead endpoint.
 CONNECT_TIMEOUT_S = 3
 READ_TIMEOUT_S = 30
 MAX_ATTEMPTS = 2
+METADATA_DEADLINE_S = 8.0
+DEADLINE_ENV = "CONVLSTM_DIST_S3_METADATA_DEADLINE_S"
+
+
+def metadata_deadline_s() -> float:
+    try:
+        return max(1.0, float(os.environ.get(DEADLINE_ENV) or METADATA_DEADLINE_S))
+    except ValueError:
+        return METADATA_DEADLINE_S
 
 
 def is_remote(url: str) -> bool:
@@ -150,11 +174,58 @@ def filesystem(url: str, storage_options: dict | None = None):
 
 
 def exists(url: str, storage_options: dict | None = None) -> bool:
-    """Whether anything exists at `url`; storage problems raise a clear UserError."""
+    """Whether an archive exists at `url`; storage problems raise a clear UserError.
+
+    Remote URLs answer within `metadata_deadline_s()` or fail: this is the fail-fast probe for an
+    endpoint that accepts connections but never answers (see the timeouts above)."""
+    from fsspec.exceptions import FSTimeoutError
+
+    deadline = metadata_deadline_s() if is_remote(url) else None
     try:
         fs, path = filesystem(url, storage_options)
-        return bool(fs.exists(path.rstrip("/") + "/zarr.json"))
+        key = path.rstrip("/") + "/zarr.json"
+        if deadline is not None and getattr(fs, "async_impl", False):
+            # fsspec runs the request under asyncio.wait_for: cancelled cleanly at the deadline
+            return bool(fs.exists(key, timeout=deadline))
+        return bool(fs.exists(key))
     except UserError:
         raise
+    except FSTimeoutError:
+        raise UserError(f"the storage endpoint {endpoint_of(storage_options)} did not answer within {deadline:g} s "
+                        f"for {url}: check --endpoint-url / AWS_ENDPOINT_URL and that it is an S3 server that "
+                        f"is up (on a very slow link raise {DEADLINE_ENV})") from None
     except Exception as exc:  # noqa: BLE001 - translated for the user
         raise storage_error(str(url), storage_options, exc, "read") from None
+
+
+def cancel_pending_io(timeout_s: float = 2.0) -> int:
+    """Cancel storage requests still in flight on zarr's and fsspec's IO event loops and let them unwind.
+
+    After an error, zarr leaves sibling requests of a failed `asyncio.gather` running (e.g. the
+    other metadata keys of `open_group` against a refused endpoint). Destroyed at interpreter exit,
+    outside their context, each prints an "Exception ignored in: <coroutine StorePath.get>"
+    traceback (aiobotocore resets a ContextVar token created in another context). Cancelled here,
+    they run their cleanup in their own task. Returns how many were cancelled; imports nothing new."""
+    loops = []
+    for mod in ("zarr.core.sync", "fsspec.asyn"):
+        holder = getattr(sys.modules.get(mod), "loop", None)
+        lp = holder[0] if isinstance(holder, list) and holder else None
+        if lp is not None and not lp.is_closed() and lp.is_running() and lp not in loops:
+            loops.append(lp)
+
+    async def _cancel_all() -> int:
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
+        return len(tasks)
+
+    n = 0
+    for lp in loops:
+        try:
+            n += asyncio.run_coroutine_threadsafe(_cancel_all(), lp).result(timeout_s + 1)
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+    return n

@@ -51,28 +51,35 @@ def resolve(cfg: Config, workdir: str | Path) -> Resolved:
                     cfg.tracking.experiment or cfg.name)
 
 
-def _storage(storage_path: str, endpoint_url: str | None):
-    """(storage_path, pyarrow filesystem or None) for RunConfig; s3:// gets an explicit filesystem."""
+def s3_endpoint(endpoint_url: str | None) -> str | None:
+    env = os.environ
+    return endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+
+
+def _storage(storage_path: str, endpoint_url: str | None, **fs_options):
+    """(storage_path, pyarrow filesystem or None) for RunConfig; s3:// gets an explicit filesystem
+    (``fs_options``: extra ``S3FileSystem`` arguments, e.g. the write probe's short timeouts)."""
     if not storage_path.startswith("s3://"):
         Path(storage_path).mkdir(parents=True, exist_ok=True)
         return storage_path, None
     import pyarrow.fs as pafs
 
     env = os.environ
-    endpoint = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    endpoint = s3_endpoint(endpoint_url)
     kw = {"access_key": env.get("AWS_ACCESS_KEY_ID"), "secret_key": env.get("AWS_SECRET_ACCESS_KEY"),
-          "region": env.get("AWS_REGION", "us-east-1")}
+          "region": env.get("AWS_REGION", "us-east-1"), **fs_options}
     if endpoint:
         scheme, _, host = endpoint.partition("://")
         kw.update(endpoint_override=host, scheme=scheme)
     return storage_path[len("s3://"):], pafs.S3FileSystem(**{k: v for k, v in kw.items() if v is not None})
 
 
-def _init_ray(cfg: Config, res: Resolved) -> None:
+def _init_ray(cfg: Config, res: Resolved) -> bool:
+    """Connect to (or start) Ray; True if this call started a local Ray instance (this process owns it)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     env_vars = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "MLFLOW_TRACKING_URI",
                                            "AWS_ENDPOINT_URL", "AWS_REGION") if k in os.environ}
     if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"):
@@ -82,18 +89,27 @@ def _init_ray(cfg: Config, res: Resolved) -> None:
     else:
         ray.init(address="local", include_dashboard=False, log_to_driver=True,
                  runtime_env={"env_vars": env_vars} if env_vars else None)
+        return True
+    return False
 
 
-def preflight(cfg: Config, workdir: str | Path):
-    """Everything that can fail without a cluster: config, archive, splits, tracking server, model."""
+def preflight(cfg: Config, workdir: str | Path, storage_path: str | None = None):
+    """Everything that can fail without a cluster: config, archive, splits, checkpoint metric, tracking
+    server, model, write access to the checkpoint storage (``storage_path``, default the run's)."""
     from convlstm_dist.data.plan import DataPlan
+    from convlstm_dist.data.transforms import model_quantity
     from convlstm_dist.tracking.mlflow_tracker import check_reachable
+    from convlstm_dist.train.guards import check_storage_writable
+    from convlstm_dist.train.metrics import check_metric
 
     res = resolve(cfg, workdir)
     if res.tracking_uri:
         check_reachable(res.tracking_uri)
     plan = DataPlan.from_config(cfg, res.workdir)
+    check_metric(cfg.run.checkpoint_metric, "run.checkpoint_metric", model_quantity(plan.variable))
     build_model_from_config(cfg)  # architecture errors surface here, not in a worker
+    check_storage_writable(storage_path or res.storage_path, cfg.data.endpoint_url,
+                           "run.storage_path" if storage_path is None else "the sweep's storage path")
     return res, plan
 
 
@@ -104,9 +120,13 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from convlstm_dist.train.guards import check_cluster_resources
     from convlstm_dist.train.loop import fault_nan_at, train_loop_per_worker
+    from convlstm_dist.train.recovery import repair_checkpoints
 
+    check_cluster_resources(cfg)  # resources the cluster can never give: fail now, not wait forever
     path, fs = _storage(storage_path, cfg.data.endpoint_url)
+    repair_checkpoints(path, fs, run_name)  # a damaged newest checkpoint: resume from the newest intact one
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker
@@ -130,28 +150,48 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
 
 
 def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = True) -> TrainOutcome:
-    import ray
-
-    from convlstm_dist.data.datasource import epoch_clock
+    from convlstm_dist.train.guards import check_cluster_resources
 
     res, plan = preflight(cfg, workdir)
     say = print if progress else (lambda *a, **k: None)
     say(f"[convlstm-dist] run '{res.run_name}': windows per split {plan.counts()}, "
         f"crop {plan.crop[0]}x{plan.crop[1]}, {cfg.scaling.num_workers} worker(s)")
+    own_ray = _init_ray(cfg, res)
+    check_cluster_resources(cfg)  # before an MLflow run is opened for a run that could never start
     tracker = None
     if res.tracking_uri:
         from convlstm_dist.tracking.mlflow_tracker import Tracker
 
         tracker, resumed = Tracker.start_or_resume(res.tracking_uri, res.experiment, res.run_name,
                                                    tags={"convlstm_dist.recipe": cfg.name})
-        tracker.log_params(flatten(cfg))
-        tracker.log_text(to_yaml(cfg), "config.yaml")
-        import json
+    try:
+        if tracker:
+            tracker.log_params(flatten(cfg))
+            tracker.log_text(to_yaml(cfg), "config.yaml")
+            import json
 
-        tracker.log_text(json.dumps(plan.record, indent=2, default=str), "split.json")
-        say(f"[convlstm-dist] MLflow {'resumed' if resumed else 'new'} run {tracker.run_id} at {res.tracking_uri}")
+            tracker.log_text(json.dumps(plan.record, indent=2, default=str), "split.json")
+            say(f"[convlstm-dist] MLflow {'resumed' if resumed else 'new'} run {tracker.run_id} at {res.tracking_uri}")
+        out = _fit_and_report(cfg, plan, res, tracker, say, progress, own_ray)
+    except BaseException as exc:  # never leave the MLflow run RUNNING
+        if tracker:
+            try:
+                tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            except Exception:  # noqa: BLE001 - the original error matters more
+                pass
+        raise
+    if tracker:
+        tracker.end("FAILED" if out.stopped else "FINISHED")
+    return out
 
-    _init_ray(cfg, res)
+
+def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bool,
+                    own_ray: bool = False) -> TrainOutcome:
+    import ray
+
+    from convlstm_dist.data.datasource import epoch_clock
+    from convlstm_dist.train.guards import user_error_from_failure
+
     ray.data.DataContext.get_current().enable_progress_bars = False
     clock_name = f"convlstm-epoch-clock-{res.run_name}"
     clock = epoch_clock(clock_name)
@@ -160,10 +200,15 @@ def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = 
     t0 = time.time()
     try:
         result = trainer.fit()
-    except Exception:
+    except Exception as exc:
         ray.kill(clock)
-        if tracker:
-            tracker.end("FAILED")
+        # a UserError raised in a worker (e.g. the archive vanished) arrives wrapped in Ray Train's
+        # WorkerGroupError: show its one line, keep the ~700-line traceback in <workdir>/logs/
+        user = user_error_from_failure(exc, res.workdir / "logs", res.run_name)
+        if user is not None:
+            if own_ray:  # stop Ray's forwarded worker logs now, so that the message is the last line
+                ray.shutdown()
+            raise user from None
         raise
     stopped = ray.get(clock.stop_reason.remote())
     ray.kill(clock)
@@ -180,8 +225,6 @@ def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = 
                        res.tracking_uri, history, stopped=stopped)
     if ckpt is not None:
         final_report(cfg, plan, ckpt, tracker, out, res.workdir, progress)
-    if tracker:
-        tracker.end("FAILED" if stopped else "FINISHED")
     return out
 
 

@@ -40,7 +40,8 @@ from convlstm_dist.data.transforms import model_quantity
 from convlstm_dist.errors import UserError
 from convlstm_dist.train.driver import Resolved, resolve
 from convlstm_dist.train.loop import (TimedBatches, apply_gradients, evaluate_val, fault_nan_at, forward_loss,
-                                      make_optimizer, make_scheduler, resolve_precision, training_loss)
+                                      load_resumed_weights, make_optimizer, make_scheduler, resolve_precision,
+                                      training_loss)
 
 EVAL_BATCH = 64
 
@@ -193,7 +194,7 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
     latest = out_dir / "latest"
     if (latest / "checkpoint.pt").exists():
         payload = read_checkpoint(latest)
-        model.load_state_dict(payload["model"])
+        load_resumed_weights(model, payload["model"], run_name, str(latest))
         state = payload["train"]
         opt.load_state_dict(state["optimizer"])
         if sched is not None and state.get("scheduler"):

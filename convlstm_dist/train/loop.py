@@ -113,6 +113,21 @@ def fault_nan_at() -> list[int] | None:
     return [int(p) for p in v.split(":")] if v else None
 
 
+def load_resumed_weights(model: torch.nn.Module, weights: dict, run: str, where: str) -> None:
+    """Load a run's own checkpoint to resume it; a recipe whose model changed since (same run name,
+    other ``model.*``) is one clear ``UserError`` instead of a ``load_state_dict`` traceback."""
+    from convlstm_dist.errors import UserError
+
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
+        raise UserError(f"run {run!r} cannot resume: its checkpoint ({where}) holds a model of another architecture "
+                        f"than the recipe's ({detail[:160]}); train under a new run.name, or delete that run's "
+                        "checkpoints to start over") from None
+
+
 def rng_state() -> dict:
     """Every library's RNG state as tensors and plain data (checkpoints load with weights_only)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -282,7 +297,7 @@ def train_loop_per_worker(config: dict) -> None:
 
         with ckpt.as_directory() as d:
             payload = read_checkpoint(d)
-        model.load_state_dict(payload["model"])
+        load_resumed_weights(model, payload["model"], ctx.get_experiment_name(), ckpt.path)
         state = payload["train"]
     model.to(device)
     ddp = ray.train.torch.prepare_model(model)

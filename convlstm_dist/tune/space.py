@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from convlstm_dist.config import Config, _merge, _set_path, config_from_dict, read_yaml_mapping
 from convlstm_dist.errors import UserError
+from convlstm_dist.train.metrics import metric_problem
 
 DERIVED = ("model.depth", "model.kernel", "model.filters")
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -53,7 +54,7 @@ MEMORY_KEYS = ("model.depth", "model.kernel", "model.filters", "model.hidden", "
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SchedulerSpec(_Strict):
@@ -73,6 +74,14 @@ class SearchSpec(_Strict):
     trial_memory_gb: float = Field(16.0, gt=0)
     workers_per_trial: int | None = Field(None, ge=1, description="default: the base recipe's scaling.num_workers")
     seed: int | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        problem = metric_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 class SweepSpec(_Strict):

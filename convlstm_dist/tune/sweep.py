@@ -161,8 +161,12 @@ def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = Fa
     wd = Path(workdir).resolve()
     wd.mkdir(parents=True, exist_ok=True)
     _ensure_archive(base_cfg, wd, progress)
-    res, plan = preflight(base_cfg, wd)
     sweeps_root = storage_path or spec.storage_path or str(wd / "sweeps")
+    res, plan = preflight(base_cfg, wd, storage_path=sweeps_root)  # trials checkpoint under sweeps_root
+    from convlstm_dist.data.transforms import model_quantity
+    from convlstm_dist.train.metrics import check_metric
+
+    check_metric(spec.search.metric, "search.metric", model_quantity(plan.variable))
     exp_path = f"{sweeps_root.rstrip('/')}/{spec.name}"
     local_dir = wd / "sweeps" / spec.name  # best recipe, summary, plots (always local)
     local_dir.mkdir(parents=True, exist_ok=True)
@@ -206,6 +210,14 @@ def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = Fa
                  runtime_env={"env_vars": env_vars} if env_vars else None)
         os.environ.pop(ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE, None)
     _init_ray(base_cfg, res)
+    from convlstm_dist.train.guards import check_cluster_resources
+
+    try:
+        check_cluster_resources(base_cfg)  # every trial would wait forever for what the cluster lacks
+    except UserError:
+        if parent:
+            parent.end("FAILED")
+        raise
     from ray import tune
 
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -47,6 +47,49 @@ def test_bad_values_give_clear_errors(override, needle):
     assert needle in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "override, needles",
+    [
+        ("train.lr=.inf", ["train.lr", "finite"]),
+        ("train.lr=.nan", ["train.lr", "finite"]),
+        ("train.lr=nan", ["train.lr", "finite"]),
+        ("train.weight_decay=.inf", ["train.weight_decay", "finite"]),
+        ("train.grad_clip=.inf", ["train.grad_clip", "finite"]),
+        ("data.min_wet_fraction=.nan", ["data.min_wet_fraction", "finite"]),
+        ("data.split.block_hours=.inf", ["data.split.block_hours", "finite"]),
+        ("scaling.cpus_per_worker=.inf", ["scaling.cpus_per_worker", "finite"]),
+    ],
+)
+def test_non_finite_floats_are_refused(override, needles):
+    with pytest.raises(UserError) as err:
+        load_config(None, [override])
+    assert all(n in str(err.value) for n in needles), str(err.value)
+
+
+def test_checkpoint_metric_must_be_reported_by_training():
+    with pytest.raises(UserError) as err:
+        load_config(None, ["run.checkpoint_metric=val_los"])
+    msg = str(err.value)
+    assert "run.checkpoint_metric" in msg and "did you mean 'val_loss'" in msg
+    assert "valid names:" in msg and "val_csi_2mmh" in msg and "train_loss" in msg
+    assert load_config(None, ["run.checkpoint_metric=val_csi_2mmh"]).run.checkpoint_metric == "val_csi_2mmh"
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "a'b", 'a"b', "a b", "a..b", "..", ".hidden", "x" * 101,
+                                  "a\\b", "a`b"])
+def test_unsafe_run_names_are_refused(name):
+    with pytest.raises(UserError) as err:
+        load_config(None, [f"run.name={name}"] if "'" not in name else [f'run.name="{name}"'])
+    assert "run.name" in str(err.value) and "letters, digits" in str(err.value)
+
+
+def test_safe_run_names_pass():
+    assert load_config(None, ["run.name=radar_v2.1-a"]).run.name == "radar_v2.1-a"
+    assert load_config(None, ["run.name=null"]).run.name is None
+    with pytest.raises(UserError, match="name"):
+        load_config(None, ["name=../up"])
+
+
 def test_missing_recipe_and_bad_set():
     with pytest.raises(UserError, match="not found"):
         load_config("nope.yaml")

@@ -1,0 +1,57 @@
+"""The names of the metrics training reports each epoch (no torch: the config validates against them).
+
+``train/loop.py`` (Ray Train workers) and ``train/local.py`` report, per epoch, the training
+metrics below plus ``ValAccumulator.metrics()`` (merged validation skill). A checkpoint metric
+(``run.checkpoint_metric``) or a sweep metric (``search.metric``) must be one of these names;
+otherwise Ray fails only after the last epoch ("Invalid metric name"). A unit test keeps this
+list equal to what ``ValAccumulator`` produces.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from convlstm_dist.errors import UserError
+
+THRESHOLDS_MMH = (0.5, 2.0, 5.0, 10.0, 30.0)
+
+# reported by every epoch of train/loop.py (with the checkpoint)
+TRAIN_METRICS = ("epoch", "step", "train_loss", "samples_per_s", "data_wait_share", "epoch_time_s", "lr",
+                 "early_stop")
+
+
+def val_metrics(quantity: str | None = None) -> tuple[str, ...]:
+    """Validation metrics of ``ValAccumulator.metrics()``; ``quantity`` None = for any archive.
+
+    ``val_cross_entropy`` exists only for ``intensity`` models (Moving MNIST)."""
+    names = ["val_loss", "val_mse", "val_mae", "val_bmse", "val_persistence_mse", "val_persistence_mae"]
+    if quantity in (None, "intensity"):
+        names.append("val_cross_entropy")
+    for thr in THRESHOLDS_MMH:
+        names += [f"val_pod_{thr:g}mmh", f"val_far_{thr:g}mmh", f"val_csi_{thr:g}mmh",
+                  f"val_persistence_csi_{thr:g}mmh"]
+    return tuple(names)
+
+
+def reported_metrics(quantity: str | None = None) -> tuple[str, ...]:
+    return TRAIN_METRICS + val_metrics(quantity)
+
+
+def metric_problem(name: str, quantity: str | None = None) -> str | None:
+    """None if training reports ``name``; else a message listing the valid names (and the nearest one)."""
+    valid = reported_metrics(quantity)
+    if name in valid:
+        return None
+    if quantity is not None and name in reported_metrics(None):
+        return (f"{name!r} is only reported for Moving MNIST (intensity) archives, not for {quantity} ones; "
+                f"valid names: {', '.join(valid)}")
+    near = difflib.get_close_matches(name, valid, n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    return f"{name!r} is not a metric training reports{hint}; valid names: {', '.join(valid)}"
+
+
+def check_metric(name: str, key: str, quantity: str | None = None) -> None:
+    """Raise ``UserError`` naming ``key`` when training does not report ``name``."""
+    problem = metric_problem(name, quantity)
+    if problem:
+        raise UserError(f"{key}: {problem}")
