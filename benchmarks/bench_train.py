@@ -1,11 +1,17 @@
-"""Ray Train overhead: samples/s of 1 and 2 Ray Train workers against a plain single-process
-training loop at the same global batch, on the demo recipe (KNMI sample), in one run.
+"""Ray Train overhead on the same resources: samples/s of a plain single-process loop against Ray
+Train with 1 worker (and with 2), on the demo recipe (KNMI sample), in one run.
 
     python benchmarks/bench_train.py [--epochs 3] [--use-gpu --precision bf16]
 
-The plain loop reads the same training windows (``read_windows``), builds the same model and
-optimizer and runs the same number of epochs; Ray's rate is the ``samples_per_s`` the workers
-report for their last epoch (after start-up), summed over workers.
+Both sides run the same step engine (``train.engine``, ``convlstm_dist.train.engine.StepEngine``)
+at the same global batch, and both get all of this machine's cores for torch: the plain loop sets
+``torch.set_num_threads(os.cpu_count())``; the 1-worker Ray run gives its worker the same number of
+torch threads (``CONVLSTM_THREADS``) and leaves one logical CPU for the Ray Data read tasks, which
+share the same physical cores (a worker holding every logical CPU would starve them: STACK.md). The
+plain loop reads the same training windows (``read_windows``); Ray's rate is the ``samples_per_s``
+the workers report for their last epoch (after start-up), summed over workers.
+
+The last line is ``ray_over_plain=X.XX`` (1 worker / plain, throughput).
 """
 
 from __future__ import annotations
@@ -27,11 +33,22 @@ def plain(cfg, plan, epochs: int, device: str) -> float:
 
     from convlstm_dist.config import build_model_from_config
     from convlstm_dist.data.datasource import read_windows
+    from convlstm_dist.data.transforms import model_quantity
     from convlstm_dist.data.windows import group_by_chunk
-    from convlstm_dist.models import get_loss
+    from convlstm_dist.train.engine import StepEngine, resolve_mode
+    from convlstm_dist.train.loop import make_optimizer, resolve_precision, training_loss
 
-    model = build_model_from_config(cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), cfg.train.lr)
+    torch.set_num_threads(os.cpu_count() or 1)
+    dev = torch.device(device)
+    precision = resolve_precision(cfg.train.precision, dev)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    mode, _ = resolve_mode(cfg.train.engine, dev, impl=cfg.model.impl, optimizer=cfg.train.optimizer,
+                           precision=precision, world=1)
+    model = build_model_from_config(cfg, compile=mode != "eager", channels_last=cfg.train.channels_last).to(dev)
+    opt = make_optimizer(cfg.train, model.parameters(), dev if mode == "graph" else None)
+    engine = StepEngine(model, model, opt, torch.amp.GradScaler("cuda", enabled=precision == "fp16"),
+                        training_loss(cfg.train.loss, model_quantity(plan.variable)), plan.out_len, amp,
+                        cfg.train.grad_clip, mode, dev, say=lambda m: None)
     arc, starts = plan.archives["train"], plan.starts["train"]
     bs = cfg.data.batch_size * cfg.scaling.num_workers  # same global batch as the Ray run
     n, t_last = 0, 0.0
@@ -41,14 +58,16 @@ def plain(cfg, plan, epochs: int, device: str) -> float:
         for g in group_by_chunk(starts, arc.time_chunk):
             w = read_windows(arc, g, plan.in_len, plan.out_len, plan.crop, 0, epoch, cfg.data.crops_per_window)
             for i in range(0, len(w["x"]), bs):
-                x = torch.from_numpy(w["x"][i:i + bs]).to(device)
-                y = torch.from_numpy(w["y"][i:i + bs]).to(device)
-                m = torch.from_numpy(w["mask"][i:i + bs]).to(device) > 0.5
-                opt.zero_grad()
-                pred, _ = model(x, plan.out_len)
-                get_loss(cfg.train.loss)(pred, y, m).backward()
-                opt.step()
+                x = torch.from_numpy(w["x"][i:i + bs]).to(dev)
+                y = torch.from_numpy(w["y"][i:i + bs]).to(dev)
+                m = torch.from_numpy(w["mask"][i:i + bs]).to(dev) > 0.5
+                if engine.mode == "graph" and engine.graph is None and len(x) == bs:
+                    engine.capture(x, y, m)
+                engine.step(x, y, m)
                 n += len(x)
+        engine.check()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         t_last = time.perf_counter() - t0
     return n / t_last
 
@@ -84,18 +103,25 @@ def main() -> int:
     plan = DataPlan.from_config(ref_cfg, wd)
     rate_plain = plain(ref_cfg, plan, args.epochs, "cuda" if args.use_gpu else "cpu")
     results.append(("plain loop, 1 process", rate_plain))
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    cores = os.cpu_count() or 1
     for n in (1, 2):
-        # same global batch: per-worker batch = global / n
+        # same global batch: per-worker batch = global / n; the workers' torch threads share all cores
+        os.environ["CONVLSTM_THREADS"] = str(max(1, cores // n))
+        ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"CONVLSTM_THREADS": os.environ["CONVLSTM_THREADS"],
+                                           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}})
+        per_worker = max(0.25, (cores - 1) / n) if not args.use_gpu else 1
         cfg = load_config(RECIPE, base + [f"scaling.num_workers={n}", f"data.batch_size={8 // n}",
+                                          f"scaling.cpus_per_worker={per_worker}",
                                           f"run.name=bench-{n}w-{int(time.time())}"])
         results.append((f"Ray Train, {n} worker(s)", ray_rate(cfg, wd)))
-    ray.shutdown()
+        ray.shutdown()
     print(f"\ndemo recipe, global batch 8, {args.epochs} epochs (rate of the last), "
           f"{'GPU' if args.use_gpu else 'CPU'}, machine: {os.cpu_count()} CPUs")
     print(f"{'path':<26}{'samples/s':>11}{'vs plain':>10}")
     for name, r in results:
         print(f"{name:<26}{r:>11.1f}{r / rate_plain:>9.2f}x")
+    print(f"ray_over_plain={results[1][1] / rate_plain:.2f}")
     return 0
 
 

@@ -123,6 +123,11 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     early_stopping_patience: int | None = Field(None, ge=1)
+    engine: Literal["auto", "eager", "compiled", "graph"] = Field(
+        "auto", description="training step: eager; compiled (gates fused by torch.compile, CUDA); graph (the whole "
+                            "step as one CUDA graph, one process); auto = graph on one CUDA device, compiled on "
+                            "CUDA otherwise, eager on CPU. Both `train` and `train --local` run it")
+    channels_last: bool = Field(False, description="NHWC activations and weights (CUDA tensor cores)")
     seed: int = 0
 
 
@@ -270,8 +275,9 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def build_model_from_config(cfg: Config):
-    """The model the recipe describes (imports torch lazily)."""
+def build_model_from_config(cfg: Config, compile: bool = False, channels_last: bool = False):
+    """The model the recipe describes (imports torch lazily); ``compile``/``channels_last`` only
+    change how it computes (training engine), never its parameters."""
     from convlstm_dist.models import build_model
 
     m = cfg.model
@@ -285,4 +291,6 @@ def build_model_from_config(cfg: Config):
         height=m.height,
         width=m.width,
         impl=m.impl,
+        **({"compile": True} if compile else {}),
+        **({"channels_last": True} if channels_last else {}),
     )

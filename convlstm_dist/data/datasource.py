@@ -31,11 +31,19 @@ from convlstm_dist.data.windows import group_by_chunk
 
 class EpochClock:
     """Small shared state of one run (a named Ray actor, 0 CPU): the current epoch for the read
-    tasks, and why training stopped early (set by rank 0, read by the driver)."""
+    tasks, why training stopped early and the progress lines (set by rank 0, read by the driver)."""
 
     def __init__(self) -> None:
         self.epoch = 0
         self.stop = None
+        self.lines: list[str] = []
+
+    def note_line(self, line: str) -> None:
+        """A progress line from rank 0, printed by the driver (worker output stays in Ray's logs)."""
+        self.lines.append(str(line))
+
+    def lines_since(self, n: int) -> list[str]:
+        return self.lines[n:]
 
     def set(self, epoch: int) -> None:
         self.epoch = int(epoch)

@@ -11,9 +11,11 @@ command again resumes it from its latest checkpoint, in Ray Train and in MLflow.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,14 +85,34 @@ def _init_ray(cfg: Config, res: Resolved) -> bool:
     env_vars = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "MLFLOW_TRACKING_URI",
                                            "AWS_ENDPOINT_URL", "AWS_REGION") if k in os.environ}
     if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"):
-        ray.init(address="auto")  # inside `ray job submit`: the job's runtime env already applies
+        # inside `ray job submit`: the job's runtime env already applies
+        ray.init(address="auto", log_to_driver=False, logging_level=logging.ERROR)
     elif cfg.scaling.ray_address:
-        ray.init(address=cfg.scaling.ray_address, runtime_env={"env_vars": env_vars} if env_vars else None)
-    else:
-        ray.init(address="local", include_dashboard=False, log_to_driver=True,
+        ray.init(address=cfg.scaling.ray_address, log_to_driver=False, logging_level=logging.ERROR,
                  runtime_env={"env_vars": env_vars} if env_vars else None)
+    else:
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                 runtime_env={"env_vars": env_vars} if env_vars else None)
+        _link_ray_logs(res.workdir)
         return True
+    _link_ray_logs(res.workdir)
     return False
+
+
+def _link_ray_logs(workdir: Path) -> None:
+    """``<workdir>/logs/ray`` -> this Ray session's log folder (worker output, Ray's own chatter)."""
+    try:
+        from ray._private.worker import global_worker
+
+        session = Path(global_worker.node.get_session_dir_path()) / "logs"
+    except Exception:  # noqa: BLE001 - attached to a remote cluster: its logs live there
+        return
+    link = Path(workdir) / "logs" / "ray"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(session, target_is_directory=True)
+    print(f"[convlstm-dist] Ray's logs (workers included): {link}", flush=True)
 
 
 def preflight(cfg: Config, workdir: str | Path, storage_path: str | None = None):
@@ -199,7 +221,8 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
                             tracker.run_id if tracker else None)
     t0 = time.time()
     try:
-        result = trainer.fit()
+        with _progress_lines(clock, say):
+            result = trainer.fit()
     except Exception as exc:
         ray.kill(clock)
         # a UserError raised in a worker (e.g. the archive vanished) arrives wrapped in Ray Train's
@@ -226,6 +249,42 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
     if ckpt is not None:
         final_report(cfg, plan, ckpt, tracker, out, res.workdir, progress)
     return out
+
+
+@contextmanager
+def _progress_lines(clock, say, every_s: float = 0.5):
+    """Print the lines rank 0 notes on the epoch clock (one per epoch), while ``fit()`` runs.
+
+    Worker and Ray-internal output is not forwarded to this terminal (``log_to_driver=False``):
+    it stays in Ray's session logs, whose folder ``_init_ray`` links as ``<workdir>/logs/ray``.
+    """
+    import threading
+
+    import ray
+
+    stop, seen = threading.Event(), [0]
+
+    def pump():
+        try:
+            lines = ray.get(clock.lines_since.remote(seen[0]), timeout=30)
+        except Exception:  # noqa: BLE001 - progress output must never break training
+            return
+        seen[0] += len(lines)
+        for line in lines:
+            say(line)
+
+    def loop():
+        while not stop.wait(every_s):
+            pump()
+
+    thread = threading.Thread(target=loop, name="progress-lines", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        pump()
 
 
 def final_report(cfg, plan, ckpt, tracker, out: TrainOutcome, workdir: Path, progress: bool) -> None:

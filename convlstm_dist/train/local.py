@@ -39,9 +39,10 @@ from convlstm_dist.data.samples import cut_windows, load_block
 from convlstm_dist.data.transforms import model_quantity
 from convlstm_dist.errors import UserError
 from convlstm_dist.train.driver import Resolved, resolve
-from convlstm_dist.train.loop import (TimedBatches, apply_gradients, evaluate_val, fault_nan_at, forward_loss,
-                                      load_resumed_weights, make_optimizer, make_scheduler, resolve_precision,
-                                      training_loss)
+from convlstm_dist.train.engine import StepEngine, resolve_mode
+from convlstm_dist.train.loop import (TimedBatches, epoch_line, evaluate_val, fault_nan_at, load_resumed_weights,
+                                      make_optimizer, make_scheduler, poison, resolve_precision, training_loss)
+from convlstm_dist.train.state import TrainState
 
 EVAL_BATCH = 64
 
@@ -56,6 +57,7 @@ class LocalOutcome:
     history: list[dict] = field(default_factory=list)
     stopped: str | None = None
     graph: bool = False
+    engine: str = "eager"
 
 
 class MemorySplit:
@@ -180,155 +182,146 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
 
     quantity = model_quantity(plan.variable)
     torch.manual_seed(cfg.train.seed)
-    model = build_model_from_config(cfg).to(dev)
+    np.random.seed(cfg.train.seed)
     precision = resolve_precision(cfg.train.precision, dev)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    want_graph = (dev.type == "cuda" and cfg.model.impl == "fast" and precision != "fp16"
-                  and cfg.train.optimizer != "sgd") if cuda_graph is None else bool(cuda_graph)
-    if want_graph and dev.type != "cuda":
+    requested = cfg.train.engine if cuda_graph is None else ("graph" if cuda_graph else "eager")
+    if requested == "graph" and cuda_graph and dev.type != "cuda":
         raise UserError("--cuda-graph needs a CUDA device")
-    opt = make_optimizer(cfg.train, model.parameters(), dev if want_graph else None)
+    mode, why = resolve_mode(requested, dev, impl=cfg.model.impl, optimizer=cfg.train.optimizer,
+                             precision=precision, world=1)
+    model = build_model_from_config(cfg, compile=mode in ("compiled", "graph"),
+                                    channels_last=cfg.train.channels_last).to(dev)
+    opt = make_optimizer(cfg.train, model.parameters(), dev if mode == "graph" else None)
     sched = make_scheduler(cfg.train, opt)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    state: dict = {}
+    state = TrainState()
     latest = out_dir / "latest"
     if (latest / "checkpoint.pt").exists():
         payload = read_checkpoint(latest)
         load_resumed_weights(model, payload["model"], run_name, str(latest))
-        state = payload["train"]
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None and state.get("scheduler"):
-            sched.load_state_dict(state["scheduler"])
-        say(f"[local] resumed from {latest} (epoch {state.get('epoch')}, step {state.get('step')})")
-    start_epoch, step = int(state.get("epoch", 0)), int(state.get("step", 0))
-    best, since_best = float(state.get("best", math.inf)), int(state.get("since_best", 0))
-    history: list[dict] = list(state.get("history", []))
-
+        state = TrainState.restore(payload["train"], opt, sched, scaler, dev)
+        say(f"[local] resumed from {latest} (epoch {state.epoch}, step {state.step})")
     step_loss = training_loss(cfg.train.loss, quantity)
+    engine = StepEngine(model, model, opt, scaler, step_loss, cfg.data.out_len, amp_dtype, cfg.train.grad_clip,
+                        mode, dev, say=say)
+    say(f"[engine] {mode} steps on {dev} ({precision}, channels_last={cfg.train.channels_last})"
+        + (f"; {requested} not used: {why}" if why else ""))
+    tracker = _open_tracker(cfg, res, run_name)
+    if tracker is not None:
+        state.run_id = tracker.run_id
     fault_at = fault_nan_at()
     d, t = cfg.data, cfg.train
-    graph = None
 
     def train_batches(epoch):
         return prefetch(splits["train"].batches(d.batch_size, d.seed, epoch, True, d.crops_per_window, d.augment,
-                                                drop_last=want_graph), dev)
+                                                drop_last=mode == "graph"), dev)
 
     def eval_batches(split):
         return prefetch(splits[split].batches(EVAL_BATCH, d.seed + 10_000, 0, False), dev)
 
-    if want_graph:
-        from convlstm_dist.models.fast import CudaGraphTrainStep
-
-        first = next(splits["train"].batches(d.batch_size, d.seed, start_epoch, True, d.crops_per_window, d.augment,
-                                             drop_last=True), None)
-        if first is None:
-            raise UserError(f"fewer training windows than one batch ({d.batch_size}); lower data.batch_size")
-        first = to_device({k: torch.from_numpy(v) for k, v in first.items()}, dev)
-        try:
-            t0 = time.perf_counter()
-            graph = CudaGraphTrainStep(model, step_loss, opt, first["x"], first["y"], amp_dtype,
-                                       mask=first["mask"] > 0.5, grad_clip=t.grad_clip)
-            say(f"[local] training step captured as a CUDA graph in {time.perf_counter() - t0:.1f} s")
-        except Exception as err:  # noqa: BLE001 - fall back, loudly
-            say(f"[local] CUDA graph capture failed ({type(err).__name__}: {err}); eager steps instead")
-            torch.cuda.synchronize()
-            opt = make_optimizer(t, model.parameters(), None)
-            sched = make_scheduler(t, opt)
-            graph = None
-
     n_train = len(splits["train"].starts) * d.crops_per_window
-    steps_per_epoch = max(1, n_train // d.batch_size if want_graph else math.ceil(n_train / d.batch_size))
+    if mode == "graph" and n_train < d.batch_size:
+        raise UserError(f"fewer training windows than one batch ({d.batch_size}); lower data.batch_size")
+    steps_per_epoch = max(1, n_train // d.batch_size if mode == "graph" else math.ceil(n_train / d.batch_size))
     if t.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
     t_start = time.perf_counter()
     stopped, metrics, best_ckpt = None, {}, (out_dir / "best") if (out_dir / "best" / "checkpoint.pt").exists() else None
-    for epoch in range(start_epoch, t.epochs):
-        t_epoch = time.perf_counter()
-        sum_loss = torch.zeros((), device=dev)
-        n_batches = n_samples = 0
-        last_log, nan_at, out_of_time = time.perf_counter(), None, False
-        batches = TimedBatches(train_batches(epoch))
-        for x, y, m in batches:
-            if graph is not None:
-                loss = graph.step(x, y, m)
-            else:
-                loss = forward_loss(model, x, y, m, d.out_len, step_loss, amp_dtype)
+    history = state.history
+    epochs_run = 0
+    try:
+        for epoch in range(state.epoch, t.epochs):
+            t_epoch = time.perf_counter()
+            sum_loss = torch.zeros((), device=dev)
+            n_batches = n_samples = 0
+            last_log, nan_step, out_of_time = time.perf_counter(), None, False
+            engine.reset_guard(state.step)
+            batches = TimedBatches(train_batches(epoch))
+            for x, y, m in batches:
                 if fault_at == [epoch, n_batches]:  # fault injection for tests of the NaN guard
-                    loss = loss * float("nan")
-                if not bool(torch.isfinite(loss)):
-                    nan_at = (epoch, step)
+                    x = poison(x)
+                if engine.mode == "graph" and engine.graph is None:
+                    t0 = time.perf_counter()
+                    if engine.capture(x, y, m):
+                        say(f"[local] training step captured as a CUDA graph in {time.perf_counter() - t0:.1f} s")
+                sum_loss += engine.step(x, y, m)
+                n_batches += 1
+                n_samples += x.shape[0]
+                state.step += 1
+                if n_batches % 50 == 0 and (nan_step := engine.check()) is not None:
                     break
-                apply_gradients(loss, model.parameters(), opt, scaler, t.grad_clip)
-            sum_loss += loss.detach()
-            n_batches += 1
-            n_samples += x.shape[0]
-            step += 1
-            if graph is not None and n_batches % 50 == 0 and not bool(torch.isfinite(sum_loss)):
-                nan_at = (epoch, step)
+                now = time.perf_counter()
+                if now - last_log > log_every_s:
+                    last_log = now
+                    say(f"[local]   epoch {epoch + 1} step {n_batches}/{steps_per_epoch}  "
+                        f"loss {float(sum_loss) / n_batches:.5f}  {n_samples / (now - t_epoch):.1f} samples/s")
+                if time_budget_s is not None and now - t_start > time_budget_s:
+                    out_of_time = True
+                    break
+                if t.max_steps_per_epoch and n_batches >= t.max_steps_per_epoch:
+                    break
+            if nan_step is None:
+                nan_step = engine.check()
+            if nan_step is not None:
+                stopped = f"non-finite training loss at epoch {epoch} step {nan_step}; stopped, last good checkpoint kept"
+                say(f"[local] STOPPED: {stopped}")
+                if tracker is not None:
+                    tracker.set_tags({"convlstm_dist.stopped": stopped})
                 break
-            now = time.perf_counter()
-            if now - last_log > log_every_s:
-                last_log = now
-                say(f"[local]   epoch {epoch + 1} step {n_batches}/{steps_per_epoch}  "
-                    f"loss {float(sum_loss) / n_batches:.5f}  {n_samples / (now - t_epoch):.1f} samples/s")
-            if time_budget_s is not None and now - t_start > time_budget_s:
-                out_of_time = True
+            if n_batches == 0:
                 break
-            if t.max_steps_per_epoch and n_batches >= t.max_steps_per_epoch:
+            if sched is not None:
+                sched.step()
+            train_time = time.perf_counter() - t_epoch
+            acc = evaluate_val(model, eval_batches("val"), cfg, quantity, dev, 0, 1, amp_dtype)
+            metrics = {
+                "epoch": epoch + 1, "epoch_float": epoch + n_batches / steps_per_epoch, "step": state.step,
+                "train_loss": float(sum_loss) / n_batches, "samples_per_s": n_samples / max(train_time, 1e-9),
+                "data_wait_share": batches.wait / max(train_time, 1e-9),
+                "epoch_time_s": time.perf_counter() - t_epoch,
+                "elapsed_s": time.perf_counter() - t_start, "lr": float(opt.param_groups[0]["lr"]),
+                **{k: float(v) for k, v in acc.metrics().items()},
+            }
+            history.append(metrics)
+            improved = metrics["val_loss"] < state.best
+            state.best, state.since_best = (metrics["val_loss"], 0) if improved else (state.best, state.since_best + 1)
+            state.epoch = epoch + 1
+            state.extra.update(lead_table=acc.lead_table(), variable=plan.variable, engine=engine.mode)
+            train_state = state.capture(opt, sched, scaler)
+            save_checkpoint(latest, model, cfg.model_dump(mode="json"), quantity, train_state)
+            if improved:
+                best_ckpt = out_dir / "best"
+                save_checkpoint(best_ckpt, model, cfg.model_dump(mode="json"), quantity, train_state)
+            _write_history(history, out_dir)
+            if tracker is not None:  # every epoch: a crash leaves everything so far in MLflow
+                tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=epoch + 1)
+            epochs_run += 1
+            eta = (time.perf_counter() - t_start) / epochs_run * (t.epochs - epoch - 1)
+            say(epoch_line(metrics, t.epochs, eta))
+            if t.early_stopping_patience and state.since_best >= t.early_stopping_patience:
+                say(f"[local] early stop: no validation improvement for {state.since_best} epochs")
                 break
-        if nan_at is None and graph is not None and not bool(torch.isfinite(sum_loss)):
-            nan_at = (epoch, step)
-        if nan_at is not None:
-            stopped = f"non-finite training loss at epoch {nan_at[0]} step {nan_at[1]}; stopped, last good checkpoint kept"
-            say(f"[local] STOPPED: {stopped}")
-            break
-        if n_batches == 0:
-            break
-        if sched is not None:
-            sched.step()
-        train_time = time.perf_counter() - t_epoch
-        acc = evaluate_val(model, eval_batches("val"), cfg, quantity, dev, 0, 1, amp_dtype)
-        metrics = {
-            "epoch": epoch + 1, "epoch_float": epoch + n_batches / steps_per_epoch, "step": step,
-            "train_loss": float(sum_loss) / n_batches, "samples_per_s": n_samples / max(train_time, 1e-9),
-            "data_wait_share": batches.wait / max(train_time, 1e-9), "epoch_time_s": time.perf_counter() - t_epoch,
-            "elapsed_s": time.perf_counter() - t_start, "lr": float(opt.param_groups[0]["lr"]), **acc.metrics(),
-        }
-        history.append(metrics)
-        improved = metrics["val_loss"] < best
-        best, since_best = (metrics["val_loss"], 0) if improved else (best, since_best + 1)
-        train_state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                       "scheduler": sched.state_dict() if sched is not None else None,
-                       "epoch": epoch + 1, "step": step, "best": best, "since_best": since_best,
-                       "history": history, "lead_table": acc.lead_table(), "variable": plan.variable,
-                       "data_position": {"epoch": epoch + 1, "batch": 0}}
-        save_checkpoint(latest, model, cfg.model_dump(mode="json"), quantity, train_state)
-        if improved:
-            best_ckpt = out_dir / "best"
-            save_checkpoint(best_ckpt, model, cfg.model_dump(mode="json"), quantity, train_state)
-        _write_history(history, out_dir)
-        extra = (f"  cross-entropy {metrics['val_cross_entropy']:.1f}" if "val_cross_entropy" in metrics else
-                 f"  val_mse {metrics['val_mse']:.4f} (persistence {metrics['val_persistence_mse']:.4f})")
-        say(f"[local epoch {epoch + 1}/{t.epochs}] step {step}  train_loss {metrics['train_loss']:.5f}  "
-            f"val_loss {metrics['val_loss']:.5f}{extra}  {metrics['samples_per_s']:.1f} samples/s  "
-            f"data wait {100 * metrics['data_wait_share']:.0f}%  {metrics['elapsed_s']:.0f} s")
-        if t.early_stopping_patience and since_best >= t.early_stopping_patience:
-            say(f"[local] early stop: no validation improvement for {since_best} epochs")
-            break
-        if out_of_time:
-            say(f"[local] time budget of {time_budget_s:g} s reached after {step} steps (epoch {epoch + 1}, "
-                f"{n_batches}/{steps_per_epoch} steps into it)")
-            break
+            if out_of_time:
+                say(f"[local] time budget of {time_budget_s:g} s reached after {state.step} steps (epoch {epoch + 1}, "
+                    f"{n_batches}/{steps_per_epoch} steps into it)")
+                break
+    except BaseException:
+        if tracker is not None:
+            tracker.end("FAILED")
+        raise
 
     out = LocalOutcome(run_name, out_dir, best_ckpt, metrics, history=history, stopped=stopped,
-                       graph=graph is not None)
+                       graph=engine.graph is not None, engine=engine.mode)
     if best_ckpt is not None:
-        _final_report(cfg, res, plan, splits, best_ckpt, out, quantity, dev, amp_dtype, say)
+        _final_report(cfg, res, plan, splits, best_ckpt, out, quantity, dev, amp_dtype, say, tracker)
+    elif tracker is not None:
+        tracker.end("FAILED" if stopped else "FINISHED")
     return out
 
 
 def _final_report(cfg, res: Resolved, plan, splits, best_ckpt: Path, out: LocalOutcome, quantity, dev, amp_dtype,
-                  say) -> None:
+                  say, tracker=None) -> None:
     from convlstm_dist.checkpoint import load_model
     from convlstm_dist.train.report import forecast_figure, skill_outputs
 
@@ -342,11 +335,11 @@ def _final_report(cfg, res: Resolved, plan, splits, best_ckpt: Path, out: LocalO
                            cfg, quantity, dev, 0, 1, amp_dtype)
         out.test_metrics = {k.replace("val_", "test_", 1): v for k, v in acc.metrics().items()}
     summary = {"run": out.run_name, "best_epoch": payload["train"].get("epoch"), "stopped": out.stopped,
-               "cuda_graph": out.graph, "last": out.metrics, "test": out.test_metrics,
+               "cuda_graph": out.graph, "engine": out.engine, "last": out.metrics, "test": out.test_metrics,
                "windows": plan.counts(), "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
                "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None}
     (out.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    _track(cfg, res, out, files)
+    _finish_tracking(tracker, out, files)
     for f in [*files, out.out_dir / "curves.png", out.out_dir / "summary.json"]:
         say(f"[local] wrote {f}")
     if out.test_metrics:
@@ -354,28 +347,33 @@ def _final_report(cfg, res: Resolved, plan, splits, best_ckpt: Path, out: LocalO
         say(f"[local] test split ({plan.counts().get('test')} windows, best checkpoint): {key} {out.test_metrics[key]:.4f}")
 
 
-def _track(cfg, res: Resolved, out: LocalOutcome, files: list[Path]) -> None:
-    """MLflow, when enabled and installed (a bare GPU box may have neither mlflow nor a server)."""
+def _open_tracker(cfg, res: Resolved, run_name: str):
+    """The MLflow run of this local run (resumed by run name), when tracking is enabled and mlflow
+    is installed (a bare GPU box may have neither mlflow nor a server); None otherwise."""
     if res.tracking_uri is None:
-        return
-    try:
-        import mlflow  # noqa: F401
-    except ImportError:
+        return None
+    from convlstm_dist.tracking import mlflow_available
+
+    if not mlflow_available():
         print("[local] mlflow is not installed: run not tracked (history.csv and summary.json have it all)")
-        return
+        return None
     from convlstm_dist.config import flatten
     from convlstm_dist.tracking.mlflow_tracker import Tracker
 
-    uri = res.tracking_uri
-    tracker, _ = Tracker.start_or_resume(uri, res.experiment, f"{out.run_name}-local",
-                                         tags={"convlstm_dist.recipe": cfg.name, "convlstm_dist.mode": "local"})
-    tracker.log_params(flatten(cfg))
-    for r in out.history:
-        tracker.log_metrics({k: v for k, v in r.items() if isinstance(v, (int, float))}, step=int(r["epoch"]))
+    tracker, resumed = Tracker.start_or_resume(res.tracking_uri, res.experiment, f"{run_name}-local",
+                                               tags={"convlstm_dist.recipe": cfg.name, "convlstm_dist.mode": "local"})
+    if not resumed:
+        tracker.log_params(flatten(cfg))
+    print(f"[local] MLflow {'resumed' if resumed else 'new'} run {tracker.run_id} at {res.tracking_uri}")
+    return tracker
+
+
+def _finish_tracking(tracker, out: LocalOutcome, files: list[Path]) -> None:
+    if tracker is None:
+        return
     if out.test_metrics:
         tracker.log_metrics(out.test_metrics, step=int(out.history[-1]["epoch"]) if out.history else 0)
     for f in [*files, out.out_dir / "curves.png", out.out_dir / "history.csv"]:
         if f.exists():
             tracker.log_artifact(f)
     tracker.end("FAILED" if out.stopped else "FINISHED")
-    print(f"[local] MLflow run {tracker.run_id} at {uri}")

@@ -14,9 +14,7 @@ Contract with the driver (``train_loop_config``): ``cfg`` (resolved config dict)
 
 from __future__ import annotations
 
-import math
 import os
-import random
 import tempfile
 import time
 
@@ -28,7 +26,9 @@ from convlstm_dist.checkpoint import save_checkpoint
 from convlstm_dist.config import build_model_from_config, config_from_dict
 from convlstm_dist.data.transforms import from_model, model_quantity
 from convlstm_dist.models import get_loss
+from convlstm_dist.train.engine import StepEngine, apply_gradients, forward_loss, resolve_mode  # noqa: F401
 from convlstm_dist.train.metrics import THRESHOLDS_MMH  # noqa: F401 - also imported from here
+from convlstm_dist.train.state import TrainState, rng_state, set_rng_state  # noqa: F401
 
 
 def make_optimizer(t, params, capturable_on: torch.device | None = None):
@@ -82,24 +82,6 @@ class TimedBatches:
             yield batch["x"], batch["y"], batch["mask"] > 0.5
 
 
-def forward_loss(model, x, y, m, out_len: int, loss_fn, amp_dtype) -> torch.Tensor:
-    """Forward pass under autocast (``amp_dtype`` None = full precision) and the fp32 loss."""
-    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        pred, _ = model(x, out_len)
-    return loss_fn(pred.float(), y, m)
-
-
-def apply_gradients(loss, params, opt, scaler, grad_clip: float | None) -> None:
-    """Backward (scaled for fp16), optional gradient clipping, optimizer step."""
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if grad_clip:
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    scaler.step(opt)
-    scaler.update()
-
-
 def training_loss(name: str, quantity: str):
     """``loss(pred, target, mask)`` of the recipe, with its quantity-dependent arguments bound."""
     fn, kw = get_loss(name), loss_kwargs(name, quantity)
@@ -126,22 +108,6 @@ def load_resumed_weights(model: torch.nn.Module, weights: dict, run: str, where:
         raise UserError(f"run {run!r} cannot resume: its checkpoint ({where}) holds a model of another architecture "
                         f"than the recipe's ({detail[:160]}); train under a new run.name, or delete that run's "
                         "checkpoints to start over") from None
-
-
-def rng_state() -> dict:
-    """Every library's RNG state as tensors and plain data (checkpoints load with weights_only)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
-                      "cached_gaussian": float(cached)}}
-
-
-def set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    n = s["numpy"]
-    np.random.set_state((n["name"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]) if isinstance(n, dict) else n)
-    random.setstate(s["python"])
 
 
 def _allreduce(t: torch.Tensor) -> torch.Tensor:
@@ -270,6 +236,22 @@ def evaluate_val(model, batches, cfg, quantity, device, rank, world, amp_dtype) 
     return acc
 
 
+def poison(x: torch.Tensor) -> torch.Tensor:
+    """Fault injection (``CONVLSTM_DIST_FAULT_NAN_AT``): a batch whose loss is NaN in every engine
+    mode, CUDA graph included (the graph copies the batch in, so the NaN travels through it)."""
+    return x * float("nan")
+
+
+def epoch_line(m: dict, epochs: int, eta_s: float | None = None) -> str:
+    """The one progress line of an epoch (both backends print it)."""
+    extra = (f"cross-entropy {m['val_cross_entropy']:.1f}" if "val_cross_entropy" in m else
+             f"val_mse {m['val_mse']:.4f} (persistence {m['val_persistence_mse']:.4f})")
+    eta = f"  ETA {eta_s:.0f} s" if eta_s is not None else ""
+    return (f"[epoch {m['epoch']}/{epochs}] step {m['step']}  train_loss {m['train_loss']:.5f}  "
+            f"val_loss {m['val_loss']:.5f}  {extra}  {m['samples_per_s']:.1f} samples/s  "
+            f"data wait {100 * m['data_wait_share']:.0f}%  {m['epoch_time_s']:.1f} s{eta}")
+
+
 def train_loop_per_worker(config: dict) -> None:
     import ray
     import ray.train
@@ -288,116 +270,115 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.train.seed + rank)
     np.random.seed(cfg.train.seed + rank)
     torch.set_num_threads(max(1, int(os.environ.get("CONVLSTM_THREADS", "1"))))
+    clock = ray.get_actor(config["clock"]) if config.get("clock") else None
+    say = (lambda msg: ray.get(clock.note_line.remote(msg))) if (clock is not None and rank == 0) else (
+        lambda msg: None)
 
-    model = build_model_from_config(cfg)
-    state: dict = {}
+    precision = resolve_precision(cfg.train.precision, device)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    mode, why = resolve_mode(cfg.train.engine, device, impl=cfg.model.impl, optimizer=cfg.train.optimizer,
+                             precision=precision, world=world)
+    model = build_model_from_config(cfg, compile=mode in ("compiled", "graph"), channels_last=cfg.train.channels_last)
     ckpt = ray.train.get_checkpoint()
+    payload = None
     if ckpt is not None:
         from convlstm_dist.checkpoint import read_checkpoint
 
         with ckpt.as_directory() as d:
             payload = read_checkpoint(d)
         load_resumed_weights(model, payload["model"], ctx.get_experiment_name(), ckpt.path)
-        state = payload["train"]
     model.to(device)
     ddp = ray.train.torch.prepare_model(model)
-    opt = make_optimizer(cfg.train, model.parameters())
+    opt = make_optimizer(cfg.train, model.parameters(), device if mode == "graph" else None)
     sched = make_scheduler(cfg.train, opt)
-    precision = resolve_precision(cfg.train.precision, device)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    if state:
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        if sched is not None and state.get("scheduler"):
-            sched.load_state_dict(state["scheduler"])
-        if rank == 0 and state.get("rng"):
-            set_rng_state(state["rng"])
-    start_epoch = int(state.get("epoch", 0))
-    step = int(state.get("step", 0))
-    best = float(state.get("best", math.inf))
-    since_best = int(state.get("since_best", 0))
-
+    state = TrainState(run_id=config.get("run_id"))
+    if payload is not None:
+        state = TrainState.restore(payload["train"], opt, sched, scaler, device, rng=rank == 0)
+        state.run_id = config.get("run_id") or state.run_id
     step_loss = training_loss(cfg.train.loss, quantity)
+    engine = StepEngine(model, ddp, opt, scaler, step_loss, cfg.data.out_len, amp_dtype, cfg.train.grad_clip,
+                        mode, device, say=say)
+    say(f"[engine] {mode} steps on {device} ({precision}, channels_last={cfg.train.channels_last})"
+        + (f"; {cfg.train.engine} not used: {why}" if why else ""))
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    clock = ray.get_actor(config["clock"]) if config.get("clock") else None
     tracker = None
     if rank == 0 and config.get("run_id"):
         from convlstm_dist.tracking.mlflow_tracker import Tracker
 
         tracker = Tracker(config["tracking_uri"], config["run_id"])
+    fault = config.get("fault_nan_at")
+    t_run, epochs_done = time.perf_counter(), 0
 
-    for epoch in range(start_epoch, cfg.train.epochs):
+    for epoch in range(state.epoch, cfg.train.epochs):
         if clock is not None:
             ray.get(clock.set.remote(epoch))
         t_epoch = time.perf_counter()
-        sum_loss, n_batches, n_samples, nan_at = 0.0, 0, 0, None
+        sum_loss = torch.zeros((), device=device)
+        n_batches, n_samples, nan_step = 0, 0, None
+        engine.reset_guard(state.step)
         batches = TimedBatches(train_shard.iter_torch_batches(batch_size=cfg.data.batch_size, device=device,
                                                               drop_last=False))
         for x, y, m in batches:
-            loss = forward_loss(ddp, x, y, m, cfg.data.out_len, step_loss, amp_dtype)
-            if config.get("fault_nan_at") == [epoch, n_batches]:  # fault injection for tests
-                loss = loss * float("nan")
-            bad = _allreduce(torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device))
-            if float(bad) > 0:
-                nan_at = (epoch, step)
-                break
-            apply_gradients(loss, model.parameters(), opt, scaler, cfg.train.grad_clip)
-            sum_loss += float(loss.detach())
+            if fault == [epoch, n_batches]:
+                x = poison(x)
+            if engine.mode == "graph" and engine.graph is None:
+                engine.capture(x, y, m)
+            sum_loss += engine.step(x, y, m)
             n_batches += 1
             n_samples += x.shape[0]
-            step += 1
+            state.step += 1
+            if n_batches % 50 == 0 and (nan_step := engine.check()) is not None:  # same batch count on every rank
+                break
             if cfg.train.max_steps_per_epoch and n_batches >= cfg.train.max_steps_per_epoch:
                 break
-        if nan_at is not None:
-            msg = f"non-finite training loss at epoch {nan_at[0]} step {nan_at[1]}; stopped, last good checkpoint kept"
+        if nan_step is None:
+            nan_step = engine.check()
+        if nan_step is not None:
+            msg = f"non-finite training loss at epoch {epoch} step {nan_step}; stopped, last good checkpoint kept"
             if rank == 0:
                 if tracker:
                     tracker.set_tags({"convlstm_dist.stopped": msg})
                 if clock is not None:
                     ray.get(clock.note_stop.remote(msg))
-            ray.train.report({"epoch": epoch, "nan_stop": 1.0, "nan_epoch": nan_at[0], "nan_step": nan_at[1]})
+            ray.train.report({"epoch": epoch, "nan_stop": 1.0, "nan_epoch": epoch, "nan_step": nan_step})
             return
         if sched is not None:
             sched.step()
         train_time = time.perf_counter() - t_epoch
-        tot = _allreduce(torch.tensor([sum_loss, n_batches, n_samples], dtype=torch.float64, device=device))
+        tot = _allreduce(torch.stack([sum_loss.double(), torch.tensor(float(n_batches), dtype=torch.float64,
+                                                                      device=device),
+                                      torch.tensor(float(n_samples), dtype=torch.float64, device=device)]))
         acc = evaluate_val(model, val_shard.iter_torch_batches(batch_size=cfg.data.batch_size, device=device),
                            cfg, quantity, device, rank, world, amp_dtype)
         metrics = {
-            "epoch": epoch + 1, "step": step,
+            "epoch": epoch + 1, "step": state.step,
             "train_loss": float(tot[0] / max(float(tot[1]), 1.0)),
             "samples_per_s": float(tot[2]) / max(train_time, 1e-9),
             "data_wait_share": batches.wait / max(train_time, 1e-9),
             "epoch_time_s": time.perf_counter() - t_epoch,
-            "lr": opt.param_groups[0]["lr"],
-            **acc.metrics(),
+            "lr": float(opt.param_groups[0]["lr"]),
+            **{k: float(v) for k, v in acc.metrics().items()},
         }
-        improved = metrics["val_loss"] < best
-        best, since_best = (metrics["val_loss"], 0) if improved else (best, since_best + 1)
-        stop = bool(cfg.train.early_stopping_patience and since_best >= cfg.train.early_stopping_patience)
+        improved = metrics["val_loss"] < state.best
+        state.best, state.since_best = (metrics["val_loss"], 0) if improved else (state.best, state.since_best + 1)
+        stop = bool(cfg.train.early_stopping_patience and state.since_best >= cfg.train.early_stopping_patience)
         metrics["early_stop"] = float(stop)
+        state.epoch = epoch + 1
+        state.history.append({k: metrics[k] for k in ("epoch", "step", "train_loss", "val_loss")})
+        state.extra.update(lead_table=acc.lead_table(), variable=config["variable"], engine=engine.mode)
         if rank == 0:
             if tracker:
                 tracker.log_metrics(metrics, step=epoch + 1)
             with tempfile.TemporaryDirectory() as d:
-                save_checkpoint(d, model, config["cfg"], quantity, {
-                    "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                    "scheduler": sched.state_dict() if sched is not None else None,
-                    "epoch": epoch + 1, "step": step, "rng": rng_state(),
-                    "data_position": {"epoch": epoch + 1, "batch": 0},
-                    "best": best, "since_best": since_best, "run_id": config.get("run_id"),
-                    "lead_table": acc.lead_table(), "variable": config["variable"],
-                })
+                save_checkpoint(d, model, config["cfg"], quantity, state.capture(opt, sched, scaler))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
-        if rank == 0:
-            print(f"[epoch {epoch + 1}/{cfg.train.epochs}] train_loss {metrics['train_loss']:.5f}  "
-                  f"val_loss {metrics['val_loss']:.5f}  val_mse {metrics['val_mse']:.4f} "
-                  f"(persistence {metrics['val_persistence_mse']:.4f})  "
-                  f"{metrics['samples_per_s']:.1f} samples/s  data wait {100 * metrics['data_wait_share']:.0f}%",
-                  flush=True)
+        epochs_done += 1
+        per_epoch = (time.perf_counter() - t_run) / epochs_done
+        say(epoch_line(metrics, cfg.train.epochs, per_epoch * (cfg.train.epochs - epoch - 1)))
         if stop:
+            say(f"[convlstm-dist] early stop: no validation improvement for {state.since_best} epochs")
             break

@@ -68,3 +68,54 @@ def test_train_local_on_cuda_trains_through_the_graph(tmp_path):
     assert out.history[-1]["train_loss"] < out.history[0]["train_loss"]
     model, _, _ = load_model(out.checkpoint, "cuda")
     assert next(model.parameters()).is_cuda
+
+
+def test_graph_resume_keeps_the_lr_tensor_on_the_gpu_and_the_schedule_acting(tmp_path):
+    """Kill after epoch 2 of 4 (cosine schedule, graph mode), rerun: the restored capturable
+    optimizer's lr is a CUDA tensor and the schedule keeps lowering it; the losses match an
+    uninterrupted run; the NaN guard fires through the graph (poisoned batch)."""
+    from synthetic import make_archive
+
+    import convlstm_dist.train.local as local
+    from convlstm_dist.config import load_config
+
+    make_archive(tmp_path / "a.zarr", n=60, h=32, w=32)
+    recipe = Path(__file__).resolve().parents[2] / "pipelines" / "radar_smoke.yaml"
+
+    def cfg(*extra):
+        return load_config(recipe, [f"data.archive={tmp_path / 'a.zarr'}", "model.height=32", "model.width=32",
+                                    "data.split.block_hours=1.0", "train.epochs=4", "train.schedule=cosine",
+                                    "train.engine=graph", "tracking.enabled=false", *extra])
+
+    four = local.train_local(cfg(), tmp_path / "a", device="cuda", progress=False)
+    real = local.epoch_line
+
+    class Killed(Exception):
+        pass
+
+    def kill(m, *a, **k):
+        if m["epoch"] == 2:
+            raise Killed
+        return real(m, *a, **k)
+
+    local.epoch_line = kill
+    try:
+        with pytest.raises(Killed):
+            local.train_local(cfg(), tmp_path / "b", device="cuda", progress=False)
+    finally:
+        local.epoch_line = real
+    resumed = local.train_local(cfg(), tmp_path / "b", device="cuda", progress=False)
+    assert resumed.engine == "graph" and resumed.graph is True
+    lrs = [h["lr"] for h in resumed.history]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[1]
+    for a, b in zip(four.history, resumed.history):
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-6)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-2)
+    import os
+
+    os.environ["CONVLSTM_DIST_FAULT_NAN_AT"] = "1:1"
+    try:
+        out = local.train_local(cfg(), tmp_path / "c", device="cuda", progress=False)
+    finally:
+        del os.environ["CONVLSTM_DIST_FAULT_NAN_AT"]
+    assert out.engine == "graph" and out.stopped and "epoch 1 step" in out.stopped
