@@ -70,13 +70,13 @@ def _current_epoch(clock_name: str | None, fixed_epoch: int) -> int:
 
 
 def _read_task_fn(archive, groups, slot, in_len, out_len, crop, seed, shuffle, clock_name, fixed_epoch, cpw,
-                  augment=False):
+                  augment=False, compact=False):
     def fn():
         epoch = _current_epoch(clock_name, fixed_epoch)
         g = slot
         if shuffle:
             g = int(np.random.default_rng([seed, epoch, 7919]).permutation(len(groups))[slot])
-        batch = read_windows(archive, groups[g], in_len, out_len, crop, seed, epoch, cpw, augment)
+        batch = read_windows(archive, groups[g], in_len, out_len, crop, seed, epoch, cpw, augment, compact=compact)
         return [BlockAccessor.batch_to_block(batch)]
 
     return fn
@@ -86,9 +86,9 @@ class WindowDatasource(Datasource):
     """Ray Data datasource over the windows ``starts`` of an archive (see module docstring)."""
 
     def __init__(self, archive, starts, in_len, out_len, crop=None, seed=0, shuffle=False,
-                 clock_name=None, fixed_epoch=0, crops_per_window=1, augment=False):
+                 clock_name=None, fixed_epoch=0, crops_per_window=1, augment=False, compact=False):
         super().__init__()
-        self.augment = augment
+        self.augment, self.compact = augment, compact
         self.archive = archive
         self.groups = group_by_chunk(np.sort(np.asarray(starts)), archive.time_chunk)
         self.in_len, self.out_len = in_len, out_len
@@ -98,7 +98,7 @@ class WindowDatasource(Datasource):
         self.cpw = crops_per_window
         _, H, W = archive.shape
         h, w = crop or (H, W)
-        self._row_bytes = 4 * (in_len + 2 * out_len) * h * w + 16
+        self._row_bytes = ((2 * (in_len + out_len) + out_len) if compact else 4 * (in_len + 2 * out_len)) * h * w + 24
 
     def get_name(self) -> str:
         return "ZarrWindows"
@@ -113,16 +113,17 @@ class WindowDatasource(Datasource):
             rows = (len(g) * self.cpw) if not self.shuffle else mean_rows
             meta = BlockMetadata(num_rows=rows, size_bytes=rows * self._row_bytes, input_files=None, exec_stats=None)
             fn = _read_task_fn(self.archive, self.groups, slot, self.in_len, self.out_len, self.crop, self.seed,
-                               self.shuffle, self.clock_name, self.fixed_epoch, self.cpw, self.augment)
+                               self.shuffle, self.clock_name, self.fixed_epoch, self.cpw, self.augment, self.compact)
             tasks.append(ReadTask(fn, meta, per_task_row_limit=per_task_row_limit))
         return tasks
 
 
 def window_dataset(archive, starts, in_len, out_len, crop=None, seed=0, shuffle=False, clock_name=None,
-                   fixed_epoch=0, crops_per_window=1, augment=False):
-    """A ``ray.data.Dataset`` of training windows (rows as in the module docstring)."""
+                   fixed_epoch=0, crops_per_window=1, augment=False, compact=False):
+    """A ``ray.data.Dataset`` of training windows (rows as in the module docstring; ``compact``:
+    float16 values and a uint8 mask, see ``samples.cut_windows``)."""
     if len(starts) == 0:
         raise ValueError("no windows to read: the split is empty (check data.split and the archive's time range)")
     src = WindowDatasource(archive, starts, in_len, out_len, crop, seed, shuffle, clock_name, fixed_epoch,
-                           crops_per_window, augment)
+                           crops_per_window, augment, compact)
     return ray.data.read_datasource(src, override_num_blocks=max(1, len(src.groups)))

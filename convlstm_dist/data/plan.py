@@ -116,7 +116,7 @@ class DataPlan:
         return {
             "train": window_dataset(self.archives["train"], self.starts["train"], self.in_len, self.out_len,
                                     self.crop, seed=seed, shuffle=True, clock_name=clock_name,
-                                    crops_per_window=crops_per_window, augment=augment),
+                                    crops_per_window=crops_per_window, augment=augment, compact=True),
             "val": window_dataset(self.archives["val"], self.starts["val"], self.in_len, self.out_len,
-                                  self.crop, seed=seed + 10_000, shuffle=False, fixed_epoch=0),
+                                  self.crop, seed=seed + 10_000, shuffle=False, fixed_epoch=0, compact=True),
         }

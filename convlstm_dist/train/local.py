@@ -87,7 +87,7 @@ class MemorySplit:
         for i in range(0, n, batch_size):
             yield cut_windows(self.vals, self.valid, self.lo, order[i:i + batch_size], self.in_len, self.out_len,
                               self.crop, seed, epoch, augment=augment, draws=draws[i:i + batch_size],
-                              cache=self.cache)
+                              cache=self.cache, compact=True)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

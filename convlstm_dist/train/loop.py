@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from convlstm_dist.checkpoint import save_checkpoint
 from convlstm_dist.config import build_model_from_config, config_from_dict
+from convlstm_dist.data.samples import to_compute
 from convlstm_dist.data.transforms import from_model, model_quantity
 from convlstm_dist.models import get_loss
 from convlstm_dist.train.engine import StepEngine, apply_gradients, forward_loss, resolve_mode  # noqa: F401
@@ -79,7 +80,7 @@ class TimedBatches:
             self.wait += time.perf_counter() - t0
             if batch is None:
                 return
-            yield batch["x"], batch["y"], batch["mask"] > 0.5
+            yield to_compute(batch["x"], batch["y"], batch["mask"])
 
 
 def training_loss(name: str, quantity: str):
@@ -227,7 +228,7 @@ def evaluate_val(model, batches, cfg, quantity, device, rank, world, amp_dtype) 
             keep = (batch["t0"] % world) == rank
             if not bool(keep.any()):
                 continue
-            x, y, m = batch["x"][keep], batch["y"][keep], batch["mask"][keep]
+            x, y, m = to_compute(batch["x"][keep], batch["y"][keep], batch["mask"][keep])
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 pred, _ = model(x, cfg.data.out_len)
             acc.add(pred.float(), y, x, m)
@@ -250,6 +251,14 @@ def epoch_line(m: dict, epochs: int, eta_s: float | None = None) -> str:
     return (f"[epoch {m['epoch']}/{epochs}] step {m['step']}  train_loss {m['train_loss']:.5f}  "
             f"val_loss {m['val_loss']:.5f}  {extra}  {m['samples_per_s']:.1f} samples/s  "
             f"data wait {100 * m['data_wait_share']:.0f}%  {m['epoch_time_s']:.1f} s{eta}")
+
+
+def log_missed_epoch(tracker, state: TrainState) -> None:
+    """A run killed between persisting epoch E's checkpoint and logging it: log E now (from the
+    checkpoint), so that every epoch is in MLflow exactly once."""
+    last = state.extra.get("last_metrics")
+    if last and state.epoch not in {s for s, _ in tracker.metric_history("val_loss")}:
+        tracker.log_metrics(last, step=state.epoch)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -308,6 +317,8 @@ def train_loop_per_worker(config: dict) -> None:
         from convlstm_dist.tracking.mlflow_tracker import Tracker
 
         tracker = Tracker(config["tracking_uri"], config["run_id"])
+    if tracker and payload is not None:
+        log_missed_epoch(tracker, state)
     fault = config.get("fault_nan_at")
     t_run, epochs_done = time.perf_counter(), 0
 
@@ -318,8 +329,9 @@ def train_loop_per_worker(config: dict) -> None:
         sum_loss = torch.zeros((), device=device)
         n_batches, n_samples, nan_step = 0, 0, None
         engine.reset_guard(state.step)
-        batches = TimedBatches(train_shard.iter_torch_batches(batch_size=cfg.data.batch_size, device=device,
-                                                              drop_last=False))
+        batches = TimedBatches(train_shard.iter_torch_batches(
+            batch_size=cfg.data.batch_size, device=device, drop_last=False, prefetch_batches=2,
+            pin_memory=device.type == "cuda"))
         for x, y, m in batches:
             if fault == [epoch, n_batches]:
                 x = poison(x)
@@ -367,13 +379,14 @@ def train_loop_per_worker(config: dict) -> None:
         metrics["early_stop"] = float(stop)
         state.epoch = epoch + 1
         state.history.append({k: metrics[k] for k in ("epoch", "step", "train_loss", "val_loss")})
-        state.extra.update(lead_table=acc.lead_table(), variable=config["variable"], engine=engine.mode)
+        state.extra.update(lead_table=acc.lead_table(), variable=config["variable"], engine=engine.mode,
+                           last_metrics=metrics)
         if rank == 0:
-            if tracker:
-                tracker.log_metrics(metrics, step=epoch + 1)
             with tempfile.TemporaryDirectory() as d:
                 save_checkpoint(d, model, config["cfg"], quantity, state.capture(opt, sched, scaler))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            if tracker:  # after the checkpoint is persisted: a restart never redoes a logged epoch
+                tracker.log_metrics(metrics, step=epoch + 1)
         else:
             ray.train.report(metrics)
         epochs_done += 1

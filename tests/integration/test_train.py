@@ -121,8 +121,13 @@ def test_worker_killed_mid_run_completes_from_checkpoint(s3_env, mlflow_server, 
     assert "err" not in result, result.get("err")
     out = result["out"]
     assert out.metrics["epoch"] == 4
+    # resumed, not restarted: every epoch logged exactly once, and the step counter continued
     steps = [s for s, _ in _history(mlflow_server.uri, out.run_id)]
-    assert steps[-1] == 4 and set(steps) == {1, 2, 3, 4}
+    assert steps == [1, 2, 3, 4], steps
+    counter = [v for _, v in _history(mlflow_server.uri, out.run_id, "step")]
+    assert len(counter) == 4 and counter == sorted(counter) and len(set(counter)) == 4, counter
+    per_epoch = counter[0]
+    assert counter == [per_epoch * k for k in (1, 2, 3, 4)], counter
 
 
 @pytest.mark.parametrize(

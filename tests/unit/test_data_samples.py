@@ -58,3 +58,21 @@ def test_augment_on_rectangles_only_flips(arc):
     assert out["x"].shape == (10, 3, 1, 16, 24)
     for i in range(10):  # identity, rot180 (= both flips), left-right or up-down flip
         assert any(np.array_equal(dihedral(plain["x"][i], k), out["x"][i]) for k in (0, 2, 4, 6))
+
+
+def test_compact_rows_are_smaller_and_convert_back_on_the_device(arc):
+    import torch
+
+    from convlstm_dist.data.samples import to_compute
+
+    starts = np.array([2, 5, 9])
+    full = read_windows(arc, starts, 5, 15, (16, 16), seed=1)
+    small = read_windows(arc, starts, 5, 15, (16, 16), seed=1, compact=True)
+    assert small["x"].dtype == np.float16 and small["mask"].dtype == np.uint8
+    per = {k: sum(v[k].nbytes for k in ("x", "y", "mask")) / len(starts) for k, v in
+           (("full", full), ("compact", small))}
+    assert per["full"] / per["compact"] > 2.5             # 2.6x fewer bytes per sample (20 frames, mask)
+    x, y, m = to_compute(*(torch.from_numpy(small[k]) for k in ("x", "y", "mask")))
+    assert x.dtype == y.dtype == torch.float32 and m.dtype == torch.bool
+    np.testing.assert_allclose(x.numpy(), full["x"], rtol=1e-3, atol=1e-4)   # fp16: ~3 significant digits
+    np.testing.assert_array_equal(m.numpy(), full["mask"] > 0.5)
