@@ -20,16 +20,34 @@ WEIGHTS_TAG = "convlstm_dist.weights_sha256"
 _SECRET = re.compile(r"(secret|password|token|key$|credential)", re.I)
 
 
-def _mlflow():
-    import mlflow
+MISSING_MLFLOW = ("tracking is enabled but mlflow is not installed: install it (pip install 'mlflow==3.17.2') "
+                  "or turn tracking off (--set tracking.enabled=false)")
 
+
+def _mlflow():
+    try:
+        import mlflow
+    except ModuleNotFoundError as err:
+        if err.name != "mlflow":
+            raise
+        from convlstm_dist.errors import UserError
+
+        raise UserError(MISSING_MLFLOW) from None
+    import logging
+
+    for name in ("mlflow", "alembic"):  # "Creating initial MLflow database tables..." and the like
+        logging.getLogger(name).setLevel(logging.WARNING)
     return mlflow
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast (before any cluster work) when a tracking server does not answer."""
+    """Fail fast (before any cluster work) when tracking cannot work: mlflow is not installed or
+    a tracking server does not answer."""
     from convlstm_dist.errors import UserError
+    from convlstm_dist.tracking import mlflow_available
 
+    if not mlflow_available():
+        raise UserError(MISSING_MLFLOW)
     if not uri.startswith(("http://", "https://")):
         return
     import urllib.error
@@ -131,6 +149,8 @@ class Tracker:
         run); a resumed run that trained further registers its new weights as a new version.
         """
         from convlstm_dist.checkpoint import read_checkpoint, slim_checkpoint, weights_digest
+
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
         digest = weights_digest(read_checkpoint(checkpoint_dir)["model"])
         if registered_name:
