@@ -253,12 +253,21 @@ def epoch_line(m: dict, epochs: int, eta_s: float | None = None) -> str:
             f"data wait {100 * m['data_wait_share']:.0f}%  {m['epoch_time_s']:.1f} s{eta}")
 
 
-def log_missed_epoch(tracker, state: TrainState) -> None:
-    """A run killed between persisting epoch E's checkpoint and logging it: log E now (from the
-    checkpoint), so that every epoch is in MLflow exactly once."""
+def logged_epochs(tracker) -> set[int]:
+    """The epochs whose metrics this MLflow run already has."""
+    return {int(s) for s, _ in tracker.metric_history("val_loss")}
+
+
+def log_missed_epoch(tracker, state: TrainState) -> set[int]:
+    """On resume: if the checkpoint's epoch E never reached MLflow (a crash between the two), log
+    it now from the checkpoint, so that every epoch is in MLflow exactly once. Returns the epochs
+    MLflow has."""
+    logged = logged_epochs(tracker)
     last = state.extra.get("last_metrics")
-    if last and state.epoch not in {s for s, _ in tracker.metric_history("val_loss")}:
+    if last and state.epoch not in logged:
         tracker.log_metrics(last, step=state.epoch)
+        logged.add(state.epoch)
+    return logged
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -317,8 +326,9 @@ def train_loop_per_worker(config: dict) -> None:
         from convlstm_dist.tracking.mlflow_tracker import Tracker
 
         tracker = Tracker(config["tracking_uri"], config["run_id"])
-    if tracker and payload is not None:
-        log_missed_epoch(tracker, state)
+    logged: set[int] = set()
+    if tracker:
+        logged = log_missed_epoch(tracker, state) if payload is not None else logged_epochs(tracker)
     fault = config.get("fault_nan_at")
     t_run, epochs_done = time.perf_counter(), 0
 
@@ -382,11 +392,15 @@ def train_loop_per_worker(config: dict) -> None:
         state.extra.update(lead_table=acc.lead_table(), variable=config["variable"], engine=engine.mode,
                            last_metrics=metrics)
         if rank == 0:
+            # Logged before the report: a trial that Tune stops at this report never returns from
+            # it. An epoch a restarted worker group redoes (its checkpoint was not persisted) is
+            # not logged a second time: `logged` holds what MLflow already has.
+            if tracker and epoch + 1 not in logged:
+                tracker.log_metrics(metrics, step=epoch + 1)
+                logged.add(epoch + 1)
             with tempfile.TemporaryDirectory() as d:
                 save_checkpoint(d, model, config["cfg"], quantity, state.capture(opt, sched, scaler))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-            if tracker:  # after the checkpoint is persisted: a restart never redoes a logged epoch
-                tracker.log_metrics(metrics, step=epoch + 1)
         else:
             ray.train.report(metrics)
         epochs_done += 1
