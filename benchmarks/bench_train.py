@@ -35,20 +35,18 @@ def plain(cfg, plan, epochs: int, device: str) -> float:
     from convlstm_dist.data.datasource import read_windows
     from convlstm_dist.data.transforms import model_quantity
     from convlstm_dist.data.windows import group_by_chunk
-    from convlstm_dist.train.engine import StepEngine, resolve_mode
-    from convlstm_dist.train.loop import make_optimizer, resolve_precision, training_loss
+    from convlstm_dist.train.engine import StepEngine, choose_engine
+    from convlstm_dist.train.loop import make_optimizer, training_loss
 
     torch.set_num_threads(os.cpu_count() or 1)
     dev = torch.device(device)
-    precision = resolve_precision(cfg.train.precision, dev)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    mode, _ = resolve_mode(cfg.train.engine, dev, impl=cfg.model.impl, optimizer=cfg.train.optimizer,
-                           precision=precision, world=1)
-    model = build_model_from_config(cfg, compile=mode != "eager", channels_last=cfg.train.channels_last).to(dev)
+    choice = choose_engine(cfg, dev, 1)
+    mode = choice.mode
+    model = build_model_from_config(cfg, compile=mode != "eager", channels_last=choice.channels_last).to(dev)
     opt = make_optimizer(cfg.train, model.parameters(), dev if mode == "graph" else None)
-    engine = StepEngine(model, model, opt, torch.amp.GradScaler("cuda", enabled=precision == "fp16"),
-                        training_loss(cfg.train.loss, model_quantity(plan.variable)), plan.out_len, amp,
-                        cfg.train.grad_clip, mode, dev, say=lambda m: None)
+    engine = StepEngine(model, model, opt, torch.amp.GradScaler("cuda", enabled=choice.precision == "fp16"),
+                        training_loss(cfg.train.loss, model_quantity(plan.variable)), plan.out_len,
+                        choice.amp_dtype, cfg.train.grad_clip, mode, dev, say=lambda m: None)
     arc, starts = plan.archives["train"], plan.starts["train"]
     bs = cfg.data.batch_size * cfg.scaling.num_workers  # same global batch as the Ray run
     n, t_last = 0, 0.0
@@ -61,8 +59,6 @@ def plain(cfg, plan, epochs: int, device: str) -> float:
                 x = torch.from_numpy(w["x"][i:i + bs]).to(dev)
                 y = torch.from_numpy(w["y"][i:i + bs]).to(dev)
                 m = torch.from_numpy(w["mask"][i:i + bs]).to(dev) > 0.5
-                if engine.mode == "graph" and engine.graph is None and len(x) == bs:
-                    engine.capture(x, y, m)
                 engine.step(x, y, m)
                 n += len(x)
         engine.check()

@@ -125,10 +125,11 @@ def weights_digest(state_dict: dict) -> str:
 SLIM_KEYS = ("epoch", "step", "best", "lead_table", "variable", "history")
 
 
-def slim_checkpoint(src: str | Path, dst: str | Path) -> Path:
-    """Copy a checkpoint without what only resuming needs (optimizer, scaler, RNG, scheduler state):
-    a model to evaluate or ship, a fraction of the size. Loads like any checkpoint."""
-    payload = read_checkpoint(src)
+def slim_checkpoint(src: str | Path | dict, dst: str | Path) -> Path:
+    """Copy a checkpoint (a path, or a payload already read) without what only resuming needs
+    (optimizer, scaler, RNG, scheduler state): a model to evaluate or ship, a fraction of the size.
+    Loads like any checkpoint."""
+    payload = dict(src) if isinstance(src, dict) else read_checkpoint(src)
     payload["train"] = {k: v for k, v in payload["train"].items() if k in SLIM_KEYS}
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from convlstm_dist.errors import UserError
-from convlstm_dist.train.metrics import metric_problem
+from convlstm_dist.train.metrics import metric_name
 
 
 class _Strict(BaseModel):
@@ -155,10 +155,7 @@ class RunConfig(_Strict):
     @field_validator("checkpoint_metric")
     @classmethod
     def _metric(cls, v: str) -> str:
-        problem = metric_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
+        return metric_name(v)
 
 
 class TrackingConfig(_Strict):

@@ -152,7 +152,8 @@ class Tracker:
 
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-        digest = weights_digest(read_checkpoint(checkpoint_dir)["model"])
+        payload = read_checkpoint(checkpoint_dir)
+        digest = weights_digest(payload["model"])
         if registered_name:
             same = [v for v in self._versions(registered_name)
                     if v.run_id == self.run_id and (v.tags or {}).get(WEIGHTS_TAG) == digest]
@@ -160,7 +161,7 @@ class Tracker:
                 return f"models:/{registered_name}/{max(int(v.version) for v in same)}"
         with tempfile.TemporaryDirectory() as d:
             model_dir = Path(d) / MODEL_ARTIFACT
-            slim_checkpoint(checkpoint_dir, model_dir)
+            slim_checkpoint(payload, model_dir)
             (model_dir / "MLmodel").write_text(
                 "flavors:\n  convlstm_dist:\n    checkpoint: checkpoint.pt\n    format: 1\n"
                 "    loader: convlstm_dist.Nowcaster.load (state dict + config; no pickled code)\n"

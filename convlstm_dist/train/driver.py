@@ -295,7 +295,7 @@ def final_report(cfg, plan, ckpt, tracker, out: TrainOutcome, workdir: Path, pro
     report_dir = Path(tempfile.mkdtemp(prefix="report-", dir=workdir))
     with ckpt.as_directory() as d:
         model, _, payload = load_model(d)
-        best_dir = slim_checkpoint(d, report_dir / "best-model").parent
+    best_dir = slim_checkpoint(payload, report_dir / "best-model").parent
     table = payload["train"].get("lead_table", [])
     out.metrics.setdefault("best_epoch", payload["train"].get("epoch"))
     files = skill_outputs(table, cfg.data.out_len, plan.record.get("timestep_s", 300), report_dir)

@@ -15,8 +15,8 @@ Modes (``train.engine`` in the recipe):
 
 ``train.channels_last`` stores convolution activations and weights NHWC (CUDA tensor cores).
 
-The NaN guard costs no host sync per step: each step adds "loss not finite" to a device-side
-counter and remembers the first bad step on the device; :meth:`StepEngine.check` (every
+The NaN guard costs no host sync per step: each step remembers the first step whose loss was
+not finite, on the device; :meth:`StepEngine.check` (every
 ``CHECK_EVERY`` steps and at the end of an epoch, the same on every rank) all-reduces it once.
 Updates after a bad step only touch the in-memory model: nothing is checkpointed from it.
 
@@ -27,6 +27,8 @@ state (both are restored to their state before the capture attempt) and says so 
 from __future__ import annotations
 
 import copy
+import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -53,19 +55,54 @@ def resolve_mode(requested: str, device: torch.device, *, impl: str, optimizer: 
     return requested, None
 
 
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """``auto``: bf16 autocast on CUDA, fp32 on the CPU."""
+    if requested == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return requested
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """What a trainer runs: the step mode (and why it differs from the request), the precision."""
+
+    requested: str
+    mode: str
+    why: str | None
+    precision: str
+    channels_last: bool
+
+    @property
+    def amp_dtype(self):
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def line(self, device) -> str:
+        return (f"[engine] {self.mode} steps on {device} ({self.precision}, channels_last={self.channels_last})"
+                + (f"; {self.requested} not used: {self.why}" if self.why else ""))
+
+
+def choose_engine(cfg, device: torch.device, world: int, requested: str | None = None) -> EngineChoice:
+    """The recipe's engine on ``device`` with ``world`` DDP processes (both trainers, benchmarks)."""
+    t = cfg.train
+    precision = resolve_precision(t.precision, device)
+    requested = requested or t.engine
+    mode, why = resolve_mode(requested, device, impl=cfg.model.impl, optimizer=t.optimizer, precision=precision,
+                             world=world)
+    return EngineChoice(requested, mode, why, precision, t.channels_last)
+
+
 def describe_engine(cfg) -> str:
     """Which step engine the recipe runs: on a CUDA device and on this machine's CPU, with its workers."""
     t, world = cfg.train, cfg.scaling.num_workers
-    prec = {"auto": "bf16"}.get(t.precision, t.precision)
-    kw = dict(impl=cfg.model.impl, optimizer=t.optimizer, precision=prec)
-    gpu = resolve_mode(t.engine, torch.device("cuda"), world=world if cfg.scaling.use_gpu else 1, **kw)
-    cpu = resolve_mode(t.engine, torch.device("cpu"), world=world, **{**kw, "precision": "fp32"})
-    note = lambda m: m[0] + (f" ({m[1]})" if m[1] else "")  # noqa: E731
+    gpu = choose_engine(cfg, torch.device("cuda"), world if cfg.scaling.use_gpu else 1)
+    cpu = choose_engine(cfg, torch.device("cpu"), world)
+    note = lambda c: c.mode + (f" ({c.why})" if c.why else "")  # noqa: E731
     return (f"engine: {t.engine} -> on CUDA: {note(gpu)}; on CPU: {note(cpu)}; "
             f"channels_last={t.channels_last}; train --local: world 1")
 
 
-def _allreduce(t: torch.Tensor, op=None) -> torch.Tensor:
+def allreduce(t: torch.Tensor, op=None) -> torch.Tensor:
+    """Sum (or ``op``) ``t`` across DDP processes in place; a no-op in one process."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
     return t
@@ -101,7 +138,6 @@ class StepEngine:
         self.mode, self.device, self.say = mode, device, say
         self.graph = None
         self.steps = 0                                     # steps since the guard was reset
-        self.bad = torch.zeros((), dtype=torch.int64, device=device)
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
         self._step_t = torch.zeros((), dtype=torch.int64, device=device)
 
@@ -115,8 +151,10 @@ class StepEngine:
         saved_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         saved_opt = copy.deepcopy(self.opt.state_dict())
         try:
+            t0 = time.perf_counter()
             self.graph = CudaGraphTrainStep(self.model, self.loss_fn, self.opt, x, y, self.amp_dtype, mask=m,
                                             grad_clip=self.grad_clip)
+            self.say(f"[engine] training step captured as a CUDA graph in {time.perf_counter() - t0:.1f} s")
             return True
         except Exception as err:  # noqa: BLE001 - fall back, once and loudly, with the same state
             torch.cuda.synchronize()
@@ -130,21 +168,26 @@ class StepEngine:
 
     # -- one step ------------------------------------------------------------------------------
     def step(self, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """One update; in graph mode the first call captures the graph on this batch."""
+        if self.mode == "graph" and self.graph is None:
+            self.capture(x, y, m)
         if self.graph is not None and x.shape == self.graph.static_x.shape:
             loss = self.graph.step(x, y, m)
         else:  # eager / compiled, or the last, smaller batch of an epoch in graph mode
             loss = forward_loss(self.train_model, x, y, m, self.out_len, self.loss_fn, self.amp_dtype)
             apply_gradients(loss, self.model.parameters(), self.opt, self.scaler, self.grad_clip)
         finite = torch.isfinite(loss.detach())
-        self.bad += (~finite).to(torch.int64)
         self.first_bad.copy_(torch.where((self.first_bad < 0) & ~finite, self._step_t, self.first_bad))
         self._step_t += 1
         self.steps += 1
         return loss.detach()
 
+    def check_due(self) -> bool:
+        """Whether this is a step to :meth:`check` at (every ``CHECK_EVERY`` steps of an epoch)."""
+        return self.steps % CHECK_EVERY == 0
+
     def reset_guard(self, step: int) -> None:
         """Start counting at global step ``step`` (at each epoch start)."""
-        self.bad.zero_()
         self.first_bad.fill_(-1)
         self._step_t.fill_(step)
         self.steps = 0
@@ -152,5 +195,5 @@ class StepEngine:
     def check(self) -> int | None:
         """The first non-finite step on any rank, or None (one all-reduce; call at the same point on every rank)."""
         first = torch.where(self.first_bad >= 0, self.first_bad, torch.full_like(self.first_bad, 2**62))
-        first = _allreduce(first.reshape(1).clone(), dist.ReduceOp.MIN if dist.is_available() else None)
+        first = allreduce(first.reshape(1).clone(), dist.ReduceOp.MIN if dist.is_available() else None)
         return int(first.item()) if int(first.item()) < 2**62 else None

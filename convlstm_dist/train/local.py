@@ -39,9 +39,9 @@ from convlstm_dist.data.samples import cut_windows, load_block
 from convlstm_dist.data.transforms import model_quantity
 from convlstm_dist.errors import UserError
 from convlstm_dist.train.driver import Resolved, resolve
-from convlstm_dist.train.engine import StepEngine, resolve_mode
+from convlstm_dist.train.engine import StepEngine, choose_engine
 from convlstm_dist.train.loop import (TimedBatches, epoch_line, evaluate_val, fault_nan_at, load_resumed_weights,
-                                      make_optimizer, make_scheduler, poison, resolve_precision, training_loss)
+                                      make_optimizer, make_scheduler, poison, training_loss)
 from convlstm_dist.train.state import TrainState
 
 EVAL_BATCH = 64
@@ -183,18 +183,15 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
     quantity = model_quantity(plan.variable)
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
-    precision = resolve_precision(cfg.train.precision, dev)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    requested = cfg.train.engine if cuda_graph is None else ("graph" if cuda_graph else "eager")
-    if requested == "graph" and cuda_graph and dev.type != "cuda":
+    if cuda_graph and dev.type != "cuda":
         raise UserError("--cuda-graph needs a CUDA device")
-    mode, why = resolve_mode(requested, dev, impl=cfg.model.impl, optimizer=cfg.train.optimizer,
-                             precision=precision, world=1)
+    choice = choose_engine(cfg, dev, 1, None if cuda_graph is None else ("graph" if cuda_graph else "eager"))
+    mode, amp_dtype = choice.mode, choice.amp_dtype
     model = build_model_from_config(cfg, compile=mode in ("compiled", "graph"),
-                                    channels_last=cfg.train.channels_last).to(dev)
+                                    channels_last=choice.channels_last).to(dev)
     opt = make_optimizer(cfg.train, model.parameters(), dev if mode == "graph" else None)
     sched = make_scheduler(cfg.train, opt)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler("cuda", enabled=choice.precision == "fp16")
     state = TrainState()
     latest = out_dir / "latest"
     if (latest / "checkpoint.pt").exists():
@@ -205,8 +202,7 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
     step_loss = training_loss(cfg.train.loss, quantity)
     engine = StepEngine(model, model, opt, scaler, step_loss, cfg.data.out_len, amp_dtype, cfg.train.grad_clip,
                         mode, dev, say=say)
-    say(f"[engine] {mode} steps on {dev} ({precision}, channels_last={cfg.train.channels_last})"
-        + (f"; {requested} not used: {why}" if why else ""))
+    say(choice.line(dev))
     tracker = _open_tracker(cfg, res, run_name)
     if tracker is not None:
         state.run_id = tracker.run_id
@@ -241,15 +237,11 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
             for x, y, m in batches:
                 if fault_at == [epoch, n_batches]:  # fault injection for tests of the NaN guard
                     x = poison(x)
-                if engine.mode == "graph" and engine.graph is None:
-                    t0 = time.perf_counter()
-                    if engine.capture(x, y, m):
-                        say(f"[local] training step captured as a CUDA graph in {time.perf_counter() - t0:.1f} s")
                 sum_loss += engine.step(x, y, m)
                 n_batches += 1
                 n_samples += x.shape[0]
                 state.step += 1
-                if n_batches % 50 == 0 and (nan_step := engine.check()) is not None:
+                if engine.check_due() and (nan_step := engine.check()) is not None:
                     break
                 now = time.perf_counter()
                 if now - last_log > log_every_s:

@@ -20,16 +20,15 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from convlstm_dist.checkpoint import save_checkpoint
 from convlstm_dist.config import build_model_from_config, config_from_dict
 from convlstm_dist.data.samples import to_compute
 from convlstm_dist.data.transforms import from_model, model_quantity
 from convlstm_dist.models import get_loss
-from convlstm_dist.train.engine import StepEngine, apply_gradients, forward_loss, resolve_mode  # noqa: F401
+from convlstm_dist.train.engine import StepEngine, allreduce, choose_engine
 from convlstm_dist.train.metrics import THRESHOLDS_MMH  # noqa: F401 - also imported from here
-from convlstm_dist.train.state import TrainState, rng_state, set_rng_state  # noqa: F401
+from convlstm_dist.train.state import TrainState
 
 
 def make_optimizer(t, params, capturable_on: torch.device | None = None):
@@ -53,12 +52,6 @@ def make_scheduler(t, opt):
     if t.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, t.epochs // 3), gamma=0.3)
     return None
-
-
-def resolve_precision(requested: str, device: torch.device) -> str:
-    if requested == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return requested
 
 
 def loss_kwargs(name: str, quantity: str) -> dict:
@@ -109,12 +102,6 @@ def load_resumed_weights(model: torch.nn.Module, weights: dict, run: str, where:
         raise UserError(f"run {run!r} cannot resume: its checkpoint ({where}) holds a model of another architecture "
                         f"than the recipe's ({detail[:160]}); train under a new run.name, or delete that run's "
                         "checkpoints to start over") from None
-
-
-def _allreduce(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return t
 
 
 class ValAccumulator:
@@ -172,7 +159,7 @@ class ValAccumulator:
     def merge(self, device: torch.device) -> None:
         keys = list(self.s)
         flat = np.concatenate([[self.s[k] for k in keys], self.ct.ravel(), self.lead_se.ravel(), self.lead_n])
-        t = _allreduce(torch.tensor(flat, dtype=torch.float64, device=device)).cpu().numpy()
+        t = allreduce(torch.tensor(flat, dtype=torch.float64, device=device)).cpu().numpy()
         self.s = dict(zip(keys, t[:len(keys)].tolist()))
         o = len(keys)
         self.ct = t[o:o + self.ct.size].reshape(self.ct.shape)
@@ -292,11 +279,9 @@ def train_loop_per_worker(config: dict) -> None:
     say = (lambda msg: ray.get(clock.note_line.remote(msg))) if (clock is not None and rank == 0) else (
         lambda msg: None)
 
-    precision = resolve_precision(cfg.train.precision, device)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    mode, why = resolve_mode(cfg.train.engine, device, impl=cfg.model.impl, optimizer=cfg.train.optimizer,
-                             precision=precision, world=world)
-    model = build_model_from_config(cfg, compile=mode in ("compiled", "graph"), channels_last=cfg.train.channels_last)
+    choice = choose_engine(cfg, device, world)
+    mode, amp_dtype = choice.mode, choice.amp_dtype
+    model = build_model_from_config(cfg, compile=mode in ("compiled", "graph"), channels_last=choice.channels_last)
     ckpt = ray.train.get_checkpoint()
     payload = None
     if ckpt is not None:
@@ -309,7 +294,7 @@ def train_loop_per_worker(config: dict) -> None:
     ddp = ray.train.torch.prepare_model(model)
     opt = make_optimizer(cfg.train, model.parameters(), device if mode == "graph" else None)
     sched = make_scheduler(cfg.train, opt)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler("cuda", enabled=choice.precision == "fp16")
     state = TrainState(run_id=config.get("run_id"))
     if payload is not None:
         state = TrainState.restore(payload["train"], opt, sched, scaler, device, rng=rank == 0)
@@ -317,8 +302,7 @@ def train_loop_per_worker(config: dict) -> None:
     step_loss = training_loss(cfg.train.loss, quantity)
     engine = StepEngine(model, ddp, opt, scaler, step_loss, cfg.data.out_len, amp_dtype, cfg.train.grad_clip,
                         mode, device, say=say)
-    say(f"[engine] {mode} steps on {device} ({precision}, channels_last={cfg.train.channels_last})"
-        + (f"; {cfg.train.engine} not used: {why}" if why else ""))
+    say(choice.line(device))
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     tracker = None
@@ -345,13 +329,11 @@ def train_loop_per_worker(config: dict) -> None:
         for x, y, m in batches:
             if fault == [epoch, n_batches]:
                 x = poison(x)
-            if engine.mode == "graph" and engine.graph is None:
-                engine.capture(x, y, m)
             sum_loss += engine.step(x, y, m)
             n_batches += 1
             n_samples += x.shape[0]
             state.step += 1
-            if n_batches % 50 == 0 and (nan_step := engine.check()) is not None:  # same batch count on every rank
+            if engine.check_due() and (nan_step := engine.check()) is not None:  # same batch count on every rank
                 break
             if cfg.train.max_steps_per_epoch and n_batches >= cfg.train.max_steps_per_epoch:
                 break
@@ -369,9 +351,8 @@ def train_loop_per_worker(config: dict) -> None:
         if sched is not None:
             sched.step()
         train_time = time.perf_counter() - t_epoch
-        tot = _allreduce(torch.stack([sum_loss.double(), torch.tensor(float(n_batches), dtype=torch.float64,
-                                                                      device=device),
-                                      torch.tensor(float(n_samples), dtype=torch.float64, device=device)]))
+        tot = allreduce(torch.cat([sum_loss.double().reshape(1),
+                                   torch.tensor([n_batches, n_samples], dtype=torch.float64, device=device)]))
         acc = evaluate_val(model, val_shard.iter_torch_batches(batch_size=cfg.data.batch_size, device=device),
                            cfg, quantity, device, rank, world, amp_dtype)
         metrics = {

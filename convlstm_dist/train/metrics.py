@@ -50,6 +50,14 @@ def metric_problem(name: str, quantity: str | None = None) -> str | None:
     return f"{name!r} is not a metric training reports{hint}; valid names: {', '.join(valid)}"
 
 
+def metric_name(name: str) -> str:
+    """``name`` if training reports it (for any archive), else ``ValueError`` (pydantic validators)."""
+    problem = metric_problem(name)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
 def check_metric(name: str, key: str, quantity: str | None = None) -> None:
     """Raise ``UserError`` naming ``key`` when training does not report ``name``."""
     problem = metric_problem(name, quantity)

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from convlstm_dist.config import Config, _merge, _set_path, config_from_dict, read_yaml_mapping
 from convlstm_dist.errors import UserError
-from convlstm_dist.train.metrics import metric_problem
+from convlstm_dist.train.metrics import metric_name
 
 DERIVED = ("model.depth", "model.kernel", "model.filters")
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -78,10 +78,7 @@ class SearchSpec(_Strict):
     @field_validator("metric")
     @classmethod
     def _metric(cls, v: str) -> str:
-        problem = metric_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
+        return metric_name(v)
 
 
 class SweepSpec(_Strict):

@@ -74,7 +74,7 @@ def test_trained_checkpoint_is_plain_data(tmp_path):
     import numpy as np
 
     from convlstm_dist.checkpoint import save_checkpoint
-    from convlstm_dist.train.loop import rng_state, set_rng_state
+    from convlstm_dist.train.state import rng_state, set_rng_state
 
     ckpt = tiny_checkpoint(tmp_path)
     payload = torch.load(ckpt, weights_only=True)
