@@ -107,6 +107,22 @@ class DataPlan:
                     f"({self.record.get('counts')}); use a longer archive, shorter windows, or change "
                     "data.split (block_hours, val_every, gap_steps)")
 
+    def memory_bytes(self) -> int:
+        """Bytes :meth:`memory_splits` will hold (float32 values + validity of every split's frame span)."""
+        from convlstm_dist.data.memory import MemorySplit
+
+        length = self.in_len + self.out_len
+        return sum(MemorySplit.nbytes(self.archives[s], self.starts[s], length) for s in self.starts
+                   if len(self.starts[s]))
+
+    def memory_splits(self) -> dict:
+        """Split -> :class:`convlstm_dist.data.memory.MemorySplit` (frames read into memory once),
+        for the single-process backend; splits without windows are left out."""
+        from convlstm_dist.data.memory import MemorySplit
+
+        return {s: MemorySplit(self.archives[s], self.starts[s], self.in_len, self.out_len, self.crop)
+                for s in ("train", "val", "test") if s in self.starts and len(self.starts[s])}
+
     def counts(self) -> dict[str, int]:
         return {s: int(len(v)) for s, v in self.starts.items()}
 

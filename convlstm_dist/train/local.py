@@ -35,7 +35,6 @@ import torch
 
 from convlstm_dist.checkpoint import read_checkpoint, save_checkpoint
 from convlstm_dist.config import Config, build_model_from_config
-from convlstm_dist.data.samples import cut_windows, load_block
 from convlstm_dist.data.transforms import model_quantity
 from convlstm_dist.errors import UserError
 from convlstm_dist.train.driver import Resolved, resolve
@@ -58,36 +57,6 @@ class LocalOutcome:
     stopped: str | None = None
     graph: bool = False
     engine: str = "eager"
-
-
-class MemorySplit:
-    """One split's frames in memory (model units) and its window starts; cuts batches."""
-
-    def __init__(self, archive, starts: np.ndarray, in_len: int, out_len: int, crop):
-        self.starts = np.sort(np.asarray(starts, dtype=np.int64))
-        self.in_len, self.out_len, self.crop = in_len, out_len, crop
-        self.lo = int(self.starts.min())
-        self.vals, self.valid = load_block(archive, self.lo, int(self.starts.max()) + in_len + out_len)
-        self.cache: dict = {}  # per window: validity map + summed-area table (crop choice)
-
-    @staticmethod
-    def nbytes(archive, starts, length: int) -> int:
-        _, H, W = archive.shape
-        return (int(np.max(starts)) + length - int(np.min(starts))) * H * W * 5  # float32 + bool
-
-    def batches(self, batch_size: int, seed: int, epoch: int, shuffle: bool, cpw: int = 1,
-                augment: bool = False, drop_last: bool = False):
-        """Numpy batches (dicts as ``cut_windows``); training order and crops drawn from (seed, epoch)."""
-        order = np.repeat(self.starts, cpw)
-        draws = np.tile(np.arange(cpw), len(self.starts))
-        if shuffle:
-            perm = np.random.default_rng([seed, epoch, 7919]).permutation(len(order))
-            order, draws = order[perm], draws[perm]
-        n = len(order) - (len(order) % batch_size if drop_last else 0)
-        for i in range(0, n, batch_size):
-            yield cut_windows(self.vals, self.valid, self.lo, order[i:i + batch_size], self.in_len, self.out_len,
-                              self.crop, seed, epoch, augment=augment, draws=draws[i:i + batch_size],
-                              cache=self.cache, compact=True)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -169,14 +138,12 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
     out_dir = res.workdir / "local" / run_name
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = _device(device)
-    length = plan.in_len + plan.out_len
-    need = sum(MemorySplit.nbytes(plan.archives[s], plan.starts[s], length) for s in plan.starts if len(plan.starts[s]))
+    need = plan.memory_bytes()
     if need > max_memory_gb * 2**30:
         raise UserError(f"--local keeps the archive's frames in memory: {need / 2**30:.1f} GiB needed, limit "
                         f"{max_memory_gb:g} GiB (--max-memory-gb); use `convlstm-dist train` (Ray Data streaming)")
     t_load = time.perf_counter()
-    splits = {s: MemorySplit(plan.archives[s], plan.starts[s], plan.in_len, plan.out_len, plan.crop)
-              for s in ("train", "val", "test") if s in plan.starts and len(plan.starts[s])}
+    splits = plan.memory_splits()
     say(f"[local] run '{run_name}' on {dev}: windows per split {plan.counts()}, crop {plan.crop[0]}x{plan.crop[1]}, "
         f"frames loaded in {time.perf_counter() - t_load:.1f} s ({need / 2**30:.2f} GiB)")
 
@@ -216,7 +183,7 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
     def eval_batches(split):
         return prefetch(splits[split].batches(EVAL_BATCH, d.seed + 10_000, 0, False), dev)
 
-    n_train = len(splits["train"].starts) * d.crops_per_window
+    n_train = splits["train"].n_windows * d.crops_per_window
     if mode == "graph" and n_train < d.batch_size:
         raise UserError(f"fewer training windows than one batch ({d.batch_size}); lower data.batch_size")
     steps_per_epoch = max(1, n_train // d.batch_size if mode == "graph" else math.ceil(n_train / d.batch_size))
