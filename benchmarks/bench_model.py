@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from convlstm_dist.models import CudaGraphTrainStep, build_model, count_flops, get_loss
+from convlstm_dist.train.graph_step import CudaGraphTrainStep
+from convlstm_dist.models import build_model, count_flops, get_loss
 
 CONFIGS = {  # name: (batch, in_len, n_out, channels, H, W, patch, hidden, kernel)
     "mm": (16, 10, 10, 1, 64, 64, 4, [128, 64, 64], 5),

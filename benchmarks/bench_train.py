@@ -36,7 +36,7 @@ def plain(cfg, plan, epochs: int, device: str) -> float:
     from convlstm_dist.data.transforms import model_quantity
     from convlstm_dist.data.windows import group_by_chunk
     from convlstm_dist.train.engine import StepEngine, choose_engine
-    from convlstm_dist.train.loop import make_optimizer, training_loss
+    from convlstm_dist.train.optim import make_optimizer, training_loss
 
     torch.set_num_threads(os.cpu_count() or 1)
     dev = torch.device(device)

@@ -127,7 +127,7 @@ IMPORTS='
 import sys, time
 t = time.time()
 import torch, ray, ray.data, ray.train, ray.train.torch, pydantic, zarr, numcodecs
-import convlstm_dist.cli, convlstm_dist.train.driver, convlstm_dist.train.loop, convlstm_dist.train.local
+import convlstm_dist.cli, convlstm_dist.train.driver, convlstm_dist.train.ray_worker, convlstm_dist.train.fit, convlstm_dist.train.local
 import convlstm_dist.data.datasource
 for m in (torch, ray, pydantic, zarr, numcodecs):
     print(f"{m.__name__:10s} {m.__version__:14s} {m.__file__}")

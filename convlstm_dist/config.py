@@ -89,11 +89,26 @@ class SplitConfig(_Strict):
     val_every: int = Field(5, ge=2, description="every n-th block is validation")
     test_every: int = Field(0, ge=0, description="every n-th block (after val) is test; 0 = no test split")
     gap_steps: int = Field(0, ge=0, description="frames dropped at block borders between splits")
+    whole: Literal["train", "val", "test"] | None = Field(
+        None, description="put every window in this split, ignoring the blocks (a held-out archive in data.archives)")
+
+
+class ArchiveEntry(_Strict):
+    """One archive of a multi-archive recipe (``data.archives``)."""
+
+    url: str = Field(..., min_length=1, description="local path (relative: to the workdir) or s3:// URL")
+    weight: float = Field(1.0, gt=0, description="relative sampling weight of this archive's training windows "
+                                                 "per epoch (2 = each window twice, 0.5 = half of them)")
+    split: SplitConfig | None = Field(None, description="this archive's split rule (default: data.split)")
+    endpoint_url: str | None = Field(None, description="S3 endpoint for this archive (default: data.endpoint_url)")
 
 
 class DataConfig(_Strict):
     source: Literal["archive", "moving_mnist"] = "archive"
     archive: str | None = Field(None, description="local path or s3:// URL; default <workdir>/archive.zarr")
+    archives: list[ArchiveEntry] | None = Field(
+        None, description="several archives trained together (instead of data.archive): windows never cross "
+                          "archives, each keeps its own split; relative local paths resolve against the workdir")
     endpoint_url: str | None = None
     in_len: int = Field(5, ge=1)
     out_len: int = Field(15, ge=1)
@@ -109,6 +124,27 @@ class DataConfig(_Strict):
     mnist_train: int = Field(2000, ge=1)
     mnist_val: int = Field(200, ge=1)
     mnist_test: int = Field(200, ge=1)
+
+    @field_validator("archives", mode="before")
+    @classmethod
+    def _archive_strings(cls, v: Any) -> Any:
+        # `archives: [a.zarr, b.zarr]` is shorthand for entries with defaults
+        return [{"url": e} if isinstance(e, str) else e for e in v] if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _check_archives(self) -> "DataConfig":
+        if self.archives is not None:
+            if not self.archives:
+                raise ValueError("data.archives is empty: list at least one archive (or use data.archive)")
+            if self.archive is not None:
+                raise ValueError("set data.archive or data.archives, not both")
+            if self.source != "archive":
+                raise ValueError("data.archives needs data.source: archive")
+            urls = [e.url for e in self.archives]
+            dup = sorted({u for u in urls if urls.count(u) > 1})
+            if dup:
+                raise ValueError(f"data.archives lists {dup[0]!r} more than once")
+        return self
 
 
 class TrainConfig(_Strict):
@@ -128,6 +164,8 @@ class TrainConfig(_Strict):
                             "step as one CUDA graph, one process); auto = graph on one CUDA device, compiled on "
                             "CUDA otherwise, eager on CPU. Both `train` and `train --local` run it")
     channels_last: bool = Field(False, description="NHWC activations and weights (CUDA tensor cores)")
+    time_budget_s: float | None = Field(None, ge=0, description="stop training after this many seconds, at a "
+                                        "step boundary; the partial epoch is validated and checkpointed")
     seed: int = 0
 
 

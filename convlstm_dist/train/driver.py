@@ -143,7 +143,8 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
     from ray.train.torch import TorchTrainer
 
     from convlstm_dist.train.guards import check_cluster_resources
-    from convlstm_dist.train.loop import fault_nan_at, train_loop_per_worker
+    from convlstm_dist.train.fit import fault_nan_at
+    from convlstm_dist.train.ray_worker import train_loop_per_worker
     from convlstm_dist.train.recovery import repair_checkpoints
 
     check_cluster_resources(cfg)  # resources the cluster can never give: fail now, not wait forever
@@ -247,7 +248,7 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
     out = TrainOutcome(res.run_name, ckpt.path if ckpt else None, metrics, tracker.run_id if tracker else None,
                        res.tracking_uri, history, stopped=stopped)
     if ckpt is not None:
-        final_report(cfg, plan, ckpt, tracker, out, res.workdir, progress)
+        _final_report(cfg, plan, ckpt, tracker, out, res.workdir, progress)
     return out
 
 
@@ -287,23 +288,13 @@ def _progress_lines(clock, say, every_s: float = 0.5):
         pump()
 
 
-def final_report(cfg, plan, ckpt, tracker, out: TrainOutcome, workdir: Path, progress: bool) -> None:
+def _final_report(cfg, plan, ckpt, tracker, out: TrainOutcome, workdir: Path, progress: bool) -> None:
     """Skill table (CSV + plot) of the best checkpoint, a forecast figure, the model in MLflow."""
-    from convlstm_dist.checkpoint import load_model, slim_checkpoint
-    from convlstm_dist.train.report import forecast_figure, skill_outputs
+    from convlstm_dist.checkpoint import load_model
+    from convlstm_dist.train.report import final_report
 
-    report_dir = Path(tempfile.mkdtemp(prefix="report-", dir=workdir))
     with ckpt.as_directory() as d:
         model, _, payload = load_model(d)
-    best_dir = slim_checkpoint(payload, report_dir / "best-model").parent
-    table = payload["train"].get("lead_table", [])
     out.metrics.setdefault("best_epoch", payload["train"].get("epoch"))
-    files = skill_outputs(table, cfg.data.out_len, plan.record.get("timestep_s", 300), report_dir)
-    files.append(forecast_figure(model, plan, payload["quantity"], report_dir))
-    if tracker:
-        for f in files:
-            tracker.log_artifact(f)
-        out.model_uri = tracker.log_model(best_dir, cfg.tracking.register_model or cfg.name)
-    if progress:
-        for f in files:
-            print(f"[convlstm-dist] wrote {f}")
+    report_dir = Path(tempfile.mkdtemp(prefix="report-", dir=workdir))
+    _, out.model_uri = final_report(cfg, plan, model, payload, report_dir, tracker, print if progress else None)

@@ -146,7 +146,7 @@ class StepEngine:
         """Capture the step on a first batch; on failure restore model + optimizer and go eager."""
         if self.mode != "graph":
             return False
-        from convlstm_dist.models.fast import CudaGraphTrainStep
+        from convlstm_dist.train.graph_step import CudaGraphTrainStep
 
         saved_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         saved_opt = copy.deepcopy(self.opt.state_dict())

@@ -1,22 +1,20 @@
-"""Single-process training without Ray: ``convlstm-dist train --local``.
+"""The single-process backend of the training loop: ``convlstm-dist train --local``.
 
 For one GPU (or a CPU) where a Ray cluster is not wanted or not installed: a workstation, a
-notebook, a lent GPU box. The recipe, model, losses, validation metrics (``ValAccumulator``) and
-checkpoint format are those of ``train``, so ``evaluate``, ``nowcast`` and ``Nowcaster`` take its
-checkpoints. What differs:
+notebook, a lent GPU box. The loop is :func:`convlstm_dist.train.fit.fit`, the same as the Ray
+Train workers' (same step engine, NaN guard, time budget, validation, early stopping, MLflow per
+epoch, ``TrainState``), so ``evaluate``, ``nowcast`` and ``Nowcaster`` take its checkpoints. What
+this backend supplies:
 
-* one process, no Ray Data: the frames of each split are read once into memory
-  (:func:`convlstm_dist.data.samples.load_block`) and batches are cut from them in a background
-  thread; archives larger than ``max_memory_gb`` are refused (stream them with ``train``);
-* on CUDA with the fast model, the whole training step (forward, loss, backward, clipping,
-  optimizer) is one CUDA graph (``CudaGraphTrainStep``); the last, smaller batch of an epoch is
-  dropped then. If capture fails, training goes on with eager steps and says so;
-* ``time_budget_s`` ends training at a step boundary; the partial epoch is validated and
-  checkpointed like a full one;
-* output folder ``<workdir>/local/<run name>/``: ``latest/`` and ``best/`` checkpoints (rerunning
-  resumes from ``latest``), ``history.csv``, ``curves.png``, ``skill.csv``/``skill.png`` and
-  ``forecast.png`` of the best checkpoint, ``summary.json`` (with test-split metrics if the plan
-  has a test split). MLflow logging happens when ``tracking.enabled`` and mlflow is importable.
+* batches without Ray Data: the frames of each split are read once into memory
+  (:meth:`convlstm_dist.data.plan.DataPlan.memory_splits`) and cut into compact batches in a
+  background thread, pinned and copied to the device 2 batches ahead; archives larger than
+  ``max_memory_gb`` are refused (stream them with ``train``);
+* checkpoints in ``<workdir>/local/<run name>/``: ``latest/`` (rerunning resumes from it) and
+  ``best/``, plus ``history.csv`` and ``curves.png`` after every epoch;
+* at the end, for the best checkpoint: ``skill.csv``/``skill.png``, ``forecast.png``, test-split
+  metrics and ``summary.json``; with tracking on (and mlflow importable) the MLflow run
+  ``<run name>-local`` gets every epoch, these files and the registered model.
 """
 
 from __future__ import annotations
@@ -30,18 +28,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from convlstm_dist.checkpoint import read_checkpoint, save_checkpoint
-from convlstm_dist.config import Config, build_model_from_config
-from convlstm_dist.data.transforms import model_quantity
+from convlstm_dist.checkpoint import read_checkpoint
+from convlstm_dist.config import Config
 from convlstm_dist.errors import UserError
 from convlstm_dist.train.driver import Resolved, resolve
-from convlstm_dist.train.engine import StepEngine, choose_engine
-from convlstm_dist.train.loop import (TimedBatches, epoch_line, evaluate_val, fault_nan_at, load_resumed_weights,
-                                      make_optimizer, make_scheduler, poison, training_loss)
-from convlstm_dist.train.state import TrainState
+from convlstm_dist.train.engine import choose_engine
+from convlstm_dist.train.fit import Backend, FitOptions, fault_nan_at, fit
 
 EVAL_BATCH = 64
 
@@ -57,6 +51,48 @@ class LocalOutcome:
     stopped: str | None = None
     graph: bool = False
     engine: str = "eager"
+    model_uri: str | None = None
+
+
+class LocalBackend(Backend):
+    """One process: in-memory splits, checkpoints and history in ``out_dir``."""
+
+    def __init__(self, cfg: Config, splits: dict, out_dir: Path, device: torch.device, run_name: str,
+                 steps_per_epoch: int, progress: bool):
+        self.cfg, self.splits, self.out_dir = cfg, splits, out_dir
+        self.device, self.run_name, self.steps_per_epoch = device, run_name, steps_per_epoch
+        self.progress = progress
+        self.history: list[dict] = []
+
+    def say(self, msg: str) -> None:
+        if self.progress:
+            print(msg, flush=True)
+
+    def restore(self):
+        latest = self.out_dir / "latest"
+        if not (latest / "checkpoint.pt").exists():
+            return None
+        payload = read_checkpoint(latest)
+        self.history = list(payload["train"].get("history") or [])
+        return payload, str(latest)
+
+    def train_batches(self, epoch: int, drop_last: bool):
+        d = self.cfg.data
+        return prefetch(self.splits["train"].batches(d.batch_size, d.seed, epoch, True, d.crops_per_window,
+                                                     d.augment, drop_last=drop_last), self.device)
+
+    def val_batches(self):
+        return prefetch(self.splits["val"].batches(EVAL_BATCH, self.cfg.data.seed + 10_000, 0, False), self.device)
+
+    def checkpoint(self, write, metrics: dict, improved: bool) -> None:
+        write(self.out_dir / "latest")
+        if improved:
+            write(self.out_dir / "best")
+        self.history.append(metrics)
+        _write_history(self.history, self.out_dir)
+
+    def nan_stop(self, message: str, epoch: int, step: int) -> None:
+        self.say(f"[local] STOPPED: {message}")
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -108,9 +144,9 @@ def _write_history(rows: list[dict], out_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-    ep = [r["epoch_float"] for r in rows]
-    ax[0].plot(ep, [r["train_loss"] for r in rows], "-o", label="train")
-    ax[0].plot(ep, [r["val_loss"] for r in rows], "-s", label="validation")
+    ep = [r.get("epoch_float", r["epoch"]) for r in rows]
+    ax[0].plot(ep, [r.get("train_loss") for r in rows], "-o", label="train")
+    ax[0].plot(ep, [r.get("val_loss") for r in rows], "-s", label="validation")
     ax[0].set_xlabel("epoch")
     ax[0].set_ylabel("loss")
     ax[0].legend()
@@ -126,12 +162,19 @@ def _write_history(rows: list[dict], out_dir: Path) -> None:
     plt.close(fig)
 
 
+
+
 def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "auto",
                 time_budget_s: float | None = None, cuda_graph: bool | None = None,
                 max_memory_gb: float = 48.0, progress: bool = True, log_every_s: float = 30.0) -> LocalOutcome:
+    """Train ``cfg`` in this process (resuming ``<workdir>/local/<run>/latest``). ``time_budget_s``
+    overrides ``train.time_budget_s``; ``cuda_graph`` True/False forces the graph/eager engine."""
     from convlstm_dist.data.plan import DataPlan
 
     say = print if progress else (lambda *a, **k: None)
+    if time_budget_s is not None:
+        cfg = cfg.model_copy(deep=True)
+        cfg.train.time_budget_s = time_budget_s
     res = resolve(cfg, workdir)  # workdir, run name, MLflow URI and experiment as for `train`
     plan = DataPlan.from_config(cfg, res.workdir)
     run_name = res.run_name
@@ -142,163 +185,70 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
     if need > max_memory_gb * 2**30:
         raise UserError(f"--local keeps the archive's frames in memory: {need / 2**30:.1f} GiB needed, limit "
                         f"{max_memory_gb:g} GiB (--max-memory-gb); use `convlstm-dist train` (Ray Data streaming)")
+    if cuda_graph and dev.type != "cuda":
+        raise UserError("--cuda-graph needs a CUDA device")
+    engine = None if cuda_graph is None else ("graph" if cuda_graph else "eager")
     t_load = time.perf_counter()
     splits = plan.memory_splits()
     say(f"[local] run '{run_name}' on {dev}: windows per split {plan.counts()}, crop {plan.crop[0]}x{plan.crop[1]}, "
         f"frames loaded in {time.perf_counter() - t_load:.1f} s ({need / 2**30:.2f} GiB)")
-
-    quantity = model_quantity(plan.variable)
-    torch.manual_seed(cfg.train.seed)
-    np.random.seed(cfg.train.seed)
-    if cuda_graph and dev.type != "cuda":
-        raise UserError("--cuda-graph needs a CUDA device")
-    choice = choose_engine(cfg, dev, 1, None if cuda_graph is None else ("graph" if cuda_graph else "eager"))
-    mode, amp_dtype = choice.mode, choice.amp_dtype
-    model = build_model_from_config(cfg, compile=mode in ("compiled", "graph"),
-                                    channels_last=choice.channels_last).to(dev)
-    opt = make_optimizer(cfg.train, model.parameters(), dev if mode == "graph" else None)
-    sched = make_scheduler(cfg.train, opt)
-    scaler = torch.amp.GradScaler("cuda", enabled=choice.precision == "fp16")
-    state = TrainState()
-    latest = out_dir / "latest"
-    if (latest / "checkpoint.pt").exists():
-        payload = read_checkpoint(latest)
-        load_resumed_weights(model, payload["model"], run_name, str(latest))
-        state = TrainState.restore(payload["train"], opt, sched, scaler, dev)
-        say(f"[local] resumed from {latest} (epoch {state.epoch}, step {state.step})")
-    step_loss = training_loss(cfg.train.loss, quantity)
-    engine = StepEngine(model, model, opt, scaler, step_loss, cfg.data.out_len, amp_dtype, cfg.train.grad_clip,
-                        mode, dev, say=say)
-    say(choice.line(dev))
-    tracker = _open_tracker(cfg, res, run_name)
-    if tracker is not None:
-        state.run_id = tracker.run_id
-    fault_at = fault_nan_at()
     d, t = cfg.data, cfg.train
-
-    def train_batches(epoch):
-        return prefetch(splits["train"].batches(d.batch_size, d.seed, epoch, True, d.crops_per_window, d.augment,
-                                                drop_last=mode == "graph"), dev)
-
-    def eval_batches(split):
-        return prefetch(splits[split].batches(EVAL_BATCH, d.seed + 10_000, 0, False), dev)
-
+    graph = choose_engine(cfg, dev, 1, engine).mode == "graph"
     n_train = splits["train"].n_windows * d.crops_per_window
-    if mode == "graph" and n_train < d.batch_size:
+    if graph and n_train < d.batch_size:
         raise UserError(f"fewer training windows than one batch ({d.batch_size}); lower data.batch_size")
-    steps_per_epoch = max(1, n_train // d.batch_size if mode == "graph" else math.ceil(n_train / d.batch_size))
+    steps_per_epoch = max(1, n_train // d.batch_size if graph else math.ceil(n_train / d.batch_size))
     if t.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
-    t_start = time.perf_counter()
-    stopped, metrics, best_ckpt = None, {}, (out_dir / "best") if (out_dir / "best" / "checkpoint.pt").exists() else None
-    history = state.history
-    epochs_run = 0
+    backend = LocalBackend(cfg, splits, out_dir, dev, run_name, steps_per_epoch, progress)
+    tracker = _open_tracker(cfg, res, run_name)
     try:
-        for epoch in range(state.epoch, t.epochs):
-            t_epoch = time.perf_counter()
-            sum_loss = torch.zeros((), device=dev)
-            n_batches = n_samples = 0
-            last_log, nan_step, out_of_time = time.perf_counter(), None, False
-            engine.reset_guard(state.step)
-            batches = TimedBatches(train_batches(epoch))
-            for x, y, m in batches:
-                if fault_at == [epoch, n_batches]:  # fault injection for tests of the NaN guard
-                    x = poison(x)
-                sum_loss += engine.step(x, y, m)
-                n_batches += 1
-                n_samples += x.shape[0]
-                state.step += 1
-                if engine.check_due() and (nan_step := engine.check()) is not None:
-                    break
-                now = time.perf_counter()
-                if now - last_log > log_every_s:
-                    last_log = now
-                    say(f"[local]   epoch {epoch + 1} step {n_batches}/{steps_per_epoch}  "
-                        f"loss {float(sum_loss) / n_batches:.5f}  {n_samples / (now - t_epoch):.1f} samples/s")
-                if time_budget_s is not None and now - t_start > time_budget_s:
-                    out_of_time = True
-                    break
-                if t.max_steps_per_epoch and n_batches >= t.max_steps_per_epoch:
-                    break
-            if nan_step is None:
-                nan_step = engine.check()
-            if nan_step is not None:
-                stopped = f"non-finite training loss at epoch {epoch} step {nan_step}; stopped, last good checkpoint kept"
-                say(f"[local] STOPPED: {stopped}")
-                if tracker is not None:
-                    tracker.set_tags({"convlstm_dist.stopped": stopped})
-                break
-            if n_batches == 0:
-                break
-            if sched is not None:
-                sched.step()
-            train_time = time.perf_counter() - t_epoch
-            acc = evaluate_val(model, eval_batches("val"), cfg, quantity, dev, 0, 1, amp_dtype)
-            metrics = {
-                "epoch": epoch + 1, "epoch_float": epoch + n_batches / steps_per_epoch, "step": state.step,
-                "train_loss": float(sum_loss) / n_batches, "samples_per_s": n_samples / max(train_time, 1e-9),
-                "data_wait_share": batches.wait / max(train_time, 1e-9),
-                "epoch_time_s": time.perf_counter() - t_epoch,
-                "elapsed_s": time.perf_counter() - t_start, "lr": float(opt.param_groups[0]["lr"]),
-                **{k: float(v) for k, v in acc.metrics().items()},
-            }
-            history.append(metrics)
-            improved = metrics["val_loss"] < state.best
-            state.best, state.since_best = (metrics["val_loss"], 0) if improved else (state.best, state.since_best + 1)
-            state.epoch = epoch + 1
-            state.extra.update(lead_table=acc.lead_table(), variable=plan.variable, engine=engine.mode)
-            train_state = state.capture(opt, sched, scaler)
-            save_checkpoint(latest, model, cfg.model_dump(mode="json"), quantity, train_state)
-            if improved:
-                best_ckpt = out_dir / "best"
-                save_checkpoint(best_ckpt, model, cfg.model_dump(mode="json"), quantity, train_state)
-            _write_history(history, out_dir)
-            if tracker is not None:  # every epoch: a crash leaves everything so far in MLflow
-                tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=epoch + 1)
-            epochs_run += 1
-            eta = (time.perf_counter() - t_start) / epochs_run * (t.epochs - epoch - 1)
-            say(epoch_line(metrics, t.epochs, eta))
-            if t.early_stopping_patience and state.since_best >= t.early_stopping_patience:
-                say(f"[local] early stop: no validation improvement for {state.since_best} epochs")
-                break
-            if out_of_time:
-                say(f"[local] time budget of {time_budget_s:g} s reached after {state.step} steps (epoch {epoch + 1}, "
-                    f"{n_batches}/{steps_per_epoch} steps into it)")
-                break
+        r = fit(cfg, backend, plan.variable, tracker,
+                FitOptions(engine=engine, fault_nan_at=fault_nan_at(), log_every_s=log_every_s))
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    best = out_dir / "best"
+    out = LocalOutcome(run_name, out_dir, best if (best / "checkpoint.pt").exists() else None, r.metrics,
+                       history=backend.history, stopped=r.stopped, graph=r.graph, engine=r.engine)
+    try:
+        if out.checkpoint is not None:
+            _final_report(cfg, res, plan, splits, out, dev, r.choice.amp_dtype, say, tracker)
     except BaseException:
         if tracker is not None:
             tracker.end("FAILED")
         raise
-
-    out = LocalOutcome(run_name, out_dir, best_ckpt, metrics, history=history, stopped=stopped,
-                       graph=engine.graph is not None, engine=engine.mode)
-    if best_ckpt is not None:
-        _final_report(cfg, res, plan, splits, best_ckpt, out, quantity, dev, amp_dtype, say, tracker)
-    elif tracker is not None:
-        tracker.end("FAILED" if stopped else "FINISHED")
+    if tracker is not None:
+        tracker.end("FAILED" if out.stopped else "FINISHED")
     return out
 
 
-def _final_report(cfg, res: Resolved, plan, splits, best_ckpt: Path, out: LocalOutcome, quantity, dev, amp_dtype,
-                  say, tracker=None) -> None:
+def _final_report(cfg, res: Resolved, plan, splits, out: LocalOutcome, dev, amp_dtype, say, tracker=None) -> None:
     from convlstm_dist.checkpoint import load_model
-    from convlstm_dist.train.report import forecast_figure, skill_outputs
+    from convlstm_dist.data.transforms import model_quantity
+    from convlstm_dist.train.report import final_report
+    from convlstm_dist.train.validation import evaluate_val
 
-    model, _, payload = load_model(best_ckpt, dev)
-    files = skill_outputs(payload["train"].get("lead_table", []), cfg.data.out_len,
-                          plan.record.get("timestep_s", 300), out.out_dir)
-    files.append(forecast_figure(model.cpu(), plan, quantity, out.out_dir))
+    model, _, payload = load_model(out.checkpoint, dev)
+    files, out.model_uri = final_report(cfg, plan, model, payload, out.out_dir, tracker)
     model.to(dev)
     if "test" in splits:
         acc = evaluate_val(model, prefetch(splits["test"].batches(EVAL_BATCH, cfg.data.seed + 20_000, 0, False), dev),
-                           cfg, quantity, dev, 0, 1, amp_dtype)
+                           cfg, model_quantity(plan.variable), dev, 0, 1, amp_dtype)
         out.test_metrics = {k.replace("val_", "test_", 1): v for k, v in acc.metrics().items()}
     summary = {"run": out.run_name, "best_epoch": payload["train"].get("epoch"), "stopped": out.stopped,
                "cuda_graph": out.graph, "engine": out.engine, "last": out.metrics, "test": out.test_metrics,
                "windows": plan.counts(), "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
-               "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None}
+               "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
+               "model_uri": out.model_uri}
     (out.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    _finish_tracking(tracker, out, files)
+    if tracker is not None:
+        if out.test_metrics:
+            tracker.log_metrics(out.test_metrics, step=int(out.history[-1]["epoch"]) if out.history else 0)
+        for f in (out.out_dir / "curves.png", out.out_dir / "history.csv", out.out_dir / "summary.json"):
+            if f.exists():
+                tracker.log_artifact(f)
     for f in [*files, out.out_dir / "curves.png", out.out_dir / "summary.json"]:
         say(f"[local] wrote {f}")
     if out.test_metrics:
@@ -325,14 +275,3 @@ def _open_tracker(cfg, res: Resolved, run_name: str):
         tracker.log_params(flatten(cfg))
     print(f"[local] MLflow {'resumed' if resumed else 'new'} run {tracker.run_id} at {res.tracking_uri}")
     return tracker
-
-
-def _finish_tracking(tracker, out: LocalOutcome, files: list[Path]) -> None:
-    if tracker is None:
-        return
-    if out.test_metrics:
-        tracker.log_metrics(out.test_metrics, step=int(out.history[-1]["epoch"]) if out.history else 0)
-    for f in [*files, out.out_dir / "curves.png", out.out_dir / "history.csv"]:
-        if f.exists():
-            tracker.log_artifact(f)
-    tracker.end("FAILED" if out.stopped else "FINISHED")

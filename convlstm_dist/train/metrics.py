@@ -1,6 +1,6 @@
 """The names of the metrics training reports each epoch (no torch: the config validates against them).
 
-``train/loop.py`` (Ray Train workers) and ``train/local.py`` report, per epoch, the training
+``train/fit.py`` (the loop of both backends) reports, per epoch, the training
 metrics below plus ``ValAccumulator.metrics()`` (merged validation skill). A checkpoint metric
 (``run.checkpoint_metric``) or a sweep metric (``search.metric``) must be one of these names;
 otherwise Ray fails only after the last epoch ("Invalid metric name"). A unit test keeps this
@@ -15,9 +15,9 @@ from convlstm_dist.errors import UserError
 
 THRESHOLDS_MMH = (0.5, 2.0, 5.0, 10.0, 30.0)
 
-# reported by every epoch of train/loop.py (with the checkpoint)
-TRAIN_METRICS = ("epoch", "step", "train_loss", "samples_per_s", "data_wait_share", "epoch_time_s", "lr",
-                 "early_stop")
+# reported by every epoch of train/fit.py (with the checkpoint)
+TRAIN_METRICS = ("epoch", "epoch_float", "step", "train_loss", "samples_per_s", "data_wait_share", "epoch_time_s",
+                 "elapsed_s", "lr", "early_stop")
 
 
 def val_metrics(quantity: str | None = None) -> tuple[str, ...]:

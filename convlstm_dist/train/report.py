@@ -81,3 +81,26 @@ def forecast_figure(model, plan, quantity: str, out_dir: Path, case: int | None 
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def final_report(cfg, plan, model, payload: dict, out_dir: Path, tracker=None, say=None) -> tuple[list[Path], str | None]:
+    """The end of every training run (both backends), for its best checkpoint (``model`` and its
+    ``payload``): ``skill.csv``/``skill.png`` and ``forecast.png`` in ``out_dir``; with a tracker,
+    those files as artifacts and the model logged and registered (``tracking.register_model`` or the
+    recipe name). Returns (files, model URI or None)."""
+    from convlstm_dist.checkpoint import slim_checkpoint
+
+    out_dir = Path(out_dir)
+    files = skill_outputs(payload["train"].get("lead_table", []), cfg.data.out_len,
+                          plan.record.get("timestep_s", 300), out_dir)
+    files.append(forecast_figure(model.cpu(), plan, payload["quantity"], out_dir))
+    model_uri = None
+    if tracker is not None:
+        for f in files:
+            tracker.log_artifact(f)
+        best_dir = slim_checkpoint(payload, out_dir / "best-model").parent
+        model_uri = tracker.log_model(best_dir, cfg.tracking.register_model or cfg.name)
+    if say is not None:
+        for f in files:
+            say(f"[convlstm-dist] wrote {f}")
+    return files, model_uri

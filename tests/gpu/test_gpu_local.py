@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from convlstm_dist.models import CudaGraphTrainStep, build_model, get_loss
-from convlstm_dist.train.loop import make_optimizer
+from convlstm_dist.train.graph_step import CudaGraphTrainStep
+from convlstm_dist.models import build_model, get_loss
+from convlstm_dist.train.optim import make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/synthetic.py (run with --noconftest)
 

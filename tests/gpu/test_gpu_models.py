@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from convlstm_dist.models import CudaGraphTrainStep, build_model, get_loss
+from convlstm_dist.train.graph_step import CudaGraphTrainStep
+from convlstm_dist.models import build_model, get_loss
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -117,8 +117,8 @@ def test_worker_killed_mid_run_completes_from_checkpoint(s3_env, mlflow_server, 
             break
         time.sleep(0.5)
     th.join(timeout=400)
-    assert killed is not None, "never saw a checkpoint and two live train workers"
     assert "err" not in result, result.get("err")
+    assert killed is not None, "never saw a checkpoint and two live train workers"
     out = result["out"]
     assert out.metrics["epoch"] == 4
     # resumed, not restarted: every epoch logged exactly once, and the step counter continued

@@ -17,7 +17,7 @@ from convlstm_dist.checkpoint import read_checkpoint
 from convlstm_dist.config import build_model_from_config, load_config
 from convlstm_dist.train.engine import StepEngine, resolve_mode
 from convlstm_dist.train.local import train_local
-from convlstm_dist.train.loop import make_optimizer, make_scheduler, training_loss
+from convlstm_dist.train.optim import make_optimizer, make_scheduler, training_loss
 from convlstm_dist.train.state import TrainState
 from test_train_local import archive, cfg_for  # noqa: F401 - the module's archive fixture
 
@@ -30,7 +30,7 @@ class Killed(Exception):
 def test_two_plus_two_epochs_equal_four(archive, tmp_path, monkeypatch, schedule):  # noqa: F811
     """A 4-epoch run killed after epoch 2 and rerun equals an uninterrupted 4-epoch run; with a
     constant learning rate, a 2-epoch recipe extended to 4 does too."""
-    import convlstm_dist.train.local as local
+    import convlstm_dist.train.fit as local  # the loop both backends run
 
     sets = ["train.epochs=4", f"train.schedule={schedule}", "train.optimizer=adam"]
     four = train_local(cfg_for(archive, *sets), tmp_path / "a", device="cpu", progress=False)
@@ -100,7 +100,7 @@ def test_modes_resolve_as_documented():
 
 
 def test_failed_capture_keeps_the_same_optimizer_state(monkeypatch):
-    import convlstm_dist.models.fast as fast
+    import convlstm_dist.train.graph_step as fast
 
     cfg = load_config(None, ["model.hidden=[4]", "model.input_kernel=3", "model.state_kernel=3", "model.patch=4",
                              "model.height=16", "model.width=16", "data.in_len=2", "data.out_len=2"])

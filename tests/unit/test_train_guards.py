@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from convlstm_dist.errors import UserError
-from convlstm_dist.train import guards, loop
+from convlstm_dist.train import fit, guards, validation
 from convlstm_dist.train.metrics import TRAIN_METRICS, check_metric, metric_problem, val_metrics
 
 # --------------------------------------------------------------------------- metric names
@@ -20,15 +20,15 @@ from convlstm_dist.train.metrics import TRAIN_METRICS, check_metric, metric_prob
 
 @pytest.mark.parametrize("quantity, loss", [("rain_norm", "mse"), ("intensity", "bce")])
 def test_declared_val_metrics_are_what_the_accumulator_reports(quantity, loss):
-    acc = loop.ValAccumulator(out_len=2, quantity=quantity, loss_name=loss)
+    acc = validation.ValAccumulator(out_len=2, quantity=quantity, loss_name=loss)
     y = torch.rand(2, 2, 1, 4, 4)
     acc.add(torch.rand(2, 2, 1, 4, 4), y, torch.rand(2, 3, 1, 4, 4), torch.ones_like(y))
     assert set(acc.metrics()) == set(val_metrics(quantity))
 
 
 def test_declared_train_metrics_are_what_the_loop_reports():
-    """The keys of the per-epoch ``metrics`` dict in ``train_loop_per_worker`` (literal + assignments)."""
-    tree = ast.parse(inspect.getsource(loop.train_loop_per_worker))
+    """The keys of the per-epoch ``metrics`` dict of the training loop (literal + assignments)."""
+    tree = ast.parse(inspect.getsource(fit.epoch_metrics))
     keys = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "metrics" for t in node.targets) \

@@ -1,0 +1,316 @@
+"""The training loop: one loop, two backends.
+
+:func:`fit` runs epochs, the step engine (``train/engine.py``), the NaN guard, the time budget,
+validation, early stopping, MLflow per epoch and checkpoint + report, the same way for
+
+* Ray Train workers (``train/ray_worker.py``: DDP, Ray Data shards, ``ray.train.report``), used
+  by ``convlstm-dist train`` and by every Tune trial; and
+* one process (``train/local.py``: frames in memory, checkpoints in a folder), used by
+  ``convlstm-dist train --local``.
+
+A backend supplies only what differs (:class:`Backend`): its device, rank and world size, the
+DDP wrapping, batches, the checkpoint to resume from, and what happens with a checkpoint and the
+epoch's metrics. Everything a run needs to continue is one :class:`TrainState`.
+
+* **Resume.** A run restarted from its checkpoint continues at the next epoch with the same
+  model, optimizer (tensors on the device, the lr tensor included), scheduler, grad scaler,
+  RNG state, step counter, best metric, history and MLflow run.
+* **MLflow.** Rank 0 logs each epoch's metrics at step ``epoch`` *before* the checkpoint/report
+  (a Tune trial stopped at a report never returns from it). Epochs the MLflow run already has are
+  not logged again, and an epoch that was checkpointed but never reached MLflow (a crash between
+  the two) is logged from the checkpoint on resume: every epoch's metrics exactly once.
+* **NaN guard.** Checked on the device at every step (``StepEngine``), looked at every
+  ``CHECK_EVERY`` steps and at the end of an epoch: the run stops with its last good checkpoint.
+* **Time budget** (``train.time_budget_s``): training ends at a step boundary once it is spent
+  (agreed by all ranks at the guard's check points); the partial epoch is validated and
+  checkpointed like a full one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from convlstm_dist.checkpoint import save_checkpoint
+from convlstm_dist.config import build_model_from_config
+from convlstm_dist.data.samples import to_compute
+from convlstm_dist.data.transforms import model_quantity
+from convlstm_dist.train.engine import EngineChoice, StepEngine, allreduce, choose_engine
+from convlstm_dist.train.optim import make_optimizer, make_scheduler, training_loss
+from convlstm_dist.train.state import TrainState
+from convlstm_dist.train.validation import evaluate_val
+
+
+class Backend:
+    """What differs between Ray Train workers and a single process. Subclasses set ``device``,
+    ``run_name`` (and ``rank``/``world`` under DDP) and implement the batch and checkpoint methods."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device
+    run_name: str
+    steps_per_epoch: int | None = None  # for progress lines and ``epoch_float``, when known
+
+    def say(self, msg: str) -> None:
+        """One progress line for the user (rank 0's reach the terminal)."""
+        print(msg, flush=True)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the step trains (DDP-wrapped under Ray Train)."""
+        return model
+
+    def restore(self) -> tuple[dict, str] | None:
+        """``(checkpoint payload, where)`` of the checkpoint to resume from, or None."""
+        return None
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Called before each epoch's batches are requested."""
+
+    def train_batches(self, epoch: int, drop_last: bool) -> Iterable[dict]:
+        """This rank's training batches of ``epoch`` (dicts of tensors on ``device``, compact rows)."""
+        raise NotImplementedError
+
+    def val_batches(self) -> Iterable[dict]:
+        """Validation batches; every rank may see all of them (each scores ``t0 % world == rank``)."""
+        raise NotImplementedError
+
+    def checkpoint(self, write: Callable[[str], None], metrics: dict, improved: bool) -> None:
+        """Keep the epoch's checkpoint (``write(folder)`` writes it) and report ``metrics``."""
+        raise NotImplementedError
+
+    def nan_stop(self, message: str, epoch: int, step: int) -> None:
+        """The run stops on a non-finite loss (nothing is checkpointed from the bad weights)."""
+
+
+@dataclass
+class FitOptions:
+    engine: str | None = None              # override ``train.engine`` (``train --local --cuda-graph``)
+    fault_nan_at: list[int] | None = None  # fault injection: ``[epoch, batch]`` gets a NaN loss
+    log_every_s: float = 30.0              # a progress line inside long epochs (rank 0)
+
+
+@dataclass
+class FitResult:
+    model: torch.nn.Module
+    state: TrainState
+    metrics: dict                          # the last epoch's
+    stopped: str | None                    # why training stopped abnormally (NaN), else None
+    choice: EngineChoice
+    engine: str                            # mode that ran (after a capture fallback: eager)
+    graph: bool                            # a CUDA graph ran the steps
+
+
+class TimedBatches:
+    """Iterate training batches as ``(x, y, mask)``, summing the time spent waiting for them (``.wait``, s)."""
+
+    def __init__(self, batches):
+        self.it, self.wait = iter(batches), 0.0
+
+    def __iter__(self):
+        while True:
+            t0 = time.perf_counter()
+            batch = next(self.it, None)
+            self.wait += time.perf_counter() - t0
+            if batch is None:
+                return
+            yield to_compute(batch["x"], batch["y"], batch["mask"])
+
+
+def fault_nan_at() -> list[int] | None:
+    """``CONVLSTM_DIST_FAULT_NAN_AT=EPOCH:BATCH`` makes the loss NaN at that batch of that epoch
+    (0-based; fault injection for tests of the NaN guard)."""
+    v = os.environ.get("CONVLSTM_DIST_FAULT_NAN_AT")
+    return [int(p) for p in v.split(":")] if v else None
+
+
+def poison(x: torch.Tensor) -> torch.Tensor:
+    """Fault injection: a batch whose loss is NaN in every engine mode, CUDA graph included (the
+    graph copies the batch in, so the NaN travels through it)."""
+    return x * float("nan")
+
+
+def load_resumed_weights(model: torch.nn.Module, weights: dict, run: str, where: str) -> None:
+    """Load a run's own checkpoint to resume it; a recipe whose model changed since (same run name,
+    other ``model.*``) is one clear ``UserError`` instead of a ``load_state_dict`` traceback."""
+    from convlstm_dist.errors import UserError
+
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
+        raise UserError(f"run {run!r} cannot resume: its checkpoint ({where}) holds a model of another architecture "
+                        f"than the recipe's ({detail[:160]}); train under a new run.name, or delete that run's "
+                        "checkpoints to start over") from None
+
+
+def epoch_line(m: dict, epochs: int, eta_s: float | None = None) -> str:
+    """The one progress line of an epoch (both backends print it)."""
+    extra = (f"cross-entropy {m['val_cross_entropy']:.1f}" if "val_cross_entropy" in m else
+             f"val_mse {m['val_mse']:.4f} (persistence {m['val_persistence_mse']:.4f})")
+    eta = f"  ETA {eta_s:.0f} s" if eta_s is not None else ""
+    return (f"[epoch {m['epoch']}/{epochs}] step {m['step']}  train_loss {m['train_loss']:.5f}  "
+            f"val_loss {m['val_loss']:.5f}  {extra}  {m['samples_per_s']:.1f} samples/s  "
+            f"data wait {100 * m['data_wait_share']:.0f}%  {m['epoch_time_s']:.1f} s{eta}")
+
+
+def logged_epochs(tracker) -> set[int]:
+    """The epochs whose metrics this MLflow run already has."""
+    return {int(s) for s, _ in tracker.metric_history("val_loss")}
+
+
+def log_missed_epoch(tracker, state: TrainState) -> set[int]:
+    """On resume: if the checkpoint's epoch E never reached MLflow (a crash between the two), log
+    it now from the checkpoint, so that every epoch is in MLflow exactly once. Returns the epochs
+    MLflow has."""
+    logged = logged_epochs(tracker)
+    last = state.extra.get("last_metrics")
+    if last and state.epoch not in logged:
+        tracker.log_metrics(last, step=state.epoch)
+        logged.add(state.epoch)
+    return logged
+
+
+def epoch_metrics(epoch: int, n_batches: int, steps_per_epoch: int | None, step: int, totals, wait_s: float,
+                  train_time: float, epoch_time: float, elapsed: float, lr: float, val: dict) -> dict:
+    """The metrics of one epoch, as reported to Ray/Tune and MLflow (names: ``train/metrics.py``)."""
+    metrics = {
+        "epoch": epoch + 1,
+        "epoch_float": epoch + (min(1.0, n_batches / steps_per_epoch) if steps_per_epoch else 1.0),
+        "step": step,
+        "train_loss": float(totals[0] / max(float(totals[1]), 1.0)),
+        "samples_per_s": float(totals[2]) / max(train_time, 1e-9),
+        "data_wait_share": wait_s / max(train_time, 1e-9),
+        "epoch_time_s": epoch_time,
+        "elapsed_s": elapsed,
+        "lr": lr,
+        **{k: float(v) for k, v in val.items()},
+    }
+    metrics["early_stop"] = 0.0
+    return metrics
+
+
+def fit(cfg, backend: Backend, variable: str, tracker=None, opts: FitOptions | None = None) -> FitResult:
+    """Train ``cfg``'s model on ``backend`` (resuming from its checkpoint if it has one); ``tracker``
+    (rank 0 only): the run's MLflow ``Tracker`` or None."""
+    opts = opts or FitOptions()
+    t = cfg.train
+    dev, rank, world, say = backend.device, backend.rank, backend.world, backend.say
+    quantity = model_quantity(variable)
+    torch.manual_seed(t.seed + rank)
+    np.random.seed(t.seed + rank)
+
+    choice = choose_engine(cfg, dev, world, opts.engine)
+    model = build_model_from_config(cfg, compile=choice.mode in ("compiled", "graph"),
+                                    channels_last=choice.channels_last)
+    restored = backend.restore()
+    if restored is not None:
+        load_resumed_weights(model, restored[0]["model"], backend.run_name, restored[1])
+    model.to(dev)
+    train_model = backend.wrap(model)
+    opt = make_optimizer(t, model.parameters(), dev if choice.mode == "graph" else None)
+    sched = make_scheduler(t, opt)
+    scaler = torch.amp.GradScaler("cuda", enabled=choice.precision == "fp16")
+    state = TrainState()
+    if restored is not None:
+        state = TrainState.restore(restored[0]["train"], opt, sched, scaler, dev, rng=rank == 0)
+        say(f"[train] resumed from {restored[1]} (epoch {state.epoch}, step {state.step})")
+    if tracker is not None:
+        state.run_id = tracker.run_id
+    engine = StepEngine(model, train_model, opt, scaler, training_loss(t.loss, quantity), cfg.data.out_len,
+                        choice.amp_dtype, t.grad_clip, choice.mode, dev, say=say)
+    say(choice.line(dev))
+    logged: set[int] = set()
+    if tracker is not None:
+        logged = log_missed_epoch(tracker, state) if restored is not None else logged_epochs(tracker)
+    cfg_dict = cfg.model_dump(mode="json")
+    budget = t.time_budget_s
+    t_run, epochs_run, metrics = time.perf_counter(), 0, dict(state.extra.get("last_metrics") or {})
+
+    def budget_spent(now: float, at_check: bool) -> bool:
+        """Host clock in one process; under DDP rank decisions are merged at the guard's check points."""
+        if budget is None:
+            return False
+        over = now - t_run > budget
+        if world == 1 or not at_check:
+            return over if world == 1 else False
+        flag = torch.tensor([float(over)], device=dev)
+        return bool(allreduce(flag, torch.distributed.ReduceOp.MAX).item())
+
+    for epoch in range(state.epoch, t.epochs):
+        backend.begin_epoch(epoch)
+        t_epoch = last_log = time.perf_counter()
+        sum_loss = torch.zeros((), device=dev)
+        n_batches = n_samples = 0
+        nan_step, out_of_time = None, False
+        engine.reset_guard(state.step)
+        batches = TimedBatches(backend.train_batches(epoch, drop_last=engine.mode == "graph"))
+        for x, y, m in batches:
+            if opts.fault_nan_at == [epoch, n_batches]:
+                x = poison(x)
+            sum_loss += engine.step(x, y, m)
+            n_batches += 1
+            n_samples += x.shape[0]
+            state.step += 1
+            due = engine.check_due()  # the same batch count on every rank
+            if due and (nan_step := engine.check()) is not None:
+                break
+            now = time.perf_counter()
+            if budget_spent(now, due):
+                out_of_time = True
+                break
+            if now - last_log > opts.log_every_s:
+                last_log = now
+                of = f"/{backend.steps_per_epoch}" if backend.steps_per_epoch else ""
+                say(f"[train]   epoch {epoch + 1} step {n_batches}{of}  loss {float(sum_loss) / n_batches:.5f}  "
+                    f"{n_samples * world / (now - t_epoch):.1f} samples/s")
+            if t.max_steps_per_epoch and n_batches >= t.max_steps_per_epoch:
+                break
+        if nan_step is None:
+            nan_step = engine.check()
+        if nan_step is not None:
+            stopped = f"non-finite training loss at epoch {epoch} step {nan_step}; stopped, last good checkpoint kept"
+            if tracker is not None:
+                tracker.set_tags({"convlstm_dist.stopped": stopped})
+            backend.nan_stop(stopped, epoch, nan_step)
+            return FitResult(model, state, metrics, stopped, choice, engine.mode, engine.graph is not None)
+        totals = allreduce(torch.cat([sum_loss.double().reshape(1),
+                                      torch.tensor([n_batches, n_samples], dtype=torch.float64, device=dev)]))
+        if float(totals[1]) == 0:
+            say(f"[train] epoch {epoch + 1} had no training batches; stopped")
+            break
+        if sched is not None:
+            sched.step()
+        train_time = time.perf_counter() - t_epoch
+        acc = evaluate_val(model, backend.val_batches(), cfg, quantity, dev, rank, world, choice.amp_dtype)
+        metrics = epoch_metrics(epoch, n_batches, backend.steps_per_epoch, state.step, totals.tolist(),
+                                batches.wait, train_time, time.perf_counter() - t_epoch,
+                                time.perf_counter() - t_run, float(opt.param_groups[0]["lr"]), acc.metrics())
+        improved = metrics["val_loss"] < state.best
+        state.best, state.since_best = (metrics["val_loss"], 0) if improved else (state.best, state.since_best + 1)
+        stop = bool(t.early_stopping_patience and state.since_best >= t.early_stopping_patience)
+        metrics["early_stop"] = float(stop)
+        state.epoch = epoch + 1
+        state.history.append(metrics)
+        state.extra.update(lead_table=acc.lead_table(), variable=variable, engine=engine.mode, last_metrics=metrics)
+        if tracker is not None and epoch + 1 not in logged:  # before the report: see the module docstring
+            tracker.log_metrics(metrics, step=epoch + 1)
+            logged.add(epoch + 1)
+        backend.checkpoint(lambda d: save_checkpoint(d, model, cfg_dict, quantity,
+                                                     state.capture(opt, sched, scaler)), metrics, improved)
+        epochs_run += 1
+        eta = (time.perf_counter() - t_run) / epochs_run * (t.epochs - epoch - 1)
+        say(epoch_line(metrics, t.epochs, eta))
+        if stop:
+            say(f"[train] early stop: no validation improvement for {state.since_best} epochs")
+            break
+        if out_of_time:
+            say(f"[train] time budget of {budget:g} s reached after {state.step} steps (epoch {epoch + 1}, "
+                f"{n_batches} steps into it)")
+            break
+    return FitResult(model, state, metrics, None, choice, engine.mode, engine.graph is not None)

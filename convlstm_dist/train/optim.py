@@ -1,0 +1,43 @@
+"""Optimizer, LR schedule and training loss of a recipe (``train.*``), for both backends."""
+
+from __future__ import annotations
+
+import torch
+
+from convlstm_dist.data.transforms import from_model
+from convlstm_dist.models import get_loss
+
+
+def make_optimizer(t, params, capturable_on: torch.device | None = None):
+    """The recipe's optimizer. ``capturable_on`` (a CUDA device): built for CUDA-graph capture, with
+    the learning rate as a device tensor so that schedulers still act inside the graph (not SGD)."""
+    if t.optimizer == "sgd":
+        if capturable_on is not None:
+            raise ValueError("sgd cannot be captured in a CUDA graph")
+        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+    graph = {} if capturable_on is None else {"capturable": True}
+    lr = t.lr if capturable_on is None else torch.tensor(t.lr, device=capturable_on)
+    if t.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=t.rmsprop_decay, weight_decay=t.weight_decay, **graph)
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=lr, weight_decay=t.weight_decay, **graph)
+
+
+def make_scheduler(t, opt):
+    if t.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs)
+    if t.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, t.epochs // 3), gamma=0.3)
+    return None
+
+
+def loss_kwargs(name: str, quantity: str) -> dict:
+    if name in ("bmse", "bmae") and quantity == "rain_norm":
+        return {"to_mmh": lambda t: from_model(t, quantity)}
+    return {}
+
+
+def training_loss(name: str, quantity: str):
+    """``loss(pred, target, mask)`` of the recipe, with its quantity-dependent arguments bound."""
+    fn, kw = get_loss(name), loss_kwargs(name, quantity)
+    return lambda pred, target, mask=None: fn(pred, target, mask, **kw)

@@ -1,0 +1,111 @@
+"""The Ray Train backend of the training loop: the function every Ray Train worker runs.
+
+Contract with the driver (``train_loop_config``): ``cfg`` (resolved config dict), ``variable``
+(archive variable), ``clock`` (name of the epoch-clock actor), ``tracking_uri`` and ``run_id``
+(MLflow; rank 0 logs), ``fault_nan_at``.
+
+The loop itself is :func:`convlstm_dist.train.fit.fit`, the same as ``train --local``'s. This
+backend supplies the DDP wrapping, the Ray Data shards (pinned, copied non-blocking, 2 batches
+ahead), ``ray.train.report`` once per epoch on every rank (rank 0 attaches the checkpoint) and
+the epoch clock (the data position read by Ray Data's read tasks; rank 0's progress lines,
+printed by the driver).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+import torch
+
+from convlstm_dist.config import config_from_dict
+from convlstm_dist.train.fit import Backend, FitOptions, fit
+
+
+class RayTrainBackend(Backend):
+    def __init__(self, cfg, config: dict):
+        import ray
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.cfg = cfg
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.run_name = ctx.get_experiment_name()
+        self.clock = ray.get_actor(config["clock"]) if config.get("clock") else None
+        self.train_shard = ray.train.get_dataset_shard("train")
+        self.val_shard = ray.train.get_dataset_shard("val")
+
+    def say(self, msg: str) -> None:
+        import ray
+
+        if self.clock is not None and self.rank == 0:
+            ray.get(self.clock.note_line.remote(msg))
+
+    def wrap(self, model):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def restore(self):
+        import ray.train
+
+        from convlstm_dist.checkpoint import read_checkpoint
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return read_checkpoint(d), ckpt.path
+
+    def begin_epoch(self, epoch: int) -> None:
+        import ray
+
+        if self.clock is not None:
+            ray.get(self.clock.set.remote(epoch))
+
+    def train_batches(self, epoch: int, drop_last: bool):
+        return self.train_shard.iter_torch_batches(
+            batch_size=self.cfg.data.batch_size, device=self.device, drop_last=drop_last, prefetch_batches=2,
+            pin_memory=self.device.type == "cuda")
+
+    def val_batches(self):
+        return self.val_shard.iter_torch_batches(batch_size=self.cfg.data.batch_size, device=self.device,
+                                                 prefetch_batches=2, pin_memory=self.device.type == "cuda")
+
+    def checkpoint(self, write, metrics: dict, improved: bool) -> None:
+        import ray.train
+
+        if self.rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            write(d)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    def nan_stop(self, message: str, epoch: int, step: int) -> None:
+        import ray
+        import ray.train
+
+        if self.rank == 0 and self.clock is not None:
+            ray.get(self.clock.note_stop.remote(message))
+        ray.train.report({"epoch": epoch, "nan_stop": 1.0, "nan_epoch": epoch, "nan_step": step})
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray
+
+    cfg = config_from_dict(config["cfg"], "driver")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    for name in ("ray.train", "ray.data"):  # per-report INFO lines drown the epoch summaries
+        logging.getLogger(name).setLevel(logging.WARNING)
+    torch.set_num_threads(max(1, int(os.environ.get("CONVLSTM_THREADS", "1"))))
+    backend = RayTrainBackend(cfg, config)
+    tracker = None
+    if backend.rank == 0 and config.get("run_id"):
+        from convlstm_dist.tracking.mlflow_tracker import Tracker
+
+        tracker = Tracker(config["tracking_uri"], config["run_id"])
+    fit(cfg, backend, config["variable"], tracker, FitOptions(fault_nan_at=config.get("fault_nan_at")))
