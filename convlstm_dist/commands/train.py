@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     add_workdir_arg(p)
     p.add_argument("--quiet", action="store_true", help="less progress output")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop training after this many seconds, at a step boundary; the partial epoch is "
+                        "validated and checkpointed (same as --set train.time_budget_s=SECONDS)")
     loc = p.add_argument_group(
         "single process (--local)",
         "train in this process without Ray: one GPU or the CPU, frames held in memory, the whole step as a "
@@ -28,8 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "plus history.csv, curves.png and summary.json (with test-split scores)")
     loc.add_argument("--local", action="store_true", help="single-process training without Ray")
     loc.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
-    loc.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                     help="stop after this much training time (validated and checkpointed at a step boundary)")
     loc.add_argument("--cuda-graph", dest="cuda_graph", action=argparse.BooleanOptionalAction, default=None,
                      help="capture the training step as a CUDA graph (default: on for CUDA + fast model)")
     loc.add_argument("--max-memory-gb", type=float, default=48.0,
@@ -72,10 +73,12 @@ def run_train(args: argparse.Namespace) -> int:
     from convlstm_dist.train.driver import run_training
 
     cfg = load_config(args.config, args.overrides)
+    if args.time_budget is not None:
+        cfg.train.time_budget_s = args.time_budget
     if args.local:
         from convlstm_dist.train.local import train_local
 
-        out = train_local(cfg, args.workdir, args.device, args.time_budget, args.cuda_graph, args.max_memory_gb,
+        out = train_local(cfg, args.workdir, args.device, None, args.cuda_graph, args.max_memory_gb,
                           progress=not args.quiet)
         if out.stopped:
             print(f"convlstm-dist: training stopped early: {out.stopped}", file=sys.stderr)
