@@ -13,8 +13,16 @@ the archive are skipped; frames older than the archive's last time (not in it) a
 S3 credentials come from the AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or
 AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL); --endpoint-url overrides the endpoint.
 
-example:
+Readers: knmi_hdf5, fmi_pgm, odim_hdf5 (native), or pysteps:IMPORTER for any pysteps importer
+(mch_gif, knmi_hdf5, fmi_pgm, opera_hdf5, ...). --reader-option KEY=VALUE (repeatable) passes
+importer keyword arguments (numbers and true/false are parsed), plus the reader's own keys:
+fn_pattern (strftime pattern of the file name giving the valid time; default from pysteps for
+known importers), timestep_s, source, zr_a, zr_b.
+
+examples:
   convlstm-dist ingest --reader knmi_hdf5 --archive workdir/knmi.zarr data/knmi/*.h5
+  convlstm-dist ingest --reader pysteps:mch_gif --reader-option product=AQC --reader-option unit=mm \
+      --reader-option accutime=5 --archive workdir/mch.zarr data/mch/20150515/AQC*.gif
 """
 
 
@@ -24,7 +32,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("ingest", help="decode radar files into a Zarr archive",
                               description=INGEST_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reader", required=True,
-                   help="file reader: knmi_hdf5, fmi_pgm or odim_hdf5")
+                   help="file reader: knmi_hdf5, fmi_pgm, odim_hdf5, or pysteps:IMPORTER (e.g. pysteps:mch_gif)")
+    p.add_argument("--reader-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option of a pysteps:IMPORTER reader (repeatable): importer keyword arguments, "
+                        "or fn_pattern / timestep_s / source / zr_a / zr_b")
     p.add_argument("--archive", required=True, metavar="URL", help="archive folder or s3:// URL")
     p.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (default: AWS_ENDPOINT_URL / AWS)")
     p.add_argument("--chunk-time", type=int, default=DEFAULT_CHUNKS[0], metavar="N",
@@ -52,10 +63,12 @@ def register(subparsers) -> None:
 
 def run_ingest(args) -> int:
     from convlstm_dist.data.ingest import ingest
+    from convlstm_dist.data.readers import get_reader, parse_reader_options
     from convlstm_dist.data.storage import storage_options_for
 
+    reader = get_reader(args.reader, parse_reader_options(args.reader_option))
     opts = storage_options_for(args.archive, args.endpoint_url)
-    report = ingest(args.reader, args.files, args.archive, storage_options=opts,
+    report = ingest(reader, args.files, args.archive, storage_options=opts,
                     chunks=(args.chunk_time, args.chunk_space, args.chunk_space),
                     shards=args.shard_time, parallel=not args.no_parallel, progress=not args.quiet,
                     lock_timeout_s=args.lock_timeout)

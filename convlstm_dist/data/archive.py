@@ -208,22 +208,26 @@ def append_frames(url: str, storage_options: dict | None, frames: np.ndarray, ti
 
 
 class Archive:
-    """Read-only view of an archive. Picklable: holds url + storage_options, opens lazily."""
+    """Read-only view of an archive. Picklable: holds url + storage_options (+ length), opens lazily.
 
-    def __init__(self, url: str, storage_options: dict | None = None):
+    ``length``: see only the first ``length`` frames (a data version pinned to a run; frames appended
+    later stay invisible). Longer than the archive: an error on first use."""
+
+    def __init__(self, url: str, storage_options: dict | None = None, length: int | None = None):
         self.url = str(url)
         self.storage_options = dict(storage_options or {})
+        self.length = None if length is None else int(length)
         self._group = None
         self._cache: dict = {}
 
     def __getstate__(self):
-        return {"url": self.url, "storage_options": self.storage_options}
+        return {"url": self.url, "storage_options": self.storage_options, "length": self.length}
 
     def __setstate__(self, state):
-        self.__init__(state["url"], state["storage_options"])
+        self.__init__(state["url"], state["storage_options"], state.get("length"))
 
     def __repr__(self):
-        return f"Archive({self.url!r})"
+        return f"Archive({self.url!r})" if self.length is None else f"Archive({self.url!r}, length={self.length})"
 
     @property
     def _g(self):
@@ -268,7 +272,14 @@ class Archive:
     @property
     def times(self) -> np.ndarray:
         if "times" not in self._cache:
-            self._cache["times"] = np.asarray(self._g["time"][:], dtype="int64").astype("datetime64[s]")
+            t = self._g["time"]
+            n = t.shape[0]
+            if self.length is not None:
+                if self.length > n:
+                    raise UserError(f"the archive {self.url} has {n} frames, fewer than the {self.length} "
+                                    "pinned for this run: it was replaced or truncated")
+                n = self.length
+            self._cache["times"] = np.asarray(t[:n], dtype="int64").astype("datetime64[s]")
         return self._cache["times"]
 
     @property
@@ -329,11 +340,12 @@ class Archive:
         return d
 
 
-def open_archive(url: str, storage_options: dict | None = None) -> Archive:
-    """Open an archive read-only; raise UserError if it is missing or unreachable."""
+def open_archive(url: str, storage_options: dict | None = None, length: int | None = None) -> Archive:
+    """Open an archive read-only (only its first ``length`` frames if given); raise UserError if it is
+    missing or unreachable."""
     if is_remote(url):
         exists(url, storage_options)  # one request under a deadline: a silent endpoint fails in seconds
-    a = Archive(url, storage_options)
+    a = Archive(url, storage_options, length)
     a._g  # noqa: B018 - fail now, not in the first Ray task
     return a
 

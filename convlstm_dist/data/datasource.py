@@ -9,7 +9,10 @@ archive (``convlstm_dist.data.archive``) on local disk or ``s3://`` through Ray'
   frames the last windows reach into the next chunk) and emits every window of the group.
 * **Rows** (one per window and crop): ``x`` (in_len, 1, h, w) and ``y`` (out_len, 1, h, w) in the
   model's range (``transforms``), NaN → 0; ``mask`` (out_len, 1, h, w) 1.0 where the target is
-  valid; ``t0`` (window start index), ``cy``/``cx`` (crop corner).
+  valid; ``t0`` (window start index in its archive), ``cy``/``cx`` (crop corner), ``src`` (int16,
+  the archive's index in the plan).
+* **Several archives** (``sources``): read tasks per archive (a task never spans two), per-archive
+  training weights applied per epoch (:mod:`convlstm_dist.data.mix`).
 * **Epochs.** Which group a task reads and where it crops are drawn from ``(seed, epoch)``: the
   training loop tells the read tasks the epoch through a small named Ray actor
   (:class:`EpochClock`), so every epoch reshuffles the block order and re-crops, deterministically.
@@ -69,61 +72,92 @@ def _current_epoch(clock_name: str | None, fixed_epoch: int) -> int:
     return int(ray.get(ray.get_actor(clock_name).get.remote()))
 
 
-def _read_task_fn(archive, groups, slot, in_len, out_len, crop, seed, shuffle, clock_name, fixed_epoch, cpw,
+def _read_task_fn(sources, slot, in_len, out_len, crop, seed, shuffle, clock_name, fixed_epoch, cpw,
                   augment=False, compact=False):
+    """Read task ``slot``: at run time it looks up the epoch, draws the epoch's units (chunk groups of
+    every archive, weighted; :mod:`convlstm_dist.data.mix`) and reads unit number ``slot``."""
     def fn():
+        from convlstm_dist.data.mix import epoch_units
+
         epoch = _current_epoch(clock_name, fixed_epoch)
-        g = slot
-        if shuffle:
-            g = int(np.random.default_rng([seed, epoch, 7919]).permutation(len(groups))[slot])
-        batch = read_windows(archive, groups[g], in_len, out_len, crop, seed, epoch, cpw, augment, compact=compact)
+        units = epoch_units([len(s[1]) for s in sources], [s[2] for s in sources], seed, epoch, shuffle)
+        i, g, r = (int(v) for v in units[slot])
+        archive, groups, _ = sources[i]
+        batch = read_windows(archive, groups[g], in_len, out_len, crop, seed, epoch, cpw, augment, compact=compact,
+                             draw_offset=r * cpw)
+        batch["src"] = np.full(len(batch["t0"]), i, dtype=np.int16)
         return [BlockAccessor.batch_to_block(batch)]
 
     return fn
 
 
 class WindowDatasource(Datasource):
-    """Ray Data datasource over the windows ``starts`` of an archive (see module docstring)."""
+    """Ray Data datasource over the windows of one or several archives (see module docstring).
 
-    def __init__(self, archive, starts, in_len, out_len, crop=None, seed=0, shuffle=False,
-                 clock_name=None, fixed_epoch=0, crops_per_window=1, augment=False, compact=False):
+    ``sources``: a list of ``(archive, starts, weight)``, or pass ``archive, starts`` for one archive.
+    Read tasks never span archives: each reads one chunk group of one archive. Rows carry ``src``
+    (int16), the index of their archive in ``sources``. Training (``shuffle``) applies the weights at
+    the level of chunk groups (``mix.epoch_units``); validation reads every window once."""
+
+    def __init__(self, archive=None, starts=None, in_len=1, out_len=1, crop=None, seed=0, shuffle=False,
+                 clock_name=None, fixed_epoch=0, crops_per_window=1, augment=False, compact=False, sources=None):
         super().__init__()
+        if sources is None:
+            sources = [(archive, starts, 1.0)]
         self.augment, self.compact = augment, compact
-        self.archive = archive
-        self.groups = group_by_chunk(np.sort(np.asarray(starts)), archive.time_chunk)
+        self.sources = [(a, group_by_chunk(np.sort(np.asarray(st)), a.time_chunk), float(w)) for a, st, w in sources]
+        self.archive = self.sources[0][0]
+        self.groups = [g for _, gs, _ in self.sources for g in gs]  # every group once (sizes, estimates)
         self.in_len, self.out_len = in_len, out_len
         self.crop = crop
         self.seed, self.shuffle = seed, shuffle
         self.clock_name, self.fixed_epoch = clock_name, fixed_epoch
         self.cpw = crops_per_window
-        _, H, W = archive.shape
-        h, w = crop or (H, W)
-        self._row_bytes = ((2 * (in_len + out_len) + out_len) if compact else 4 * (in_len + 2 * out_len)) * h * w + 24
+        self._row_bytes = []
+        for a, _, _ in self.sources:
+            _, H, W = a.shape
+            h, w = crop or (H, W)
+            self._row_bytes.append(((2 * (in_len + out_len) + out_len) if compact else 4 * (in_len + 2 * out_len))
+                                   * h * w + 26)
 
     def get_name(self) -> str:
         return "ZarrWindows"
 
+    def _units(self):
+        from convlstm_dist.data.mix import epoch_units
+
+        # the epoch's count of units is the same in every epoch: plan the tasks with epoch 0
+        return epoch_units([len(gs) for _, gs, _ in self.sources], [w for _, _, w in self.sources],
+                           self.seed, 0, self.shuffle)
+
     def estimate_inmemory_data_size(self) -> int:
-        return sum(len(g) for g in self.groups) * self.cpw * self._row_bytes
+        return int(sum(len(self.sources[i][1][g]) * self.cpw * self._row_bytes[i] for i, g, _ in self._units()))
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
+        units = self._units()
+        rows_of = [len(self.sources[i][1][g]) * self.cpw for i, g, _ in units]
+        mean_rows = int(np.mean(rows_of)) if rows_of else 0
+        row_bytes = int(np.mean([self._row_bytes[i] for i, _, _ in units])) if len(units) else 0
         tasks = []
-        mean_rows = int(np.mean([len(g) for g in self.groups]) * self.cpw) if self.groups else 0
-        for slot, g in enumerate(self.groups):
-            rows = (len(g) * self.cpw) if not self.shuffle else mean_rows
-            meta = BlockMetadata(num_rows=rows, size_bytes=rows * self._row_bytes, input_files=None, exec_stats=None)
-            fn = _read_task_fn(self.archive, self.groups, slot, self.in_len, self.out_len, self.crop, self.seed,
-                               self.shuffle, self.clock_name, self.fixed_epoch, self.cpw, self.augment, self.compact)
+        for slot in range(len(units)):
+            rows = rows_of[slot] if not self.shuffle else mean_rows
+            meta = BlockMetadata(num_rows=rows, size_bytes=rows * row_bytes, input_files=None, exec_stats=None)
+            fn = _read_task_fn(self.sources, slot, self.in_len, self.out_len, self.crop, self.seed, self.shuffle,
+                               self.clock_name, self.fixed_epoch, self.cpw, self.augment, self.compact)
             tasks.append(ReadTask(fn, meta, per_task_row_limit=per_task_row_limit))
         return tasks
 
 
 def window_dataset(archive, starts, in_len, out_len, crop=None, seed=0, shuffle=False, clock_name=None,
-                   fixed_epoch=0, crops_per_window=1, augment=False, compact=False):
-    """A ``ray.data.Dataset`` of training windows (rows as in the module docstring; ``compact``:
-    float16 values and a uint8 mask, see ``samples.cut_windows``)."""
-    if len(starts) == 0:
+                   fixed_epoch=0, crops_per_window=1, augment=False, compact=False, sources=None):
+    """A ``ray.data.Dataset`` of training windows (rows as in the module docstring plus ``src``;
+    ``compact``: float16 values and a uint8 mask, see ``samples.cut_windows``). Several archives:
+    ``sources=[(archive, starts, weight), ...]`` (``archive``/``starts`` then ignored)."""
+    if sources is None:
+        sources = [(archive, starts, 1.0)]
+    if sum(len(st) for _, st, _ in sources) == 0:
         raise ValueError("no windows to read: the split is empty (check data.split and the archive's time range)")
-    src = WindowDatasource(archive, starts, in_len, out_len, crop, seed, shuffle, clock_name, fixed_epoch,
-                           crops_per_window, augment, compact)
-    return ray.data.read_datasource(src, override_num_blocks=max(1, len(src.groups)))
+    src = WindowDatasource(in_len=in_len, out_len=out_len, crop=crop, seed=seed, shuffle=shuffle,
+                           clock_name=clock_name, fixed_epoch=fixed_epoch, crops_per_window=crops_per_window,
+                           augment=augment, compact=compact, sources=sources)
+    return ray.data.read_datasource(src, override_num_blocks=max(1, len(src._units())))

@@ -37,6 +37,10 @@ ATTRIBUTIONS = {
             "via the pysteps example data (CC BY 4.0)",
     "FMI": "Contains radar data from the Finnish Meteorological Institute (FMI), "
            "via the pysteps example data (CC BY 4.0)",
+    "MeteoSwiss": "Contains radar data from MeteoSwiss, via the pysteps example data (no licence stated "
+                  "by the source: tests and experiments only)",
+    "OPERA": "Contains radar data from EUMETNET OPERA, via the pysteps example data (no licence stated "
+             "by the source: tests only)",
 }
 
 

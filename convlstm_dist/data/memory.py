@@ -45,3 +45,62 @@ class MemorySplit:
             yield cut_windows(self.vals, self.valid, self.lo, order[i:i + batch_size], self.in_len, self.out_len,
                               self.crop, seed, epoch, augment=augment, draws=draws[i:i + batch_size],
                               cache=self.cache, compact=True)
+
+
+class MultiMemorySplit:
+    """One split over several archives: one :class:`MemorySplit` per archive (``parts[i]`` is archive
+    ``i`` of the plan, ``None`` where that archive has no window in the split), training weights
+    applied per epoch (:mod:`convlstm_dist.data.mix`). Batches may mix archives; each sample is one
+    window of one archive, and the ``src`` column (int16) says which. With one archive of weight 1
+    it yields exactly what that archive's :class:`MemorySplit` yields, plus ``src``."""
+
+    def __init__(self, parts: list, weights=None):
+        self.parts = list(parts)
+        self.weights = [1.0] * len(self.parts) if weights is None else [float(w) for w in weights]
+
+    def _sizes(self) -> list[int]:
+        return [0 if p is None else p.n_windows for p in self.parts]
+
+    @property
+    def n_windows(self) -> int:
+        """Training windows per epoch with the weights applied (what ``batches(shuffle=True)`` yields / cpw)."""
+        from convlstm_dist.data.mix import units_per_epoch
+
+        return sum(units_per_epoch(n, w) for n, w in zip(self._sizes(), self.weights))
+
+    @property
+    def n_unique_windows(self) -> int:
+        return sum(self._sizes())
+
+    def batches(self, batch_size: int, seed: int, epoch: int, shuffle: bool, cpw: int = 1,
+                augment: bool = False, drop_last: bool = False):
+        """Numpy batches (compact rows of ``cut_windows`` plus ``src``). Training (``shuffle``): weighted
+        and shuffled from (seed, epoch); otherwise every window once, archive by archive."""
+        from convlstm_dist.data.mix import epoch_units, shuffled
+
+        units = epoch_units(self._sizes(), self.weights, seed, epoch, shuffle=False, weighted=shuffle)
+        src = np.repeat(units[:, 0], cpw)
+        win = np.repeat(units[:, 1], cpw)
+        draws = (np.repeat(units[:, 2], cpw) * cpw + np.tile(np.arange(cpw), len(units))).astype(np.int64)
+        if shuffle:
+            perm = shuffled(len(src), seed, epoch)
+            src, win, draws = src[perm], win[perm], draws[perm]
+        n = len(src) - (len(src) % batch_size if drop_last else 0)
+        for i in range(0, n, batch_size):
+            yield self._cut(src[i:i + batch_size], win[i:i + batch_size], draws[i:i + batch_size],
+                            seed, epoch, augment)
+
+    def _cut(self, src, win, draws, seed, epoch, augment) -> dict:
+        pieces, where = [], []
+        for s in np.unique(src):
+            sel = np.flatnonzero(src == s)
+            p = self.parts[int(s)]
+            b = cut_windows(p.vals, p.valid, p.lo, p.starts[win[sel]], p.in_len, p.out_len, p.crop, seed, epoch,
+                            augment=augment, draws=draws[sel], cache=p.cache, compact=True)
+            b["src"] = np.full(len(sel), int(s), dtype=np.int16)
+            pieces.append(b)
+            where.append(sel)
+        if len(pieces) == 1:
+            return pieces[0]
+        order = np.argsort(np.concatenate(where), kind="stable")
+        return {k: np.concatenate([b[k] for b in pieces])[order] for k in pieces[0]}

@@ -89,11 +89,16 @@ def cut_windows(vals: np.ndarray, valid: np.ndarray, offset: int, starts, in_len
 
 def read_windows(archive, starts: np.ndarray, in_len: int, out_len: int, crop: tuple[int, int] | None,
                  seed: int = 0, epoch: int = 0, crops_per_window: int = 1,
-                 augment: bool = False, compact: bool = False) -> dict[str, np.ndarray]:
-    """Read the windows starting at ``starts`` (one read call over their span) and cut them."""
+                 augment: bool = False, compact: bool = False, draw_offset: int = 0) -> dict[str, np.ndarray]:
+    """Read the windows starting at ``starts`` (one read call over their span) and cut them.
+    ``draw_offset``: use crop draws ``draw_offset + k`` instead of ``k`` (a repeated window)."""
     starts = np.asarray(starts, dtype=np.int64)
     lo, hi = int(starts.min()), int(starts.max()) + in_len + out_len
     vals, valid = load_block(archive, lo, hi)
+    if draw_offset:
+        draws = np.tile(np.arange(crops_per_window), len(starts)) + int(draw_offset)
+        return cut_windows(vals, valid, lo, np.repeat(starts, crops_per_window), in_len, out_len, crop, seed, epoch,
+                           augment=augment, draws=draws, compact=compact)
     return cut_windows(vals, valid, lo, starts, in_len, out_len, crop, seed, epoch, crops_per_window, augment,
                        compact=compact)
 

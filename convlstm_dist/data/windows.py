@@ -14,6 +14,8 @@ A *window* is ``in_len + out_len`` consecutive frames at the archive's constant 
    belongs to split ``s`` when all its frames, and the ``gap_steps`` frames on each side of it that
    exist in the archive, are in ``s``. With ``gap_steps >= 1`` windows of different splits never
    share or neighbour a frame.
+   ``whole`` (a split name) overrides the blocks: every window is in that split (a held-out archive
+   of a multi-archive recipe).
 
 Everything returns integer frame indices into the archive's time axis (``t0`` of each window).
 """
@@ -33,8 +35,11 @@ class SplitRule:
     val_every: int = 5
     test_every: int = 0
     gap_steps: int = 1
+    whole: str | None = None
 
     def __post_init__(self) -> None:
+        if self.whole is not None and self.whole not in SPLITS:
+            raise ValueError(f"whole must be one of {SPLITS} or None, got {self.whole!r}")
         if self.block_hours <= 0:
             raise ValueError(f"block_hours must be > 0, got {self.block_hours}")
         if self.val_every < 2:
@@ -106,6 +111,8 @@ def gap_free_starts(times: np.ndarray, timestep_s: int, length: int) -> np.ndarr
 def frame_splits(times: np.ndarray, rule: SplitRule) -> np.ndarray:
     """Split label per frame: 0 train, 1 val, 2 test."""
     block = np.floor_divide(_as_seconds(times), int(round(rule.block_hours * 3600)))
+    if rule.whole is not None:
+        return np.full(len(block), SPLITS.index(rule.whole), dtype=np.int8)
     label = np.zeros(len(block), dtype=np.int8)
     label[block % rule.val_every == rule.val_every - 1] = 1
     if rule.test_every > 0:
