@@ -1,0 +1,535 @@
+"""Table 1 of Shi et al. (2015) on one device: the six Moving MNIST models one after another, each
+alone on the device at full speed, within one time budget, data generated on the device.
+
+    python -m convlstm_dist.verify.mnist_table1 --out DIR --budget-s 540 [--device cuda]
+    python -m convlstm_dist.verify.mnist_table1 --out DIR --budget-s 120 --device cpu --dry-run
+
+* Models and training: the recipes ``pipelines/moving_mnist/*.yaml`` (RMSProp, lr 1e-3, decay 0.9,
+  batch 16, 4×4 patches, 10 → 10 frames, ``bce`` loss), built by ``build_model_from_config`` and
+  trained by the project's :class:`~convlstm_dist.train.engine.StepEngine` in the mode
+  ``choose_engine`` picks (on one CUDA device: the whole step as one CUDA graph, bf16 autocast).
+* Data: :mod:`convlstm_dist.data.mnist_device`: fresh training sequences per batch, rendered on
+  the device from the digits 0–6,999 of the shipped 10,000; fixed validation (digits 7,000–7,999)
+  and test (8,000–9,999) sequences. No digit is shared between the splits.
+* Cross-entropy (the paper's): binary cross-entropy summed over the 10 predicted 64×64 frames,
+  averaged over sequences, by :func:`sequence_cross_entropy`: the forward runs under the training
+  autocast, the logits are cast to float32 before the loss, per-sequence sums are accumulated in
+  float64. ``--fp32-test`` also scores the test set with a full float32 forward.
+* Time: ``--budget-s`` covers the whole run (set-up, every model's training, validation and test,
+  reports). Each model gets an equal share (or ``--weight NAME=W`` times one) of what is left
+  when it starts, so time one model leaves unused goes to the next. Inside its share a model trains until only the (measured)
+  time of its final validation and test is left; validation runs ``--val-points`` times.
+  The test cross-entropy is that of the weights with the best validation cross-entropy.
+* Output (``--out``, file names start with ``--prefix``): ``.md`` (our numbers beside the
+  paper's, the ranking, the 3-layer target), ``.csv`` (one row per model), ``-curves.csv``
+  (every validation point), ``.png`` (learning curves), ``.json`` (all of it). They are rewritten
+  after every model, so a run cut short still leaves the models it finished.
+
+``--dry-run``: every model of the table is first built at full size on the ``meta`` device (its
+parameter count is checked against the paper's), then trained at 1/32 of its width for
+``--max-steps`` (2) steps of batch 2, with 4 validation and 4 test sequences: the whole path in
+seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from convlstm_dist.data.mnist_device import (
+    POOLS,
+    DeviceMovingMNIST,
+    EvalSet,
+    default_images_path,
+    split_io,
+)
+from convlstm_dist.verify.paper import PAPER_TABLE1
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "moving_mnist"
+TARGET_RECIPE = "mm-convlstm-5x5-128-64-64"  # the issue's target: test CE <= the paper's 3670.85
+
+
+# ---- the paper's cross-entropy, in fp32 --------------------------------------------------------
+def sequence_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sequence cross-entropy (N,) float32: binary cross-entropy of ``logits`` against
+    ``target`` in [0, 1], summed over every predicted frame and pixel of a sequence. The logits
+    (bf16 / fp16 after an autocast forward) are cast to float32 before the loss. Its mean over
+    sequences is ``losses.bce_sum`` (all pixels valid), the number of the paper's Table 1."""
+    err = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+    return err.flatten(1).sum(dim=1)
+
+
+@torch.no_grad()
+def evaluate_cross_entropy(model: torch.nn.Module, data: EvalSet, in_len: int, out_len: int, amp_dtype,
+                           batch_size: int = 100) -> float:
+    """Mean per-sequence cross-entropy of ``model`` over ``data``: forward under autocast
+    (``amp_dtype`` None = float32), loss in float32, sum over sequences in float64."""
+    was_training = model.training
+    model.eval()
+    device = data.data.device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    n = 0
+    for seq in data.batches(batch_size):
+        x, y = split_io(seq, in_len)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits, _ = model(x, out_len)
+        total += sequence_cross_entropy(logits, y).to(torch.float64).sum()
+        n += seq.shape[0]
+    model.train(was_training)
+    return float(total) / max(n, 1)
+
+
+@torch.no_grad()
+def target_entropy(data: EvalSet, in_len: int, batch_size: int = 100) -> float:
+    """The cross-entropy of a perfect forecast of ``data`` (float64): the summed binary entropy of
+    the grey-level targets, averaged over sequences."""
+    total, n = 0.0, 0
+    for seq in data.batches(batch_size):
+        p = split_io(seq, in_len)[1].to(torch.float64)
+        h = -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p))
+        total += float(h.sum())
+        n += seq.shape[0]
+    return total / max(n, 1)
+
+
+# ---- one model -----------------------------------------------------------------------------------
+@dataclass
+class ModelRun:
+    recipe: str
+    model: str
+    params: int
+    paper_ce: float
+    engine: str = ""
+    precision: str = ""
+    batch_size: int = 0
+    slot_s: float = 0.0
+    steps: int = 0
+    sequences: int = 0
+    train_s: float = 0.0          # stepping only (graph capture included), no validation
+    eval_s: float = 0.0           # validation + test
+    wall_s: float = 0.0
+    samples_per_s: float = 0.0
+    val_ce_best: float = math.nan
+    best_step: int = 0
+    test_ce: float = math.nan
+    test_ce_fp32_forward: float | None = None
+    stopped: str | None = None
+    peak_gpu_memory_gib: float | None = None
+    curve: list[dict] = field(default_factory=list)
+
+    def row(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "curve"}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_one(cfg, data: DeviceMovingMNIST, val: EvalSet, test: EvalSet, slot_s: float, *, seed: int,
+              engine: str | None = None, compile: bool = False, max_steps: int | None = None,
+              val_points: int = 6, eval_batch: int = 100, fp32_test: bool = False, sync_every: int = 25,
+              say=print) -> ModelRun:
+    """Train ``cfg``'s model for about ``slot_s`` seconds of wall time (all of it: build, training,
+    validation, test) with the project's step engine on ``data``'s device; return its numbers."""
+    from convlstm_dist.config import build_model_from_config
+    from convlstm_dist.train.engine import StepEngine, choose_engine
+    from convlstm_dist.train.optim import make_optimizer, training_loss
+
+    t_start = time.perf_counter()
+    dev = data.device
+    label, _, paper = PAPER_TABLE1[cfg.name]
+    d = cfg.data
+    choice = choose_engine(cfg, dev, 1, engine)
+    mode = choice.mode
+    if mode == "compiled" and not compile:
+        mode = "eager"  # "compiled" without torch.compile is the eager step
+    torch.manual_seed(seed)
+    model = build_model_from_config(cfg, compile=compile and mode in ("compiled", "graph"),
+                                    channels_last=choice.channels_last).to(dev)
+    run = ModelRun(cfg.name, label, sum(p.numel() for p in model.parameters()), paper, engine=mode,
+                   precision=choice.precision, batch_size=d.batch_size, slot_s=slot_s)
+    opt = make_optimizer(cfg.train, model.parameters(), dev if mode == "graph" else None)
+    scaler = torch.amp.GradScaler("cuda", enabled=choice.precision == "fp16")
+    step_engine = StepEngine(model, model, opt, scaler, training_loss(cfg.train.loss, "intensity"), d.out_len,
+                             choice.amp_dtype, cfg.train.grad_clip, mode, dev, say=say)
+    say(choice.line(dev) + (f" -> {mode}" if mode != choice.mode else ""))
+    gen = data.generator(seed)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+    best_state, eval_s, train_s = None, 0.0, 0.0
+    loss_sum = torch.zeros((), device=dev)
+    loss_n = 0
+
+    def validate(step: int) -> float:
+        nonlocal best_state, eval_s, loss_sum, loss_n
+        t0 = time.perf_counter()
+        ce = evaluate_cross_entropy(model, val, d.in_len, d.out_len, choice.amp_dtype, eval_batch)
+        dt = time.perf_counter() - t0
+        eval_s += dt
+        train_loss = float(loss_sum) / loss_n if loss_n else math.nan
+        loss_sum.zero_()
+        loss_n = 0
+        run.curve.append({"recipe": cfg.name, "step": step, "sequences": step * d.batch_size,
+                          "epochs": step * d.batch_size / 10_000, "train_s": round(train_s, 3),
+                          "wall_s": round(time.perf_counter() - t_start, 3), "train_loss": train_loss,
+                          "val_ce": ce})
+        if ce < run.val_ce_best or best_state is None:
+            run.val_ce_best, run.best_step = ce, step
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        say(f"[table1] {label}: step {step}  seqs {step * d.batch_size}  train {train_s:.1f} s  "
+            f"train_loss {train_loss:.5f}  val CE {ce:.2f} ({dt:.1f} s)")
+        return dt
+
+    val_dt = validate(0)
+    # the end needs one more validation and the test set (a float32 forward costs about 3x more);
+    # the validations in between come out of the training time
+    end_cost = val_dt * (1 + len(test) / max(len(val), 1) * (4 if fp32_test else 1)) * 1.15 + 1.0
+    stop_at = slot_s - end_cost                       # wall seconds since t_start
+    train_avail = stop_at - (time.perf_counter() - t_start) - max(val_points - 2, 0) * val_dt * 1.1
+    every = max(train_avail, 0.0) / max(val_points - 1, 1)
+    next_val = every
+    step = 0
+    t_loop = time.perf_counter()
+    while True:
+        if max_steps is not None and step >= max_steps:
+            break
+        if max_steps is None and time.perf_counter() - t_start >= stop_at:
+            break
+        seq, _ = data.train_batch(d.batch_size, gen)
+        x, y = split_io(seq, d.in_len)
+        loss_sum += step_engine.step(x, y, None)
+        loss_n += 1
+        step += 1
+        if step % sync_every == 0 or step == 1 or (max_steps is not None and step >= max_steps):
+            bad = step_engine.check()  # the NaN guard; one sync, so the clock below is honest
+            train_s = time.perf_counter() - t_loop
+            if bad is not None:
+                run.stopped = f"non-finite training loss at step {bad}"
+                say(f"[table1] {label}: STOPPED, {run.stopped}")
+                break
+            if (max_steps is None and train_s >= next_val
+                    and time.perf_counter() - t_start < stop_at - every / 2 - val_dt):
+                v0 = time.perf_counter()
+                validate(step)
+                t_loop += time.perf_counter() - v0  # validation time is not training time
+                next_val += every
+    _sync(dev)
+    train_s = time.perf_counter() - t_loop
+    run.steps, run.sequences, run.train_s = step, step * d.batch_size, train_s
+    run.samples_per_s = run.sequences / max(train_s, 1e-9)
+    if run.stopped is None and (not run.curve or run.curve[-1]["step"] != step):
+        validate(step)
+    model.load_state_dict(best_state)
+    t0 = time.perf_counter()
+    run.test_ce = evaluate_cross_entropy(model, test, d.in_len, d.out_len, choice.amp_dtype, eval_batch)
+    if fp32_test:
+        run.test_ce_fp32_forward = evaluate_cross_entropy(model, test, d.in_len, d.out_len, None, eval_batch)
+    eval_s += time.perf_counter() - t0
+    run.eval_s = eval_s
+    if dev.type == "cuda":
+        run.peak_gpu_memory_gib = torch.cuda.max_memory_allocated(dev) / 2**30
+    run.wall_s = time.perf_counter() - t_start
+    say(f"[table1] {label}: {step} steps ({run.sequences / 10_000:.2f} epochs of 10,000) in {train_s:.1f} s, "
+        f"{run.samples_per_s:.0f} samples/s; best val CE {run.val_ce_best:.2f} at step {run.best_step}; "
+        f"test CE {run.test_ce:.2f}" + (f" (fp32 forward {run.test_ce_fp32_forward:.2f})" if fp32_test else "")
+        + f" (paper {paper:.2f}); {run.wall_s:.1f} s of a {slot_s:.1f} s share")
+    return run
+
+
+# ---- configs -------------------------------------------------------------------------------------
+def table1_configs(overrides: list[str] | None = None, dry_run: bool = False,
+                   recipes_dir: Path = RECIPES_DIR, only: list[str] | None = None) -> list:
+    """The six recipes of Table 1 in the paper's order (``only``: those whose name contains one of
+    the strings). Dry run: widths / 32 (at least 4)."""
+    from convlstm_dist.config import load_config
+
+    by_name = {}
+    for path in sorted(recipes_dir.glob("*.yaml")):
+        cfg = load_config(path, overrides)
+        if dry_run:
+            cfg = load_config(path, [*(overrides or []),
+                                     f"model.hidden=[{', '.join(str(max(4, h // 32)) for h in cfg.model.hidden)}]"])
+        by_name[cfg.name] = cfg
+    missing = [n for n in PAPER_TABLE1 if n not in by_name]
+    if missing:
+        raise SystemExit(f"recipes missing under {recipes_dir}: {', '.join(missing)}")
+    names = [n for n in PAPER_TABLE1 if not only or any(s in n for s in only)]
+    return [by_name[n] for n in names]
+
+
+def share_weight(name: str, specs: list[str]) -> float:
+    """The budget weight of recipe ``name`` from ``--weight NAME=W`` specs (the last match wins; 1 if none)."""
+    w = 1.0
+    for spec in specs:
+        key, sep, val = spec.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected NAME=W, got {spec!r}")
+        try:
+            weight = float(val)
+        except ValueError:
+            raise ValueError(f"weight of {key!r} is not a number: {val!r}") from None
+        if not weight > 0 or math.isinf(weight):
+            raise ValueError(f"weight of {key!r} must be positive, got {val}")
+        if key in name:
+            w = weight
+    return w
+
+
+def full_size_params(cfg) -> int:
+    """Parameters of the recipe's model at full size (built on the meta device: no memory)."""
+    from convlstm_dist.config import build_model_from_config
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_model_from_config(cfg).parameters())
+
+
+# ---- report --------------------------------------------------------------------------------------
+def _ranks(values: list[float]) -> list[int]:
+    order = sorted(range(len(values)), key=lambda i: (math.isnan(values[i]), values[i]))
+    r = [0] * len(values)
+    for k, i in enumerate(order):
+        r[i] = k + 1
+    return r
+
+
+def kendall_tau(a: list[float], b: list[float]) -> float:
+    n, s = len(a), 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            s += (1 if (a[i] - a[j]) * (b[i] - b[j]) > 0 else -1 if (a[i] - a[j]) * (b[i] - b[j]) < 0 else 0)
+    return s / (n * (n - 1) / 2) if n > 1 else math.nan
+
+
+def verdict(runs: list[ModelRun]) -> dict:
+    ours, paper = [r.test_ce for r in runs], [r.paper_ce for r in runs]
+    target = next((r for r in runs if r.recipe == TARGET_RECIPE), None)
+    full = len(runs) == len(PAPER_TABLE1)
+    return {
+        "paper_rank": _ranks(paper), "our_rank": _ranks(ours),
+        "ranking_reproduced": full and _ranks(paper) == _ranks(ours),
+        "kendall_tau": kendall_tau(ours, paper),
+        "target_recipe": TARGET_RECIPE,
+        "target_met": bool(target is not None and target.test_ce <= target.paper_ce),
+    }
+
+
+def markdown(runs: list[ModelRun], meta: dict) -> str:
+    v = verdict(runs)
+    fp32 = any(r.test_ce_fp32_forward is not None for r in runs)
+    head = ("| model (Table 1) | parameters | paper CE | our test CE | ours − paper | best val CE | rank paper / ours "
+            "| steps | epochs (10k seqs) | train time | samples/s | engine |")
+    lines = [f"# Moving MNIST, Table 1 of Shi et al. (2015), on one device{' (DRY RUN)' if meta['dry_run'] else ''}",
+             "",
+             (f"- Device: {meta['device_name']}; torch {meta['torch']}; budget {meta['budget_s']:.0f} s, "
+              f"used {meta['wall_s']:.0f} s; {meta['when']}."),
+             f"- Command: `{meta['command']}`",
+             (f"- Data: generated on the device per batch; digit pools train {meta['pools']['train']}, "
+              f"validation {meta['pools']['val']}, test {meta['pools']['test']} (indices into the 10,000 MNIST "
+              f"test digits, no overlap); {meta['n_val']} validation and {meta['n_test']} test sequences "
+              f"(fixed seeds), 2 digits, 20 frames of 64×64 (10 → 10)."),
+             ("- Cross-entropy: binary cross-entropy summed over the 10 predicted 64×64 frames, averaged over "
+              "sequences; logits cast to float32 before the loss (forward under the training autocast); test "
+              "CE with the weights of the best validation CE."),
+             (f"- A perfect forecast of these test sequences scores **{meta['test_entropy']:.2f}** (entropy of "
+              "the grey-level targets)."),
+             ""]
+    if meta["dry_run"]:
+        lines += ["**Dry run**: the models are trained at 1/32 of their width for a fixed few steps (the budget "
+                  "only sizes the shares); the numbers below only show that the path works. Full-size parameter counts (meta device) against the "
+                  "paper's: " + ", ".join(f"{r['recipe']} {r['full_params']:,} "
+                                          f"({'ok' if r['full_params'] == r['paper_params'] else 'MISMATCH'})"
+                                          for r in meta["param_check"]) + ".", ""]
+    lines += [head + (" test CE, fp32 forward |" if fp32 else ""),
+              "| --- | ---: | ---: | ---: | ---: | ---: | :---: | ---: | ---: | ---: | ---: | --- |"
+              + (" ---: |" if fp32 else "")]
+    for r, rp, ro in zip(runs, v["paper_rank"], v["our_rank"]):
+        lines.append(f"| {r.model} | {r.params:,} | {r.paper_ce:.2f} | {r.test_ce:.2f} | {r.test_ce - r.paper_ce:+.2f} | "
+                     f"{r.val_ce_best:.2f} | {rp} / {ro} | {r.steps} | {r.sequences / 10_000:.2f} | {r.train_s:.0f} s | "
+                     f"{r.samples_per_s:.0f} | {r.engine} {r.precision}"
+                     + (f"{' (' + r.stopped + ')' if r.stopped else ''} |")
+                     + (f" {r.test_ce_fp32_forward:.2f} |" if fp32 else ""))
+    target = next((r for r in runs if r.recipe == TARGET_RECIPE), None)
+    lines += ["",
+              (f"- **Ranking** (1 = lowest CE): paper {v['paper_rank']}, ours {v['our_rank']}: "
+               f"{'reproduced' if v['ranking_reproduced'] else 'not reproduced'} (Kendall τ {v['kendall_tau']:.2f}"
+               f"{'' if len(runs) == len(PAPER_TABLE1) else f', only {len(runs)} of 6 models'})."),
+              "- **Target** (3-layer 5×5 model, test CE ≤ the paper's 3670.85): "
+              + ("not run" if target is None else
+                 f"{target.test_ce:.2f} → {'met' if v['target_met'] else 'not met'}") + ".",
+              f"- Learning curves: `{meta['prefix']}.png`; every validation point: `{meta['prefix']}-curves.csv`.",
+              ""]
+    return "\n".join(lines)
+
+
+def plot(runs: list[ModelRun], path: Path, floor: float | None = None) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    colors = ["C0", "C1", "C2", "C3", "C4", "C5"]
+    for r, c in zip(runs, colors):
+        if not r.curve:
+            continue
+        ce = [p["val_ce"] for p in r.curve]
+        for ax, key in zip(axes, ("train_s", "epochs")):
+            ax.plot([p[key] for p in r.curve], ce, "-o", ms=3, color=c, label=f"{r.model} (test {r.test_ce:.0f})")
+            ax.axhline(r.paper_ce, color=c, ls=":", lw=0.8)
+    for ax, xl in zip(axes, ("training time (s)", "epochs (10,000 sequences)")):
+        if floor is not None:
+            ax.axhline(floor, color="k", ls="--", lw=0.8)
+        ax.set_xlabel(xl)
+        ax.set_ylabel("validation cross-entropy per sequence")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
+    axes[1].set_title("dotted: paper's Table 1; dashed: perfect forecast", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    return path
+
+
+def write_report(runs: list[ModelRun], meta: dict, out: Path, prefix: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {**meta, "prefix": prefix}
+    files = [out / f"{prefix}.md", out / f"{prefix}.csv", out / f"{prefix}-curves.csv", out / f"{prefix}.png",
+             out / f"{prefix}.json"]
+    files[0].write_text(markdown(runs, meta))
+    rows = [r.row() for r in runs]
+    with files[1].open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    points = [p for r in runs for p in r.curve]
+    with files[2].open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(points[0]) if points else ["recipe"])
+        w.writeheader()
+        w.writerows(points)
+    plot(runs, files[3], meta.get("test_entropy"))
+    files[4].write_text(json.dumps({"meta": meta, "verdict": verdict(runs), "runs": [r.__dict__ for r in runs]},
+                                   indent=1, default=float))
+    return files
+
+
+# ---- command line --------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    t0 = time.perf_counter()
+    ap = argparse.ArgumentParser(prog="python -m convlstm_dist.verify.mnist_table1",
+                                 description="The six Moving MNIST models of Table 1 (Shi et al. 2015), one after "
+                                             "another on one device, data generated there, within a time budget.")
+    ap.add_argument("--out", required=True, help="folder for the report files")
+    ap.add_argument("--budget-s", type=float, required=True, help="wall-clock seconds for the whole run")
+    ap.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    ap.add_argument("--dry-run", action="store_true", help="tiny models, a couple of steps each: proves the path")
+    ap.add_argument("--prefix", default=None, help="report file names (default table1, dry run table1-dryrun)")
+    ap.add_argument("--models", nargs="*", default=None, help="only recipes whose name contains one of these")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="recipe override for every model, e.g. data.batch_size=32 or train.lr=5e-4")
+    ap.add_argument("--val-n", type=int, default=None, help="validation sequences (default 1000; dry 4)")
+    ap.add_argument("--test-n", type=int, default=None, help="test sequences (default the recipes' 3000; dry 4)")
+    ap.add_argument("--val-points", type=int, default=6, help="validations per model, the start included")
+    ap.add_argument("--eval-batch", type=int, default=None, help="sequences per evaluation batch (default 100)")
+    ap.add_argument("--max-steps", type=int, default=None, help="training steps per model (default: the time share)")
+    ap.add_argument("--engine", default=None, choices=["auto", "eager", "compiled", "graph"],
+                    help="step engine (default: the recipes' train.engine, auto)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the gate arithmetic (CUDA; about a minute of compilation in the first model)")
+    ap.add_argument("--weight", action="append", default=[], metavar="NAME=W",
+                    help="share of the budget of the recipes whose name contains NAME, relative to 1 (default: "
+                         "equal shares), e.g. --weight 5x5-128-64-64=2")
+    ap.add_argument("--fp32-test", action="store_true", help="also score the test set with a float32 forward")
+    ap.add_argument("--seed", type=int, default=0, help="training seed (data and weights)")
+    ap.add_argument("--images", default=None, help="MNIST test images (default ../shared/data/mnist or the shipped copy)")
+    a = ap.parse_args(argv)
+
+    dry = a.dry_run
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            print("--device cuda: no CUDA device is visible to torch here; use --device cpu", file=sys.stderr)
+            return 2
+        torch.backends.cudnn.benchmark = True
+    overrides = list(a.overrides) + (["data.batch_size=2"] if dry else [])
+    cfgs = table1_configs(overrides, dry, only=a.models)
+    if not cfgs:
+        print(f"no recipe matches --models {a.models}", file=sys.stderr)
+        return 2
+    n_val = a.val_n or (4 if dry else 1000)
+    n_test = a.test_n or (4 if dry else cfgs[0].data.mnist_test)
+    eval_batch = a.eval_batch or (4 if dry else 100)
+    max_steps = a.max_steps or (2 if dry else None)
+    prefix = a.prefix or ("table1-dryrun" if dry else "table1")
+    out = Path(a.out)
+    images = Path(a.images) if a.images else default_images_path()
+
+    data = DeviceMovingMNIST(dev, images, seq_len=cfgs[0].data.in_len + cfgs[0].data.out_len,
+                             size=cfgs[0].model.height)
+    val, test = data.eval_set("val", n_val), data.eval_set("test", n_test)
+    floor = target_entropy(test, cfgs[0].data.in_len, eval_batch)
+    param_check = []
+    if dry:
+        full = table1_configs(a.overrides, False, only=a.models)
+        param_check = [{"recipe": c.name, "full_params": full_size_params(c), "paper_params": PAPER_TABLE1[c.name][1]}
+                       for c in full]
+    meta = {
+        "dry_run": dry, "device": str(dev), "torch": torch.__version__, "python": platform.python_version(),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({platform.machine()}, "
+                                                                                  f"{torch.get_num_threads()} threads)",
+        "budget_s": a.budget_s, "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": "python -m convlstm_dist.verify.mnist_table1 " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "pools": {k: f"{lo}-{hi - 1}" for k, (lo, hi) in POOLS.items()}, "n_val": n_val, "n_test": n_test,
+        "images": os.path.relpath(images, RECIPES_DIR.parents[1]), "test_entropy": floor, "overrides": overrides, "seed": a.seed,
+        "param_check": param_check, "weights": a.weight, "setup_s": time.perf_counter() - t0,
+    }
+    print(f"[table1] {len(cfgs)} models on {meta['device_name']}, budget {a.budget_s:.0f} s; data on the device "
+          f"(pools {meta['pools']}); {n_val} val / {n_test} test sequences; perfect-forecast CE {floor:.2f}; "
+          f"set-up {meta['setup_s']:.1f} s", flush=True)
+    for p in param_check:
+        print(f"[table1] full-size {p['recipe']}: {p['full_params']:,} parameters (paper {p['paper_params']:,})"
+              f"{'' if p['full_params'] == p['paper_params'] else '  MISMATCH'}")
+
+    try:
+        weights = [share_weight(c.name, a.weight) for c in cfgs]
+    except ValueError as err:
+        print(f"--weight: {err}", file=sys.stderr)
+        return 2
+    runs: list[ModelRun] = []
+    report_reserve = 5.0  # writing the report after the last model
+    for i, cfg in enumerate(cfgs):
+        left = a.budget_s - (time.perf_counter() - t0) - report_reserve
+        slot = left * weights[i] / sum(weights[i:])
+        print(f"[table1] ({i + 1}/{len(cfgs)}) {cfg.name}: share {slot:.1f} s", flush=True)
+        runs.append(train_one(cfg, data, val, test, slot, seed=a.seed + i, engine=a.engine, compile=a.compile,
+                              max_steps=max_steps, val_points=a.val_points, eval_batch=eval_batch,
+                              fp32_test=a.fp32_test, say=lambda m: print(m, flush=True)))
+        gc.collect()  # the model, its optimizer and CUDA graph are gone: give their memory back
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        meta["wall_s"] = time.perf_counter() - t0
+        files = write_report(runs, meta, out, prefix)
+    v = verdict(runs)
+    print(markdown(runs, {**meta, "prefix": prefix}))
+    print(f"[table1] ranking {'reproduced' if v['ranking_reproduced'] else 'not reproduced'} "
+          f"(Kendall tau {v['kendall_tau']:.2f}); target {'met' if v['target_met'] else 'not met'}; "
+          f"total {time.perf_counter() - t0:.1f} s of {a.budget_s:.0f} s")
+    print("[table1] wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
