@@ -122,7 +122,7 @@ def weights_digest(state_dict: dict) -> str:
     return h.hexdigest()
 
 
-SLIM_KEYS = ("epoch", "step", "best", "lead_table", "variable", "history")
+SLIM_KEYS = ("epoch", "step", "best", "lead_table", "variable", "history", "data_version")
 
 
 def slim_checkpoint(src: str | Path | dict, dst: str | Path) -> Path:

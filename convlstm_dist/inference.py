@@ -89,7 +89,8 @@ class Nowcaster:
             from convlstm_dist.checkpoint import load_model
 
             model, cfg, payload = load_model(p, device, trust=trust)
-            return cls(model, cfg, payload["quantity"], f"checkpoint {p}", device, {"kind": "checkpoint"})
+            return cls(model, cfg, payload["quantity"], f"checkpoint {p}", device,
+                       {"kind": "checkpoint", "data_version": (payload.get("train") or {}).get("data_version")})
         tried.append(f"no checkpoint file or directory {ref}")
         looks_like_path = "/" in ref and not ref.startswith(MLFLOW_SCHEMES)
         if looks_like_path or ref.endswith(".pt"):
@@ -111,7 +112,7 @@ class Nowcaster:
         model = getattr(model, "module", model).to(device).eval()
         return cls(model, cfg, payload.get("quantity") or quantity_for(cfg), f"MLflow {model_uri} ({uri})", device,
                    {"kind": "mlflow", "model_uri": model_uri, "run_id": run_id, "name": name,
-                    "tracking_uri": uri})
+                    "tracking_uri": uri, "data_version": (payload.get("train") or {}).get("data_version")})
 
     # -- properties -------------------------------------------------------------------------
     @property

@@ -82,6 +82,29 @@ def _open(args):
     return open_archive(args.archive, storage_options_for(args.archive, args.endpoint_url))
 
 
+def _same_url(a: str, b: str) -> bool:
+    from convlstm_dist.data.storage import is_remote
+
+    if is_remote(a) or is_remote(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def _pinned(archive, nc, args):
+    """The model's own archive at the frames its run was pinned to (``train/data_pin.py``): the
+    split windows of a run are those of the data it trained on, even after later appends."""
+    from convlstm_dist.data.archive import open_archive
+    from convlstm_dist.data.storage import storage_options_for
+
+    for pin in nc.info.get("data_version") or []:
+        if _same_url(str(pin.get("url", "")), archive.url) and int(pin["frames"]) < len(archive.times):
+            print(f"[evaluate] {archive.url}: the split of the run's pinned data ({pin['frames']} of "
+                  f"{len(archive.times)} frames, up to {pin['last_time']})", flush=True)
+            return open_archive(args.archive, storage_options_for(args.archive, args.endpoint_url),
+                                int(pin["frames"]))
+    return archive
+
+
 def _tracking_uri(args, nc) -> str | None:
     import os
 
@@ -110,6 +133,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     nc = Nowcaster.load(args.model, args.tracking_uri, args.workdir, trust=args.trust_model)
     archive = _open(args)
     split = args.split or ("test" if args.start is None and args.end is None else None)
+    if split is not None:
+        archive = _pinned(archive, nc, args)
     sel = select_windows(nc, archive, split, args.start, args.end, args.n_out, args.max_windows)
     baselines = [] if args.baselines.strip().lower() == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
     print(f"[evaluate] {nc.source}: {len(sel.starts)} windows ({sel.label}) of {sel.in_len}+{sel.n_out} frames "

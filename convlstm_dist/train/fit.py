@@ -92,6 +92,7 @@ class FitOptions:
     engine: str | None = None              # override ``train.engine`` (``train --local --cuda-graph``)
     fault_nan_at: list[int] | None = None  # fault injection: ``[epoch, batch]`` gets a NaN loss
     log_every_s: float = 30.0              # a progress line inside long epochs (rank 0)
+    data_version: list | None = None       # the frames the run is pinned to (``train/data_pin.py``)
 
 
 @dataclass
@@ -222,6 +223,8 @@ def fit(cfg, backend: Backend, variable: str, tracker=None, opts: FitOptions | N
         say(f"[train] resumed from {restored[1]} (epoch {state.epoch}, step {state.step})")
     if tracker is not None:
         state.run_id = tracker.run_id
+    if opts.data_version is not None:
+        state.extra["data_version"] = opts.data_version
     engine = StepEngine(model, train_model, opt, scaler, training_loss(t.loss, quantity), cfg.data.out_len,
                         choice.amp_dtype, t.grad_clip, choice.mode, dev, say=say)
     say(choice.line(dev))

@@ -33,6 +33,7 @@ import torch
 from convlstm_dist.checkpoint import read_checkpoint
 from convlstm_dist.config import Config
 from convlstm_dist.errors import UserError
+from convlstm_dist.train.data_pin import log_pin, read_pin, write_pin
 from convlstm_dist.train.driver import Resolved, resolve
 from convlstm_dist.train.engine import choose_engine
 from convlstm_dist.train.fit import Backend, FitOptions, fault_nan_at, fit
@@ -176,10 +177,14 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
         cfg = cfg.model_copy(deep=True)
         cfg.train.time_budget_s = time_budget_s
     res = resolve(cfg, workdir)  # workdir, run name, MLflow URI and experiment as for `train`
-    plan = DataPlan.from_config(cfg, res.workdir)
     run_name = res.run_name
     out_dir = res.workdir / "local" / run_name
+    pin = read_pin(out_dir)  # a rerun plans on the frames the run started with
+    plan = DataPlan.from_config(cfg, res.workdir, pinned=pin)
     out_dir.mkdir(parents=True, exist_ok=True)
+    version = pin if pin is not None else plan.version()
+    if pin is None:
+        write_pin(out_dir, version)
     dev = _device(device)
     need = plan.memory_bytes()
     if need > max_memory_gb * 2**30:
@@ -203,8 +208,10 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
     backend = LocalBackend(cfg, splits, out_dir, dev, run_name, steps_per_epoch, progress)
     tracker = _open_tracker(cfg, res, run_name)
     try:
-        r = fit(cfg, backend, plan.variable, tracker,
-                FitOptions(engine=engine, fault_nan_at=fault_nan_at(), log_every_s=log_every_s))
+        if tracker is not None:
+            log_pin(tracker, version)
+        r = fit(cfg, backend, plan.variable, tracker, FitOptions(engine=engine, fault_nan_at=fault_nan_at(),
+                                                                 log_every_s=log_every_s, data_version=version))
     except BaseException as exc:
         if tracker is not None:
             tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

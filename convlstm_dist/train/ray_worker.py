@@ -108,4 +108,5 @@ def train_loop_per_worker(config: dict) -> None:
         from convlstm_dist.tracking.mlflow_tracker import Tracker
 
         tracker = Tracker(config["tracking_uri"], config["run_id"])
-    fit(cfg, backend, config["variable"], tracker, FitOptions(fault_nan_at=config.get("fault_nan_at")))
+    fit(cfg, backend, config["variable"], tracker,
+        FitOptions(fault_nan_at=config.get("fault_nan_at"), data_version=config.get("data_version")))
