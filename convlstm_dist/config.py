@@ -18,7 +18,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from convlstm_dist.errors import UserError
-from convlstm_dist.train.metrics import metric_name
 
 
 class _Strict(BaseModel):
@@ -118,6 +117,13 @@ class DataConfig(_Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
     seed: int = 0
     crops_per_window: int = Field(1, ge=1)
+    loader: Literal["auto", "stream", "memory"] = Field(
+        "auto", description="how Ray Train workers get batches: stream (Ray Data read tasks, any archive size), "
+                            "memory (each worker reads the frames once and cuts its batches in a background "
+                            "thread: no per-epoch start-up), auto = memory when the plan's frames fit "
+                            "data.memory_limit_gb, else stream. train --local always holds them in memory")
+    memory_limit_gb: float = Field(2.0, gt=0, description="data.loader auto: largest frame footprint (GiB, per "
+                                                           "worker) held in memory")
     augment: bool = Field(False, description="training crops get one of the 8 flips/rotations of the square "
                                              "(the same for every frame of a window); validation never")
     # Moving MNIST (generated): sequences per split
@@ -193,6 +199,9 @@ class RunConfig(_Strict):
     @field_validator("checkpoint_metric")
     @classmethod
     def _metric(cls, v: str) -> str:
+        # imported here: train/ imports config at module level (no config <-> train import cycle)
+        from convlstm_dist.train.metrics import metric_name
+
         return metric_name(v)
 
 
@@ -218,7 +227,8 @@ class Config(_Strict):
         return check_name(v, "name")  # it names runs and experiments
 
 
-def _set_path(tree: dict, dotted: str, value: Any) -> None:
+def set_path(tree: dict, dotted: str, value: Any) -> None:
+    """``tree[a][b][c] = value`` for ``dotted`` ``a.b.c``, creating sections; a value in the way → ``UserError``."""
     keys = dotted.split(".")
     node = tree
     for k in keys[:-1]:
@@ -236,24 +246,29 @@ def parse_overrides(overrides: list[str] | None) -> dict:
         if "=" not in item:
             raise UserError(f"--set expects key=value (e.g. train.lr=3e-4), got {item!r}")
         key, raw = item.split("=", 1)
-        _set_path(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        set_path(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
     return tree
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge_tree(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` laid on top, section by section (neither is changed)."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_tree(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
-def _format_validation(err: ValidationError, origin: str) -> str:
-    lines = [f"invalid configuration ({origin}):"]
+UNKNOWN_KEY = "unknown key (check spelling; `convlstm-dist config --show` prints every key)"
+
+
+def validation_message(err: ValidationError, header: str, unknown_key: str = UNKNOWN_KEY) -> str:
+    """``header``, then one ``  a.b.c: problem`` line per pydantic error (``unknown_key`` for a forbidden key)."""
+    lines = [header]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check spelling; `convlstm-dist config --show` prints every key)"
+            msg = unknown_key
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
 
@@ -262,7 +277,7 @@ def config_from_dict(tree: dict, origin: str = "dict") -> Config:
     try:
         return Config.model_validate(tree)
     except ValidationError as err:
-        raise UserError(_format_validation(err, origin)) from None
+        raise UserError(validation_message(err, f"invalid configuration ({origin}):")) from None
 
 
 def read_yaml_mapping(path: str | Path, what: str, where: str, keys: str) -> dict:
@@ -288,7 +303,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                                  "sections (model:, data:, train: ...)")
         origin = str(path)
     if overrides:
-        tree = _merge(tree, parse_overrides(overrides))
+        tree = merge_tree(tree, parse_overrides(overrides))
         origin += " + --set"
     return config_from_dict(tree, origin)
 

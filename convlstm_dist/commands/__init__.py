@@ -10,6 +10,7 @@ COMMAND_MODULES = [
     "convlstm_dist.commands.data_check",
     "convlstm_dist.commands.describe",
     "convlstm_dist.commands.evaluate",
+    "convlstm_dist.commands.skill_report",
     "convlstm_dist.commands.train",
     "convlstm_dist.commands.tune",
     "convlstm_dist.commands.ui",

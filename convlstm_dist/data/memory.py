@@ -73,9 +73,13 @@ class MultiMemorySplit:
         return sum(self._sizes())
 
     def batches(self, batch_size: int, seed: int, epoch: int, shuffle: bool, cpw: int = 1,
-                augment: bool = False, drop_last: bool = False):
+                augment: bool = False, drop_last: bool = False, shard: tuple[int, int] = (0, 1)):
         """Numpy batches (compact rows of ``cut_windows`` plus ``src``). Training (``shuffle``): weighted
-        and shuffled from (seed, epoch); otherwise every window once, archive by archive."""
+        and shuffled from (seed, epoch); otherwise every window once, archive by archive.
+
+        ``shard=(rank, world)``: every rank draws the same epoch order and cuts only its own batches
+        (batch i goes to rank ``i % world``), the same number on every rank (DDP steps in lockstep):
+        the remaining ``< world`` batches of the epoch are left out."""
         from convlstm_dist.data.mix import epoch_units, shuffled
 
         units = epoch_units(self._sizes(), self.weights, seed, epoch, shuffle=False, weighted=shuffle)
@@ -86,7 +90,11 @@ class MultiMemorySplit:
             perm = shuffled(len(src), seed, epoch)
             src, win, draws = src[perm], win[perm], draws[perm]
         n = len(src) - (len(src) % batch_size if drop_last else 0)
-        for i in range(0, n, batch_size):
+        rank, world = shard
+        starts = list(range(0, n, batch_size))
+        if world > 1:
+            starts = starts[:len(starts) - len(starts) % world][rank::world]
+        for i in starts:
             yield self._cut(src[i:i + batch_size], win[i:i + batch_size], draws[i:i + batch_size],
                             seed, epoch, augment)
 

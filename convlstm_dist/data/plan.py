@@ -298,14 +298,14 @@ class DataPlan:
         return sum(MemorySplit.nbytes(src.archives[s], src.starts[s], length)
                    for src in self.sources for s in SPLITS if len(src.starts.get(s, ())))
 
-    def memory_splits(self) -> dict:
+    def memory_splits(self, splits=SPLITS) -> dict:
         """Split -> :class:`convlstm_dist.data.memory.MultiMemorySplit` (frames read into memory once, one
-        part per archive, training weights applied), for the single-process backend; splits without
-        windows are left out."""
+        part per archive, training weights applied), for in-memory batches (``data.loader: memory``);
+        splits without windows are left out."""
         from convlstm_dist.data.memory import MemorySplit, MultiMemorySplit
 
         out = {}
-        for s in SPLITS:
+        for s in splits:
             if not self.counts()[s]:
                 continue
             parts = [MemorySplit(src.archives[s], src.starts[s], self.in_len, self.out_len, self.crop)

@@ -58,7 +58,7 @@ def s3_endpoint(endpoint_url: str | None) -> str | None:
     return endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
 
 
-def _storage(storage_path: str, endpoint_url: str | None, **fs_options):
+def storage_filesystem(storage_path: str, endpoint_url: str | None, **fs_options):
     """(storage_path, pyarrow filesystem or None) for RunConfig; s3:// gets an explicit filesystem
     (``fs_options``: extra ``S3FileSystem`` arguments, e.g. the write probe's short timeouts)."""
     if not storage_path.startswith("s3://"):
@@ -76,7 +76,7 @@ def _storage(storage_path: str, endpoint_url: str | None, **fs_options):
     return storage_path[len("s3://"):], pafs.S3FileSystem(**{k: v for k, v in kw.items() if v is not None})
 
 
-def _init_ray(cfg: Config, res: Resolved) -> bool:
+def init_ray(cfg: Config, res: Resolved) -> bool:
     """Connect to (or start) Ray; True if this call started a local Ray instance (this process owns it)."""
     import ray
 
@@ -101,12 +101,12 @@ def _init_ray(cfg: Config, res: Resolved) -> bool:
 
 def _link_ray_logs(workdir: Path) -> None:
     """``<workdir>/logs/ray`` -> this Ray session's log folder (worker output, Ray's own chatter)."""
-    try:
-        from ray._private.worker import global_worker
+    from convlstm_dist.ray_runtime import session_log_dir
 
-        session = Path(global_worker.node.get_session_dir_path()) / "logs"
-    except Exception:  # noqa: BLE001 - attached to a remote cluster: its logs live there
+    logs = session_log_dir()
+    if logs is None:  # attached to a remote cluster: its logs live there
         return
+    session = Path(logs)
     link = Path(workdir) / "logs" / "ray"
     link.parent.mkdir(parents=True, exist_ok=True)
     if link.is_symlink() or link.exists():
@@ -135,10 +135,19 @@ def preflight(cfg: Config, workdir: str | Path, storage_path: str | None = None)
     return res, plan
 
 
+def data_loader(cfg: Config, plan) -> str:
+    """``stream`` or ``memory``: how the workers get batches (``data.loader``; auto = memory when the
+    plan's frames fit ``data.memory_limit_gb`` per worker)."""
+    if cfg.data.loader != "auto":
+        return cfg.data.loader
+    return "memory" if plan.memory_bytes() <= cfg.data.memory_limit_gb * 2**30 else "stream"
+
+
 def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_name: str,
                   tracking_uri: str | None, run_id: str | None, metric: str | None = None,
-                  mode: str = "min", callbacks: list | None = None):
-    """The ``TorchTrainer`` of one run (used by ``train`` and by every Tune trial)."""
+                  mode: str = "min", callbacks: list | None = None, data_version: list | None = None):
+    """The ``TorchTrainer`` of one run (used by ``train`` and by every Tune trial); ``data_version``:
+    the frames the run is pinned to (``train/data_pin.py``), kept in its checkpoints."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -148,7 +157,8 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
     from convlstm_dist.train.recovery import repair_checkpoints
 
     check_cluster_resources(cfg)  # resources the cluster can never give: fail now, not wait forever
-    path, fs = _storage(storage_path, cfg.data.endpoint_url)
+    memory = data_loader(cfg, plan) == "memory"
+    path, fs = storage_filesystem(storage_path, cfg.data.endpoint_url)
     repair_checkpoints(path, fs, run_name)  # a damaged newest checkpoint: resume from the newest intact one
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
@@ -156,7 +166,8 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "variable": plan.variable, "clock": clock_name,
-                           "tracking_uri": tracking_uri, "run_id": run_id, "fault_nan_at": fault_nan_at()},
+                           "tracking_uri": tracking_uri, "run_id": run_id, "fault_nan_at": fault_nan_at(),
+                           "data_version": data_version, "plan": plan if memory else None},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -167,19 +178,31 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             callbacks=callbacks or [],
         ),
-        datasets=plan.datasets(cfg.data.seed, clock_name, cfg.data.crops_per_window, cfg.data.augment),
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        datasets=None if memory else plan.datasets(cfg.data.seed, clock_name, cfg.data.crops_per_window,
+                                                   cfg.data.augment),
+        dataset_config=None if memory else ray.train.DataConfig(datasets_to_split=["train"]),
     )
 
 
 def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = True) -> TrainOutcome:
     from convlstm_dist.train.guards import check_cluster_resources
 
+    from convlstm_dist.data.plan import DataPlan
+    from convlstm_dist.train.data_pin import log_pin, read_pin, write_pin
+
     res, plan = preflight(cfg, workdir)
     say = print if progress else (lambda *a, **k: None)
+    run_folder = f"{res.storage_path.rstrip('/')}/{res.run_name}"
+    version = read_pin(run_folder, cfg.data.endpoint_url)
+    if version is not None:  # a rerun of this run: the frames it started with, even if the archive grew
+        plan = DataPlan.from_config(cfg, res.workdir, pinned=version)
+    else:
+        version = plan.version()
+        write_pin(run_folder, version, cfg.data.endpoint_url)
     say(f"[convlstm-dist] run '{res.run_name}': windows per split {plan.counts()}, "
-        f"crop {plan.crop[0]}x{plan.crop[1]}, {cfg.scaling.num_workers} worker(s)")
-    own_ray = _init_ray(cfg, res)
+        f"crop {plan.crop[0]}x{plan.crop[1]}, {cfg.scaling.num_workers} worker(s), "
+        f"{data_loader(cfg, plan)} batches ({plan.memory_bytes() / 2**30:.2f} GiB of frames)")
+    own_ray = init_ray(cfg, res)
     check_cluster_resources(cfg)  # before an MLflow run is opened for a run that could never start
     tracker = None
     if res.tracking_uri:
@@ -194,8 +217,9 @@ def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = 
             import json
 
             tracker.log_text(json.dumps(plan.record, indent=2, default=str), "split.json")
+            log_pin(tracker, version)
             say(f"[convlstm-dist] MLflow {'resumed' if resumed else 'new'} run {tracker.run_id} at {res.tracking_uri}")
-        out = _fit_and_report(cfg, plan, res, tracker, say, progress, own_ray)
+        out = _fit_and_report(cfg, plan, res, tracker, say, progress, own_ray, version)
     except BaseException as exc:  # never leave the MLflow run RUNNING
         if tracker:
             try:
@@ -209,7 +233,7 @@ def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = 
 
 
 def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bool,
-                    own_ray: bool = False) -> TrainOutcome:
+                    own_ray: bool = False, data_version: list | None = None) -> TrainOutcome:
     import ray
 
     from convlstm_dist.data.datasource import epoch_clock
@@ -219,7 +243,7 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
     clock_name = f"convlstm-epoch-clock-{res.run_name}"
     clock = epoch_clock(clock_name)
     trainer = build_trainer(cfg, plan, res.run_name, res.storage_path, clock_name, res.tracking_uri,
-                            tracker.run_id if tracker else None)
+                            tracker.run_id if tracker else None, data_version=data_version)
     t0 = time.time()
     try:
         with _progress_lines(clock, say):
@@ -257,7 +281,7 @@ def _progress_lines(clock, say, every_s: float = 0.5):
     """Print the lines rank 0 notes on the epoch clock (one per epoch), while ``fit()`` runs.
 
     Worker and Ray-internal output is not forwarded to this terminal (``log_to_driver=False``):
-    it stays in Ray's session logs, whose folder ``_init_ray`` links as ``<workdir>/logs/ray``.
+    it stays in Ray's session logs, whose folder ``init_ray`` links as ``<workdir>/logs/ray``.
     """
     import threading
 

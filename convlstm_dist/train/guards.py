@@ -68,11 +68,11 @@ def check_storage_writable(storage_path: str, endpoint_url: str | None = None, w
         return
     import pyarrow.fs as pafs
 
-    from convlstm_dist.train.driver import _storage, s3_endpoint
+    from convlstm_dist.train.driver import s3_endpoint, storage_filesystem
 
-    path, fs = _storage(storage_path, endpoint_url, connect_timeout=PROBE_CONNECT_TIMEOUT_S,
-                        request_timeout=PROBE_REQUEST_TIMEOUT_S,
-                        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=PROBE_ATTEMPTS))
+    path, fs = storage_filesystem(storage_path, endpoint_url, connect_timeout=PROBE_CONNECT_TIMEOUT_S,
+                                  request_timeout=PROBE_REQUEST_TIMEOUT_S,
+                                  retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=PROBE_ATTEMPTS))
     key = f"{path.rstrip('/')}/{name}"
     where = f"{storage_path} at {s3_endpoint(endpoint_url) or 'the default AWS endpoint'}"
     step = "write"
@@ -142,13 +142,10 @@ def check_cluster_resources(cfg) -> None:
     per_worker = {"CPU": float(s.cpus_per_worker)}
     if s.use_gpu:
         per_worker["GPU"] = float(s.gpus_per_worker)
-    cluster, largest = None, None
-    try:
-        from ray._private.state import state
+    from convlstm_dist.ray_runtime import autoscaler_max_resources
 
-        cluster = state.get_max_resources_from_cluster_config()  # None unless an autoscaler published limits
-    except Exception:  # noqa: BLE001 - private API; fall back to the live view
-        cluster = None
+    largest = None
+    cluster = autoscaler_max_resources()  # None unless an autoscaler published limits
     if not cluster:
         cluster = ray.cluster_resources()
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]

@@ -22,8 +22,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ from convlstm_dist.errors import UserError
 from convlstm_dist.train.data_pin import log_pin, read_pin, write_pin
 from convlstm_dist.train.driver import Resolved, resolve
 from convlstm_dist.train.engine import choose_engine
+from convlstm_dist.train.feed import prefetch
 from convlstm_dist.train.fit import Backend, FitOptions, fault_nan_at, fit
 
 EVAL_BATCH = 64
@@ -94,35 +93,6 @@ class LocalBackend(Backend):
 
     def nan_stop(self, message: str, epoch: int, step: int) -> None:
         self.say(f"[local] STOPPED: {message}")
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    """A batch of tensors on ``device`` (through pinned memory, asynchronously, to CUDA)."""
-    pin = device.type == "cuda"
-    return {k: (v.pin_memory() if pin else v).to(device, non_blocking=pin) for k, v in batch.items()}
-
-
-def prefetch(it, device: torch.device, depth: int = 2):
-    """Iterate ``it`` (numpy batch dicts) in a thread, yielding tensors on ``device``."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-
-    def work():
-        try:
-            for b in it:
-                q.put({k: torch.from_numpy(v) for k, v in b.items()})
-        except BaseException as err:  # surfaced in the consumer
-            q.put(err)
-        q.put(done)
-
-    threading.Thread(target=work, daemon=True).start()
-    while True:
-        b = q.get()
-        if b is done:
-            return
-        if isinstance(b, BaseException):
-            raise b
-        yield to_device(b, device)
 
 
 def _device(requested: str) -> torch.device:

@@ -5,10 +5,15 @@ Contract with the driver (``train_loop_config``): ``cfg`` (resolved config dict)
 (MLflow; rank 0 logs), ``fault_nan_at``.
 
 The loop itself is :func:`convlstm_dist.train.fit.fit`, the same as ``train --local``'s. This
-backend supplies the DDP wrapping, the Ray Data shards (pinned, copied non-blocking, 2 batches
-ahead), ``ray.train.report`` once per epoch on every rank (rank 0 attaches the checkpoint) and
-the epoch clock (the data position read by Ray Data's read tasks; rank 0's progress lines,
-printed by the driver).
+backend supplies the DDP wrapping, the batches, ``ray.train.report`` once per epoch on every rank
+(rank 0 attaches the checkpoint) and the epoch clock (the data position read by Ray Data's read
+tasks; rank 0's progress lines, printed by the driver). Batches (``data.loader``):
+
+* ``stream``: the Ray Data shards (read tasks anywhere in the cluster; pinned, copied non-blocking,
+  2 batches ahead);
+* ``memory``: the driver ships the data plan; each worker reads the frames once and cuts its own
+  share of every epoch's batches in a background thread (``MultiMemorySplit.batches(shard=...)``),
+  like ``train --local``: no per-epoch start-up.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import tempfile
 import torch
 
 from convlstm_dist.config import config_from_dict
+from convlstm_dist.train.feed import prefetch
 from convlstm_dist.train.fit import Backend, FitOptions, fit
 
 
@@ -35,8 +41,11 @@ class RayTrainBackend(Backend):
         self.device = ray.train.torch.get_device()
         self.run_name = ctx.get_experiment_name()
         self.clock = ray.get_actor(config["clock"]) if config.get("clock") else None
-        self.train_shard = ray.train.get_dataset_shard("train")
-        self.val_shard = ray.train.get_dataset_shard("val")
+        plan = config.get("plan")
+        self.splits = plan.memory_splits(("train", "val")) if plan is not None else None  # data.loader: memory
+        if self.splits is None:
+            self.train_shard = ray.train.get_dataset_shard("train")
+            self.val_shard = ray.train.get_dataset_shard("val")
 
     def say(self, msg: str) -> None:
         import ray
@@ -67,11 +76,19 @@ class RayTrainBackend(Backend):
             ray.get(self.clock.set.remote(epoch))
 
     def train_batches(self, epoch: int, drop_last: bool):
+        d = self.cfg.data
+        if self.splits is not None:
+            return prefetch(self.splits["train"].batches(d.batch_size, d.seed, epoch, True, d.crops_per_window,
+                                                         d.augment, drop_last=drop_last,
+                                                         shard=(self.rank, self.world)), self.device)
         return self.train_shard.iter_torch_batches(
             batch_size=self.cfg.data.batch_size, device=self.device, drop_last=drop_last, prefetch_batches=2,
             pin_memory=self.device.type == "cuda")
 
     def val_batches(self):
+        if self.splits is not None:
+            return prefetch(self.splits["val"].batches(self.cfg.data.batch_size, self.cfg.data.seed + 10_000, 0,
+                                                       False), self.device)
         return self.val_shard.iter_torch_batches(batch_size=self.cfg.data.batch_size, device=self.device,
                                                  prefetch_batches=2, pin_memory=self.device.type == "cuda")
 

@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from convlstm_dist.config import Config, _merge, _set_path, config_from_dict, read_yaml_mapping
+from convlstm_dist.config import Config, config_from_dict, merge_tree, read_yaml_mapping, set_path, validation_message
 from convlstm_dist.errors import UserError
 from convlstm_dist.train.metrics import metric_name
 
@@ -154,7 +154,7 @@ def load_sweep(path: str | Path | dict, smoke_test: bool = False) -> tuple[Sweep
             raise UserError(f"{origin}: smoke_test has unknown keys {sorted(unknown)} (allowed: set, space, search, name)")
         for key in ("set", "search"):
             if key in smoke:
-                tree[key] = _merge(tree.get(key) or {}, smoke[key])
+                tree[key] = merge_tree(tree.get(key) or {}, smoke[key])
         if "space" in smoke:
             tree["space"] = {**(tree.get("space") or {}), **smoke["space"]}
         if "name" in smoke:
@@ -164,14 +164,8 @@ def load_sweep(path: str | Path | dict, smoke_test: bool = False) -> tuple[Sweep
     try:
         spec = SweepSpec.model_validate(tree)
     except ValidationError as err:
-        lines = [f"invalid sweep ({origin}{' --smoke-test' if smoke_test else ''}):"]
-        for e in err.errors():
-            loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-            msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] == "extra_forbidden":
-                msg = "unknown key"
-            lines.append(f"  {loc}: {msg}")
-        raise UserError("\n".join(lines)) from None
+        raise UserError(validation_message(err, f"invalid sweep ({origin}{' --smoke-test' if smoke_test else ''}):",
+                                           unknown_key="unknown key")) from None
     if spec.search.search_alg == "optuna":
         try:
             import optuna  # noqa: F401
@@ -179,7 +173,7 @@ def load_sweep(path: str | Path | dict, smoke_test: bool = False) -> tuple[Sweep
             raise UserError("search.search_alg: optuna is not installed (pip install optuna) — use 'random'") from None
     base, _ = _resolve_base(spec.base, sweep_dir)
     for dotted, value in spec.set.items():
-        _set_path(base, dotted, value)
+        set_path(base, dotted, value)
     return spec, base
 
 
@@ -217,7 +211,7 @@ def trial_tree(base: dict, sample: dict[str, Any]) -> dict:
     sk = _layer_list(model.get("state_kernel", defaults.state_kernel))
     for key, value in sample.items():
         if key not in DERIVED:
-            _set_path(tree, key, value)
+            set_path(tree, key, value)
     if any(k in sample for k in DERIVED):
         d = int(sample.get("model.depth", len(hidden)))
         f = int(sample["model.filters"]) if "model.filters" in sample else None

@@ -53,12 +53,11 @@ def _fmt(v) -> str:
 def _trial_fn(config: dict, ctx: dict) -> None:
     """One Tune trial = one distributed Ray Train run (runs inside the trial actor)."""
     import ray
-    import ray.train
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from convlstm_dist.data.datasource import epoch_clock
-    from convlstm_dist.data.plan import DataPlan
+    from convlstm_dist.train.data_pin import log_pin, plan_pinned, write_pin
     from convlstm_dist.train.driver import build_trainer
 
     trial_id = ray.tune.get_context().get_trial_id()
@@ -68,7 +67,9 @@ def _trial_fn(config: dict, ctx: dict) -> None:
     tree = trial_tree(ctx["base"], sample)
     tree.setdefault("run", {})["name"] = run_name
     cfg = config_from_dict(tree, f"trial {run_name}")
-    plan = DataPlan.from_config(cfg, ctx["workdir"])
+    # the trial's frames are pinned next to its checkpoints: a restored trial plans on the same ones
+    plan, version, _ = plan_pinned(cfg, ctx["workdir"], f"{ctx['train_storage'].rstrip('/')}/{run_name}",
+                                   cfg.data.endpoint_url)
 
     tracker = None
     if ctx["tracking_uri"]:
@@ -83,12 +84,14 @@ def _trial_fn(config: dict, ctx: dict) -> None:
         tracker.log_params({**flatten(cfg), **{f"sweep.{k}": v for k, v in sample.items()}})
         if not resumed:
             tracker.log_text(to_yaml(cfg), "config.yaml")
+        log_pin(tracker, version)
+    write_pin(f"{ctx['train_storage'].rstrip('/')}/{run_name}", version, cfg.data.endpoint_url)
 
     clock_name = f"convlstm-epoch-clock-{run_name}"
     clock = epoch_clock(clock_name)
     trainer = build_trainer(cfg, plan, run_name, ctx["train_storage"], clock_name, ctx["tracking_uri"],
                             tracker.run_id if tracker else None, metric=ctx["metric"], mode=ctx["mode"],
-                            callbacks=[TuneReportCallback()])
+                            callbacks=[TuneReportCallback()], data_version=version)
     try:
         trainer.fit()
     except Exception:
@@ -117,7 +120,8 @@ def _max_concurrent(spec: SweepSpec, cfg, workers: int) -> int:
 
 def _ensure_archive(cfg, wd: Path, progress: bool) -> None:
     """The radar/demo recipes read ``<workdir>/archive.zarr``: ingest the shipped KNMI sample if it is missing."""
-    if cfg.data.source != "archive" or cfg.data.archive is not None or (wd / "archive.zarr").exists():
+    if cfg.data.source != "archive" or cfg.data.archive is not None or cfg.data.archives \
+            or (wd / "archive.zarr").exists():
         return
     from convlstm_dist.data.ingest import ingest
     from convlstm_dist.data.sample import SAMPLE_READER, sample_files
@@ -156,7 +160,7 @@ def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = Fa
         raise UserError("space.train.epochs: the number of epochs is ASHA's max_t (search.scheduler.max_t); "
                         "do not sweep it")
 
-    from convlstm_dist.train.driver import _init_ray, _storage, preflight
+    from convlstm_dist.train.driver import init_ray, preflight, storage_filesystem
 
     wd = Path(workdir).resolve()
     wd.mkdir(parents=True, exist_ok=True)
@@ -196,20 +200,20 @@ def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = Fa
         # workers of trials that ASHA stops (killed mid-run); without it their CPUs stay reserved
         # workers must find *this* cluster's state API even when other Ray instances run on the machine:
         # fix the GCS port and hand RAY_ADDRESS to every worker
-        from ray._private import ray_constants
-        from ray._private.services import get_node_ip_address
+        from ray.util import get_node_ip_address
 
+        from convlstm_dist.ray_runtime import gcs_port_env_var
         from convlstm_dist.tracking.server import free_port
 
         port = free_port("0.0.0.0")
-        os.environ[ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE] = str(port)
+        os.environ[gcs_port_env_var()] = str(port)
         env_vars = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "MLFLOW_TRACKING_URI",
                                                "AWS_ENDPOINT_URL", "AWS_REGION") if k in os.environ}
         env_vars["RAY_ADDRESS"] = f"{get_node_ip_address()}:{port}"
         ray.init(address="local", include_dashboard=True, log_to_driver=progress,
                  runtime_env={"env_vars": env_vars} if env_vars else None)
-        os.environ.pop(ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE, None)
-    _init_ray(base_cfg, res)
+        os.environ.pop(gcs_port_env_var(), None)
+    init_ray(base_cfg, res)
     from convlstm_dist.train.guards import check_cluster_resources
 
     try:
@@ -228,7 +232,7 @@ def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = Fa
         "train_storage": f"{exp_path}/train", "metric": spec.search.metric, "mode": spec.search.mode,
     }
     trainable = tune.with_resources(tune.with_parameters(_trial_fn, ctx=ctx), {"cpu": 0.01})
-    tune_path, fs = _storage(sweeps_root, base_cfg.data.endpoint_url)
+    tune_path, fs = storage_filesystem(sweeps_root, base_cfg.data.endpoint_url)
     restore_path = f"{tune_path.rstrip('/')}/{spec.name}"
     resumed = tune.Tuner.can_restore(restore_path, storage_filesystem=fs)
     if resumed:
@@ -330,10 +334,11 @@ def _close_children(uri: str, experiment: str, sweep: str, trials: list[dict]) -
 
 
 def _register_best(parent, best: dict, fs, registered_name: str) -> str | None:
-    import ray.train
+    # ray.tune.Checkpoint: a pass-through subclass of ray.train.Checkpoint (only train/ imports ray.train)
+    from ray.tune import Checkpoint
 
     path = best["checkpoint"]
-    ckpt = ray.train.Checkpoint(path, filesystem=fs) if fs is not None else ray.train.Checkpoint(path)
+    ckpt = Checkpoint(path, filesystem=fs) if fs is not None else Checkpoint(path)
     with ckpt.as_directory() as d:
         return parent.log_model(d, registered_name)
 

@@ -1,0 +1,109 @@
+"""Bookkeeping of the held-out-event protocol: a scored event is never a training event."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from convlstm_dist.config import load_config
+from convlstm_dist.errors import UserError
+from convlstm_dist.verify.heldout import (
+    Event,
+    Fold,
+    HeldoutLeakError,
+    check_fold,
+    check_model_events,
+    event_name,
+    events_from_config,
+    fold_config,
+    markdown_table,
+    plan_folds,
+    pool_rows,
+)
+
+RECIPE = Path(__file__).resolve().parents[2] / "pipelines" / "radar_multi.yaml"
+NAMES = ["knmi-20100826", "fmi-20160928", "mch-20150515", "mch-20170131", "mch-20160711"]
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(RECIPE)
+
+
+@pytest.fixture(scope="module")
+def events(cfg):
+    return events_from_config(cfg)
+
+
+def test_events_default_to_recipe_archives(events):
+    assert [e.name for e in events] == NAMES
+    assert event_name("s3://b/x/knmi-20100826.zarr/") == "knmi-20100826"
+
+
+def test_leave_one_out_never_scores_a_training_event(events):
+    folds = plan_folds(events)
+    assert len(folds) == len(events)
+    assert sorted(e.name for f in folds for e in f.scored) == sorted(NAMES)  # every event scored once
+    for f in folds:
+        assert len(f.scored) == 1
+        assert not {e.name for e in f.scored} & {e.name for e in f.train}
+        assert {e.name for e in f.train} | {e.name for e in f.scored} == set(NAMES)
+
+
+def test_explicit_holdout(events):
+    (f,) = plan_folds(events, ["mch-20160711", "archives/fmi-20160928.zarr"])
+    assert [e.name for e in f.scored] == ["mch-20160711", "fmi-20160928"]
+    assert [e.name for e in f.train] == ["knmi-20100826", "mch-20150515", "mch-20170131"]
+    with pytest.raises(UserError, match="not one of the events"):
+        plan_folds(events, ["nope"])
+    with pytest.raises(UserError, match="no training events"):
+        plan_folds(events, NAMES)
+
+
+def test_leak_is_an_error(events, tmp_path):
+    leaky = Fold(1, events[:3], [events[2]])
+    with pytest.raises(HeldoutLeakError, match="also trains on"):
+        check_fold(leaky)
+    # the same archive under another spelling of its path is still a leak
+    other = Event("renamed", str(tmp_path / "archives" / "knmi-20100826.zarr"))
+    with pytest.raises(HeldoutLeakError):
+        check_fold(Fold(1, [Event("knmi", "archives/knmi-20100826.zarr")], [other]), tmp_path)
+
+
+@pytest.mark.parametrize("holdout", [None, ["knmi-20100826"], ["mch-20160711", "mch-20150515"]])
+def test_fold_recipes_contain_exactly_the_training_events(cfg, events, holdout):
+    folds = plan_folds(events, holdout)
+    run_names = set()
+    for f in folds:
+        fc = fold_config(cfg, f, budget_s=10)
+        assert [a.url for a in fc.data.archives] == [e.url for e in f.train]
+        assert not {a.url for a in fc.data.archives} & {e.url for e in f.scored}
+        assert fc.train.time_budget_s == 10
+        run_names.add(fc.run.name)
+        # base entries keep their per-archive split (e.g. whole: val for the summer storm)
+        for a in fc.data.archives:
+            base = next(b for b in cfg.data.archives if b.url == a.url)
+            assert a.split == base.split and a.weight == base.weight
+        for ev in f.scored:  # the model-side check passes for the fold's own model ...
+            check_model_events(fc, ev, "wd")
+        with pytest.raises(HeldoutLeakError):  # ... and refuses an event the model trained on
+            check_model_events(fc, f.train[0], "wd")
+    assert len(run_names) == len(folds)  # folds never share (resume) a run
+
+
+def test_fold_without_validation_windows_is_refused(cfg, events):
+    only_whole_train = [e for e in events if e.name in ("fmi-20160928", "mch-20150515")]
+    f = Fold(1, only_whole_train, [events[0]])
+    with pytest.raises(UserError, match="validation"):
+        fold_config(cfg, f)
+
+
+def test_pool_and_markdown():
+    rows = [{"method": "m", "lead_min": 5.0, "threshold_mmh": 0.5, "csi": c, "pod": c, "far": 0.1, "hss": c,
+             "mse": 1.0, "mae": 1.0, "n": n} for c, n in ((0.2, 100), (0.8, 300))]
+    (p,) = pool_rows(rows)
+    assert math.isclose(p["csi"], 0.65) and p["events"] == 2 and p["n"] == 400
+    md = markdown_table([p])
+    assert ">= 0.5 mm/h" in md and "CSI m" in md and "0.650" in md
