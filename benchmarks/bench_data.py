@@ -1,29 +1,458 @@
-"""Data-path throughput: samples/s of training windows delivered through Ray Data against a
-plain single-process loop reading the same windows with zarr, on local disk and on a loopback
-SeaweedFS S3 server, and against the model's training-step rate. One run, ratios printed.
+"""Data-path throughput at scale: training samples delivered by the plain single-process loop and by
+Ray Data (1 and 2 CPUs) from a large archive, on local disk and on a loopback SeaweedFS S3 server.
 
-    python benchmarks/bench_data.py [--epochs 2] [--crop 128] [--in-len 5] [--out-len 15]
+    python benchmarks/bench_data.py                      # the at-scale run (below)
+    python benchmarks/bench_data.py --samples 3000 --no-s3 --crops-per-window 4 ...
+    python benchmarks/bench_data.py --sample-archive [--epochs 2] [--crop 128] [--in-len 5] [--out-len 15] [--no-s3]
 
-The archive is the shipped KNMI sample (92 frames 765x700), ingested into a temp folder and into
-S3. "per CPU" divides by the CPUs Ray Data may use (``ray.init(num_cpus=N)``).
+**At scale** (the default). The archive is ``benchmarks/make_archive.py``'s: ``--frames`` (20,000)
+frames of 512x512, 5-minute steps, chunks (16, 256, 256), shards of 256 frames, real radar
+events advected and rotated. It is built once into the cache folder (``--cache``, env
+``CONVLSTM_DIST_BENCH_CACHE``, default ``~/.cache/convlstm-dist/bench``) and copied once into a
+SeaweedFS server whose data folder lives there too, so a second run starts at once.
+
+Every configuration reads the *train* windows (default split rule) of 5+15 frames in the order
+the training pipe uses (read tasks = groups of windows starting in one time chunk, shuffled by
+``(seed, epoch)``), cuts ``--crops-per-window`` 128x128 crops per window as compact rows
+(float16 x/y, uint8 mask: ``compact=True``) and stops after ``--samples`` samples:
+
+* ``plain``: one process, ``samples.read_windows`` per group (what ``train --local`` does);
+* ``ray N``: ``datasource.window_dataset(..., shuffle=True, compact=True)`` (what
+  ``DataPlan.datasets`` builds) under ``ray.init(num_cpus=N)``, consumed with ``iter_batches``.
+
+Reported per configuration: samples/s and MB/s of delivered rows (after the first batch), bytes
+per sample, time to first batch (from ``ray.init``/the loop's start), peak RSS of the benchmark's
+process tree (driver + Ray's processes; RSS counts shared pages in every process that maps them),
+peak object-store use and spilled bytes (Ray's memory summary, sampled every 0.5 s), and for the
+plain loop the storage reads behind each sample (requests and bytes, counted at the zarr store).
+"per CPU vs plain" divides by the Ray CPUs; on this 2-core machine the driver that consumes the
+batches runs beside them. The memory check reads ``5x`` the object store (``object_store_memory``
+set to 1/5 of the bytes it reads). fsspec's own caches are not used: with zarr 3.1 on this
+sharded archive ``simplecache::``/``filecache::`` fail on the first read (OSError EINVAL on the
+shard index's suffix range) and ``blockcache::`` fails from a second handle in one process
+(see benchmarks/results/data-scale-2026-11-29.md). The last line is ``ray_over_plain_per_cpu=X.XX``: Ray Data with
+1 CPU against the plain loop, local archive.
+
+**Sample archive** (``--sample-archive``): the earlier benchmark on the shipped KNMI sample (92
+frames 765x700), full epochs, ratios printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import datetime as dt
+import json
+import logging
 import os
+import re
+import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+
+CACHE_ENV = "CONVLSTM_DIST_BENCH_CACHE"
+BUCKET = "convlstm-bench"
+MIB = 1 << 20
 
 
-def plain_loop(archive, starts, args) -> float:
-    from convlstm_dist.data.datasource import read_windows
+# =============================================================================================
+# measurement helpers
+# =============================================================================================
+
+class StoreCounter:
+    """Counts the requests and bytes zarr asks of its store (local files or fsspec/S3), in this process."""
+
+    def __init__(self):
+        self.requests = 0
+        self.bytes = 0
+        self._orig = {}
+
+    def __enter__(self):
+        import zarr.storage
+
+        for cls in (zarr.storage.LocalStore, zarr.storage.FsspecStore):
+            orig = cls.get
+            self._orig[cls] = orig
+
+            async def get(store, key, prototype=None, byte_range=None, _orig=orig):
+                buf = await _orig(store, key, prototype, byte_range)
+                if buf is not None and not key.endswith("zarr.json"):
+                    self.requests += 1
+                    self.bytes += len(buf)
+                return buf
+
+            cls.get = get
+        return self
+
+    def __exit__(self, *exc):
+        for cls, orig in self._orig.items():
+            cls.get = orig
+
+
+class MemorySampler:
+    """Peak RSS of this process and of its whole process tree, and Ray's object-store use, every 0.5 s."""
+
+    def __init__(self, ray_address: str | None = None, period_s: float = 0.5):
+        self.addr, self.period = ray_address, period_s
+        self.peak_driver = self.peak_tree = 0
+        self.peak_plasma = self.spilled = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self):
+        import psutil
+
+        me = psutil.Process()
+        rss = me.memory_info().rss
+        tree = rss
+        for c in me.children(recursive=True):
+            try:
+                tree += c.memory_info().rss
+            except psutil.Error:
+                pass
+        self.peak_driver = max(self.peak_driver, rss)
+        self.peak_tree = max(self.peak_tree, tree)
+        if self.addr:
+            with contextlib.suppress(Exception):  # a missed sample is not an error
+                from ray._private.internal_api import memory_summary
+
+                text = memory_summary(self.addr, stats_only=True)
+                m = re.search(r"Plasma memory usage (\d+) MiB", text)
+                if m:
+                    self.peak_plasma = max(self.peak_plasma, int(m.group(1)) * MIB)
+                m = re.search(r"Spilled (\d+) MiB", text)
+                if m:
+                    self.spilled = max(self.spilled, int(m.group(1)) * MIB)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.period)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self._sample()
+
+
+def row_bytes(batch: dict) -> int:
+    return int(sum(v.nbytes for v in batch.values()))
+
+
+def result(name, where, cpus, n, nbytes, t_first, t_end, t_start, mem, extra=None) -> dict:
+    """One configuration's numbers; rates are measured after the first batch (steady state)."""
+    span = max(t_end - t_first[0], 1e-9)
+    r = {"archive": where, "path": name, "cpus": cpus, "samples": n,
+         "samples_per_s": (n - t_first[1]) / span, "mb_per_s": (nbytes - t_first[2]) / span / 1e6,
+         "bytes_per_sample": nbytes / max(n, 1), "first_batch_s": t_first[0] - t_start,
+         "wall_s": t_end - t_start, "peak_rss_driver_mb": mem.peak_driver / MIB,
+         "peak_rss_tree_mb": mem.peak_tree / MIB, "peak_object_store_mb": mem.peak_plasma / MIB,
+         "spilled_mb": mem.spilled / MIB, "load_avg_1min": os.getloadavg()[0]}
+    r.update(extra or {})
+    return r
+
+
+# =============================================================================================
+# the two read paths
+# =============================================================================================
+
+def task_groups(archive, starts, chunks_per_task: int = 1):
+    from convlstm_dist.data.windows import group_by_chunk
+
+    return group_by_chunk(np.sort(np.asarray(starts)), archive.time_chunk * chunks_per_task)
+
+
+def plain_run(archive, starts, a, where, seed=0, epoch=0, chunks_per_task=1, name="plain loop") -> dict:
+    """The single-process loop: read_windows over the read-task groups in the pipe's shuffled order."""
+    from convlstm_dist.data.archive import Archive
+    from convlstm_dist.data.samples import read_windows
+
+    arc = Archive(archive.url, archive.storage_options)  # a fresh handle: opening counts, as in a task
+    groups = task_groups(archive, starts, chunks_per_task)
+    order = np.random.default_rng([seed, epoch, 7919]).permutation(len(groups))
+    n = nbytes = 0
+    first = None
+    cpu0 = os.times()
+    with MemorySampler() as mem, StoreCounter() as ctr:
+        t0 = time.perf_counter()
+        for gi in order:
+            b = read_windows(arc, groups[gi], a.in_len, a.out_len, (a.crop, a.crop), seed, epoch,
+                             a.crops_per_window, compact=True)
+            n += len(b["t0"])
+            nbytes += row_bytes(b)
+            if first is None:
+                first = (time.perf_counter(), n, nbytes)
+            if n >= a.samples:
+                break
+        t1 = time.perf_counter()
+    cpu1 = os.times()
+    cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    return result(name, where, 1, n, nbytes, first, t1, t0, mem,
+                  {"store_requests_per_sample": ctr.requests / n, "store_bytes_per_sample": ctr.bytes / n,
+                   "cpu_s_per_sample": cpu / n})
+
+
+def ray_run(archive, starts, a, where, num_cpus, object_store_bytes, samples=None, chunks_per_task=1,
+            name=None) -> dict:
+    """Ray Data: window_dataset (as DataPlan.datasets builds it), consumed with iter_batches."""
+    import ray
+
+    from convlstm_dist.data.datasource import WindowDatasource, window_dataset
+
+    samples = samples or a.samples
+    tmp = tempfile.mkdtemp(prefix="bd-", dir="/tmp")
+    t0 = time.perf_counter()
+    ray.init(num_cpus=num_cpus, object_store_memory=int(object_store_bytes), include_dashboard=False,
+             log_to_driver=False, _temp_dir=tmp, logging_level="ERROR")
+    init_s = time.perf_counter() - t0
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset INFO lines
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        if chunks_per_task == 1:
+            ds = window_dataset(archive, starts, a.in_len, a.out_len, (a.crop, a.crop), seed=0, shuffle=True,
+                                crops_per_window=a.crops_per_window, compact=True)
+        else:  # prototype: read tasks over several time chunks (see the report)
+            src = WindowDatasource(archive, starts, a.in_len, a.out_len, (a.crop, a.crop), 0, True, None, 0,
+                                   a.crops_per_window, False, True)
+            src.groups = task_groups(archive, starts, chunks_per_task)
+            if hasattr(src, "sources"):  # the multi-archive datasource plans its tasks from sources
+                src.sources = [(archive, src.groups, 1.0)]
+            ds = ray.data.read_datasource(src, override_num_blocks=len(src.groups))
+        n = nbytes = 0
+        first = None
+        addr = ray.get_runtime_context().gcs_address
+        with MemorySampler(addr) as mem:
+            for b in ds.iter_batches(batch_size=a.batch_size, batch_format="numpy"):
+                n += len(b["t0"])
+                nbytes += row_bytes(b)
+                if first is None:
+                    first = (time.perf_counter(), n, nbytes)
+                if n >= samples:
+                    break
+            t1 = time.perf_counter()
+        out = result(name or f"Ray Data, {num_cpus} CPU", where, num_cpus, n, nbytes, first, t1, t0, mem,
+                     {"object_store_limit_mb": object_store_bytes / MIB, "ray_init_s": init_s})
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# =============================================================================================
+# archive and S3 setup
+# =============================================================================================
+
+def cache_dir(a) -> Path:
+    d = Path(a.cache or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "convlstm-dist" / "bench")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def local_archive(a, cache: Path) -> tuple[str, dict | None]:
+    import make_archive as M
+
+    url = str(cache / f"synthetic-{a.frames}x{M.DEFAULT_SIZE}-seed{a.seed}.zarr")
+    info_path = Path(url + ".build.json")
+    from convlstm_dist.data.storage import exists
+
+    if exists(url) and info_path.exists():
+        return url, json.loads(info_path.read_text())
+    shutil.rmtree(url, ignore_errors=True)  # a build that did not finish
+    print(f"building the benchmark archive {url} ({a.frames} frames; once, then cached)", flush=True)
+    info = M.build(url, a.frames, seed=a.seed, progress=True)
+    info_path.write_text(json.dumps(info, indent=1))
+    return url, info
+
+
+def s3_archive(local_url: str, server, cache: Path) -> tuple[str, float | None]:
+    """The local archive's objects copied once into the (persistent) SeaweedFS bucket."""
+    import s3fs
+
+    from convlstm_dist.data.storage import exists
+
+    url = f"s3://{server.bucket}/{Path(local_url).name}"
+    opts = server.storage_options()
+    marker = cache / (Path(local_url).name + ".s3-copied")
+    if marker.exists() and exists(url, opts):
+        return url, None
+    t = time.perf_counter()
+    fs = s3fs.S3FileSystem(**opts)
+    fs.rm(url, recursive=True) if fs.exists(url) else None
+    fs.put(local_url.rstrip("/") + "/", url, recursive=True)
+    secs = time.perf_counter() - t
+    marker.write_text(json.dumps({"upload_s": secs}))
+    return url, secs
+
+
+def start_server(cache: Path):
+    from fixtures_s3 import SeaweedServer
+
+    return SeaweedServer(cache / "seaweed", bucket=BUCKET).start()
+
+
+# =============================================================================================
+# the at-scale benchmark
+# =============================================================================================
+
+def at_scale(a) -> int:
+    import platform
+
+    from convlstm_dist.data.archive import open_archive
+    from convlstm_dist.data.windows import build_index
+
+    t_all = time.perf_counter()
+    cache = cache_dir(a)
+    t = time.perf_counter()
+    url, build_info = local_archive(a, cache)
+    archive_s = time.perf_counter() - t
+    arc = open_archive(url)
+    idx = build_index(arc.times, arc.timestep_s, a.in_len, a.out_len)
+    starts = idx.starts["train"]
+    T, H, W = arc.shape
+    print(f"archive {url}: {T} frames {H}x{W}, chunks {arc.chunks}, shards {arc.shards}, "
+          f"{build_info['stored_bytes'] / 1e9:.2f} GB stored ({build_info['compression_ratio']}x), "
+          f"built in {build_info['seconds']} s; {len(starts)} train windows in "
+          f"{len(task_groups(arc, starts))} read tasks", flush=True)
+    store_bytes = a.object_store_mb * MIB
+    rows: list[dict] = []
+
+    def show(r):
+        print(f"  {r['archive']:<8}{r['path']:<40}{r['samples_per_s']:>8.1f}/s {r['mb_per_s']:>7.1f} MB/s "
+              f"first {r['first_batch_s']:>5.1f} s  rss {r['peak_rss_tree_mb']:>6.0f} MB  "
+              f"store {r['peak_object_store_mb']:>5.0f} MB  spilled {r['spilled_mb']:.0f} MB  "
+              f"load {r['load_avg_1min']:.1f}", flush=True)
+        rows.append(r)
+
+    def suite(archive, where, protos=True):
+        base = plain_run(archive, starts, a, where)
+        show(base)
+        for n in (1, 2):
+            r = ray_run(archive, starts, a, where, n, store_bytes)
+            r["per_cpu_vs_plain"] = r["samples_per_s"] / n / base["samples_per_s"]
+            show(r)
+        if protos and a.task_chunks > 1:
+            p = plain_run(archive, starts, a, where, chunks_per_task=a.task_chunks,
+                          name=f"plain loop, {a.task_chunks}-chunk tasks*")
+            show(p)
+            for n in (1, 2):
+                r = ray_run(archive, starts, a, where, n, store_bytes, chunks_per_task=a.task_chunks,
+                            name=f"Ray Data, {n} CPU, {a.task_chunks}-chunk tasks*")
+                r["per_cpu_vs_plain"] = r["samples_per_s"] / n / base["samples_per_s"]
+                show(r)
+        return base
+
+    print("local archive:", flush=True)
+    suite(arc, "local")
+
+    mem_row = None
+    if not a.no_memory_check:
+        # bounded memory: read 5x the object store through Ray Data (1 CPU)
+        bps = next(r["bytes_per_sample"] for r in rows if r["archive"] == "local")
+        limit = max(80 * MIB, int(a.memory_check_mb * MIB))
+        n = int(5 * limit / bps) + 1
+        mem_row = ray_run(arc, starts, a, "local", 1, limit, samples=n,
+                          name=f"memory check: read 5x a {limit / MIB:.0f} MB store")
+        mem_row["bytes_read_mb"] = mem_row["samples"] * mem_row["bytes_per_sample"] / MIB
+        show(mem_row)
+
+    server = None
+    s3_info = {}
+    if not a.no_s3:
+        t = time.perf_counter()
+        server = start_server(cache)
+        try:
+            s3_info["server_start_s"] = time.perf_counter() - t
+            s3_url, up = s3_archive(url, server, cache)
+            s3_info["upload_s"] = up
+            opts = server.storage_options(readonly=True)
+            s3 = open_archive(s3_url, opts)
+            print(f"S3 archive {s3_url} (SeaweedFS on loopback, read-only key):", flush=True)
+            suite(s3, "s3", protos=a.task_chunks > 1 and a.s3_prototypes)
+        finally:
+            server.stop()
+
+    total_s = time.perf_counter() - t_all
+    local_plain = next(r for r in rows if r["archive"] == "local" and r["path"] == "plain loop")
+    ray1 = next(r for r in rows if r["archive"] == "local" and r["path"] == "Ray Data, 1 CPU")
+    ray2 = next(r for r in rows if r["archive"] == "local" and r["path"] == "Ray Data, 2 CPU")
+    ratio = ray1["samples_per_s"] / local_plain["samples_per_s"]
+    print(f"\n{a.in_len}+{a.out_len}-frame windows, {a.crop}x{a.crop} crops x {a.crops_per_window} per window, "
+          f"compact rows, batch {a.batch_size}, {a.samples} samples per configuration; "
+          f"machine: {os.cpu_count()} CPUs, load average during the runs "
+          f"{min(r['load_avg_1min'] for r in rows):.1f}-{max(r['load_avg_1min'] for r in rows):.1f} "
+          "(other work on the machine slows every path)")
+    print(f"{'archive':<8}{'path':<42}{'samples/s':>10}{'MB/s':>8}{'B/sample':>10}{'1st batch':>10}"
+          f"{'RSS MB':>8}{'store MB':>9}{'per CPU':>9}")
+    for r in rows:
+        pc = f"{r['per_cpu_vs_plain']:.2f}x" if "per_cpu_vs_plain" in r else ""
+        print(f"{r['archive']:<8}{r['path']:<42}{r['samples_per_s']:>10.1f}{r['mb_per_s']:>8.1f}"
+              f"{r['bytes_per_sample'] / 1e6:>9.3f}M{r['first_batch_s']:>9.1f}s{r['peak_rss_tree_mb']:>8.0f}"
+              f"{r['peak_object_store_mb']:>9.0f}{pc:>9}")
+    for r in rows:
+        if "store_requests_per_sample" in r:
+            print(f"storage reads ({r['archive']}, {r['path']}): {r['store_requests_per_sample']:.2f} requests and "
+                  f"{r['store_bytes_per_sample'] / 1e6:.3f} MB per sample; "
+                  f"{r['cpu_s_per_sample'] * 1e3:.1f} ms CPU per sample")
+    print(f"targets: Ray Data >= 1.0x plain per CPU: {ratio:.2f}x; 2 CPUs >= 1.6x 1 CPU: "
+          f"{ray2['samples_per_s'] / ray1['samples_per_s']:.2f}x; first batch <= 10 s: "
+          f"{max(r['first_batch_s'] for r in rows):.1f} s worst")
+    if mem_row:
+        print(f"memory check: {mem_row['bytes_read_mb']:.0f} MB read through a {mem_row['object_store_limit_mb']:.0f} MB "
+              f"object store: peak use {mem_row['peak_object_store_mb']:.0f} MB, spilled {mem_row['spilled_mb']:.0f} MB, "
+              f"peak RSS of the process tree {mem_row['peak_rss_tree_mb']:.0f} MB")
+    inits = [f"{r['ray_init_s']:.1f}" for r in rows if "ray_init_s" in r]
+    print(f"ray.init (inside 'first batch'): {', '.join(inits)} s")
+    print(f"archive step {archive_s:.1f} s; benchmark total {total_s:.0f} s")
+    if True:
+        out = Path(a.out) if a.out else cache / "data-scale-latest"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"date": dt.date.today().isoformat(), "machine": {"nproc": os.cpu_count(),
+                "cpu": _cpu_model(), "python": platform.python_version()},
+                "archive": build_info, "train_windows": len(starts),
+                "read_tasks": len(task_groups(arc, starts)), "settings": vars(a), "s3": s3_info,
+                "total_s": total_s, "archive_step_s": archive_s, "ray_over_plain_per_cpu": ratio, "rows": rows}
+        out.with_suffix(".json").write_text(json.dumps(meta, indent=1, default=str))
+        with open(out.with_suffix(".csv"), "w", newline="") as f:
+            keys = sorted({k for r in rows for k in r})
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        print(f"wrote {out.with_suffix('.json')} and .csv")
+    print(f"ray_over_plain_per_cpu={ratio:.2f}")
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+# =============================================================================================
+# the sample-archive benchmark (the earlier one: KNMI sample, whole epochs)
+# =============================================================================================
+
+def _sample_plain(archive, starts, args) -> float:
+    from convlstm_dist.data.samples import read_windows
     from convlstm_dist.data.windows import group_by_chunk
 
     n, t0 = 0, time.perf_counter()
@@ -33,7 +462,7 @@ def plain_loop(archive, starts, args) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def ray_loop(archive, starts, args, num_cpus: int) -> float:
+def _sample_ray(archive, starts, args, num_cpus: int) -> float:
     import ray
 
     from convlstm_dist.data.datasource import window_dataset
@@ -43,8 +472,7 @@ def ray_loop(archive, starts, args, num_cpus: int) -> float:
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         ds = window_dataset(archive, starts, args.in_len, args.out_len, (args.crop, args.crop), shuffle=True)
-        # warm-up: one pass to start the workers (Ray's start-up is not data throughput)
-        for _ in ds.iter_batches(batch_size=8, batch_format="numpy"):
+        for _ in ds.iter_batches(batch_size=8, batch_format="numpy"):  # warm-up: start the workers
             break
         n, t0 = 0, time.perf_counter()
         for _ in range(args.epochs):
@@ -55,13 +483,13 @@ def ray_loop(archive, starts, args, num_cpus: int) -> float:
         ray.shutdown()
 
 
-def model_rate(args) -> float:
+def _model_rate(args) -> float:
     import torch
 
     from convlstm_dist.config import build_model_from_config, load_config
     from convlstm_dist.models import get_loss
 
-    cfg = load_config(Path(__file__).resolve().parent.parent / "convlstm_dist" / "recipes" / "demo.yaml",
+    cfg = load_config(HERE.parent / "convlstm_dist" / "recipes" / "demo.yaml",
                       [f"model.height={args.crop}", f"model.width={args.crop}",
                        f"data.in_len={args.in_len}", f"data.out_len={args.out_len}"])
     model = build_model_from_config(cfg)
@@ -79,19 +507,13 @@ def model_rate(args) -> float:
     return 3 * b / (time.perf_counter() - t0)
 
 
-def main() -> int:
+def sample_archive(args) -> int:
+    from fixtures_s3 import SeaweedServer
+
     from convlstm_dist.data.archive import open_archive
     from convlstm_dist.data.ingest import ingest
     from convlstm_dist.data.sample import SAMPLE_READER, sample_files
-    from fixtures_s3 import SeaweedServer
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--in-len", type=int, default=5)
-    p.add_argument("--out-len", type=int, default=15)
-    p.add_argument("--no-s3", action="store_true")
-    args = p.parse_args()
     ncpu = os.cpu_count() or 1
     tmp = Path(tempfile.mkdtemp(prefix="bench-data-"))
     local = str(tmp / "knmi.zarr")
@@ -107,15 +529,16 @@ def main() -> int:
     try:
         for where, arc in arcs.items():
             starts = np.arange(0, arc.shape[0] - args.in_len - args.out_len + 1)
-            base = plain_loop(arc, starts, args)
+            base = _sample_plain(arc, starts, args)
             rows.append((where, "plain loop (1 process)", 1, base, 1.0))
             for n in sorted({1, ncpu}):
-                r = ray_loop(arc, starts, args, n)
+                r = _sample_ray(arc, starts, args, n)
                 rows.append((where, f"Ray Data, {n} CPU", n, r, r / n / base))
     finally:
         if server:
             server.stop()
-    step = model_rate(args)
+        shutil.rmtree(tmp, ignore_errors=True)
+    step = _model_rate(args)
     print(f"\nwindows {args.in_len}+{args.out_len} frames, crop {args.crop}x{args.crop}, {args.epochs} epochs, "
           f"machine: {ncpu} CPUs")
     print(f"{'archive':<8}{'path':<26}{'samples/s':>11}{'per CPU vs plain':>18}")
@@ -126,6 +549,33 @@ def main() -> int:
           f"fastest data path delivers {best / step:.1f}x that "
           f"(data-wait share if the data path is the bottleneck: {max(0.0, 1 - best / step):.0%})")
     return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sample-archive", action="store_true",
+                   help="the earlier benchmark on the shipped KNMI sample (whole epochs)")
+    p.add_argument("--epochs", type=int, default=2, help="--sample-archive: epochs per configuration")
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--in-len", type=int, default=5)
+    p.add_argument("--out-len", type=int, default=15)
+    p.add_argument("--no-s3", action="store_true")
+    p.add_argument("--cache", default=None, help=f"cache folder (env {CACHE_ENV}; default ~/.cache/convlstm-dist/bench)")
+    p.add_argument("--frames", type=int, default=20_000, help="frames of the at-scale archive")
+    p.add_argument("--seed", type=int, default=0, help="archive seed")
+    p.add_argument("--samples", type=int, default=2000, help="samples read per configuration")
+    p.add_argument("--crops-per-window", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--object-store-mb", type=int, default=2048, help="Ray object store for the throughput runs")
+    p.add_argument("--memory-check-mb", type=int, default=200, help="object store of the memory check (>= 80)")
+    p.add_argument("--no-memory-check", action="store_true")
+    p.add_argument("--task-chunks", type=int, default=4,
+                   help="also measure read tasks over this many time chunks (a prototype; 1: skip)")
+    p.add_argument("--s3-prototypes", action="store_true", help="measure the prototype on S3 too")
+    p.add_argument("--out", default=None,
+                   help="write PATH.json and PATH.csv with every number (default: <cache>/data-scale-latest)")
+    args = p.parse_args(argv)
+    return sample_archive(args) if args.sample_archive else at_scale(args)
 
 
 if __name__ == "__main__":

@@ -283,6 +283,14 @@ class Archive:
         return self._cache["times"]
 
     @property
+    def n_frames(self) -> int:
+        """The number of frames from the (consolidated) metadata, without reading the time coordinate."""
+        if "times" in self._cache:
+            return len(self._cache["times"])
+        n = int(self._g["time"].shape[0])
+        return n if self.length is None else min(n, self.length)
+
+    @property
     def shape(self) -> tuple[int, int, int]:
         _, H, W = self._g[self.variable].shape
         return (len(self.times), int(H), int(W))
@@ -319,7 +327,7 @@ class Archive:
 
     def read(self, t_start: int, t_stop: int, y: slice = slice(None), x: slice = slice(None)) -> np.ndarray:
         """Frames [t_start, t_stop) as float32 (t, h, w) in the archive's unit, NaN = no data."""
-        T = len(self.times)
+        T = self.n_frames  # a read task must not fetch the whole time coordinate (10 years: 8 MB) per read
         if not (0 <= t_start <= t_stop <= T):
             raise IndexError(f"time range [{t_start}, {t_stop}) outside archive of {T} frames")
         try:

@@ -95,6 +95,9 @@ def read_windows(archive, starts: np.ndarray, in_len: int, out_len: int, crop: t
     starts = np.asarray(starts, dtype=np.int64)
     lo, hi = int(starts.min()), int(starts.max()) + in_len + out_len
     vals, valid = load_block(archive, lo, hi)
+    h, w = crop or vals.shape[1:]
+    if compact and len(starts) * crops_per_window * (in_len + out_len) * h * w > vals.size:
+        vals = vals.astype(np.float16)  # crops cover the block more than once: convert once (same rows)
     if draw_offset:
         draws = np.tile(np.arange(crops_per_window), len(starts)) + int(draw_offset)
         return cut_windows(vals, valid, lo, np.repeat(starts, crops_per_window), in_len, out_len, crop, seed, epoch,

@@ -76,3 +76,21 @@ def test_compact_rows_are_smaller_and_convert_back_on_the_device(arc):
     assert x.dtype == y.dtype == torch.float32 and m.dtype == torch.bool
     np.testing.assert_allclose(x.numpy(), full["x"], rtol=1e-3, atol=1e-4)   # fp16: ~3 significant digits
     np.testing.assert_array_equal(m.numpy(), full["mask"] > 0.5)
+
+
+def test_compact_rows_identical_when_the_block_is_converted_once(tmp_path):
+    """Many crops per window: ``read_windows`` converts the block to float16 once before cutting;
+    the rows are bit-identical to converting each crop."""
+    from synthetic import make_archive
+
+    from convlstm_dist.data.archive import open_archive
+    from convlstm_dist.data.samples import cut_windows, load_block, read_windows
+
+    make_archive(tmp_path / "c.zarr", n=30, h=32, w=32)
+    arc = open_archive(str(tmp_path / "c.zarr"))
+    starts = np.array([0, 3, 7])
+    fast = read_windows(arc, starts, 3, 4, (16, 16), seed=5, crops_per_window=8, compact=True)
+    vals, valid = load_block(arc, 0, 14)
+    slow = cut_windows(vals, valid, 0, starts, 3, 4, (16, 16), 5, 0, 8, compact=True)
+    for k in slow:
+        assert fast[k].dtype == slow[k].dtype and np.array_equal(fast[k], slow[k], equal_nan=True), k
