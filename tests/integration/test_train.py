@@ -64,7 +64,7 @@ def _history(uri, run_id, key="val_loss"):
 def test_train_on_s3_then_resume_with_fresh_driver(s3_env, mlflow_server, ray_local, tmp_path):
     server, archive = s3_env
     storage = f"s3://{server.bucket}/runs"
-    cfg = _cfg("it-resume", archive, storage, mlflow_server.uri, "train.epochs=3")
+    cfg = _cfg("it-resume", archive, storage, mlflow_server.uri, "train.epochs=3", "data.loader=stream")
     out = run_training(cfg, tmp_path, progress=False)
     hist = _history(mlflow_server.uri, out.run_id)
     assert [s for s, _ in hist] == [1, 2, 3]
@@ -74,7 +74,7 @@ def test_train_on_s3_then_resume_with_fresh_driver(s3_env, mlflow_server, ray_lo
     assert any(o["Key"].endswith("checkpoint.pt") for o in objs.get("Contents", []))
 
     # a fresh driver with the same command (2 more epochs): same Ray run, same MLflow run
-    cfg2 = _cfg("it-resume", archive, storage, mlflow_server.uri, "train.epochs=5")
+    cfg2 = _cfg("it-resume", archive, storage, mlflow_server.uri, "train.epochs=5", "data.loader=stream")
     out2 = run_training(cfg2, tmp_path, progress=False)
     assert out2.run_id == out.run_id
     assert [s for s, _ in _history(mlflow_server.uri, out.run_id)] == [1, 2, 3, 4, 5]
