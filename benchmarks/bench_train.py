@@ -1,7 +1,8 @@
 """Ray Train overhead on the same resources: samples/s of a plain single-process loop against Ray
-Train with 1 worker (and with 2), on the demo recipe (KNMI sample), in one run.
+Train with 1 worker (and with 2, and 1 worker streaming through Ray Data), on the demo recipe
+(KNMI sample), in one run.
 
-    python benchmarks/bench_train.py [--epochs 3] [--use-gpu --precision bf16]
+    python benchmarks/bench_train.py [--epochs 3] [--use-gpu --precision bf16] [--loader stream]
 
 Both sides run the same step engine (``train.engine``, ``convlstm_dist.train.engine.StepEngine``)
 at the same global batch, and both get all of this machine's cores for torch: the plain loop sets
@@ -87,6 +88,9 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--use-gpu", action="store_true")
     p.add_argument("--precision", default="auto")
+    p.add_argument("--loader", default="auto", choices=("auto", "stream", "memory"),
+                   help="data.loader of the Ray runs (auto: memory for the demo archive); a 1-worker Ray Data "
+                        "stream run is added for comparison")
     args = p.parse_args()
     wd = Path(tempfile.mkdtemp(prefix="bench-train-"))
     ingest(SAMPLE_READER, sample_files(), str(wd / "archive.zarr"), parallel=False, progress=False)
@@ -100,7 +104,8 @@ def main() -> int:
     rate_plain = plain(ref_cfg, plan, args.epochs, "cuda" if args.use_gpu else "cpu")
     results.append(("plain loop, 1 process", rate_plain))
     cores = os.cpu_count() or 1
-    for n in (1, 2):
+    runs = [(1, args.loader), (2, args.loader)] + ([(1, "stream")] if args.loader != "stream" else [])
+    for n, loader in runs:
         # same global batch: per-worker batch = global / n; the workers' torch threads share all cores
         os.environ["CONVLSTM_THREADS"] = str(max(1, cores // n))
         ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False,
@@ -108,15 +113,18 @@ def main() -> int:
                                            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}})
         per_worker = max(0.25, (cores - 1) / n) if not args.use_gpu else 1
         cfg = load_config(RECIPE, base + [f"scaling.num_workers={n}", f"data.batch_size={8 // n}",
+                                          f"data.loader={loader}",
                                           f"scaling.cpus_per_worker={per_worker}",
                                           f"run.name=bench-{n}w-{int(time.time())}"])
-        results.append((f"Ray Train, {n} worker(s)", ray_rate(cfg, wd)))
+        from convlstm_dist.train.driver import data_loader
+
+        results.append((f"Ray Train, {n} worker(s), {data_loader(cfg, plan)}", ray_rate(cfg, wd)))
         ray.shutdown()
     print(f"\ndemo recipe, global batch 8, {args.epochs} epochs (rate of the last), "
           f"{'GPU' if args.use_gpu else 'CPU'}, machine: {os.cpu_count()} CPUs")
-    print(f"{'path':<26}{'samples/s':>11}{'vs plain':>10}")
+    print(f"{'path':<36}{'samples/s':>11}{'vs plain':>10}")
     for name, r in results:
-        print(f"{name:<26}{r:>11.1f}{r / rate_plain:>9.2f}x")
+        print(f"{name:<36}{r:>11.1f}{r / rate_plain:>9.2f}x")
     print(f"ray_over_plain={results[1][1] / rate_plain:.2f}")
     return 0
 
