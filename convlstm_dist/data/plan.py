@@ -21,6 +21,8 @@ the last pinned frame and the metadata hash must match; a shorter archive is an 
 
 from __future__ import annotations
 
+import re
+
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -274,6 +276,17 @@ class DataPlan:
     def counts(self) -> dict[str, int]:
         """Windows per split over all archives (each window once; training weights not applied)."""
         return {s: int(sum(len(src.starts.get(s, ())) for src in self.sources)) for s in SPLITS}
+
+    def source_names(self) -> list[str] | None:
+        """Short unique names of a multi-archive plan's archives (file name without ``.zarr``, metric-name
+        safe), indexed like the rows' ``src``; None for one archive."""
+        if len(self.sources) < 2:
+            return None
+        names = []
+        for src in self.sources:
+            stem = re.sub(r"[^A-Za-z0-9_.\-]", "-", str(src.url).rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr"))
+            names.append(stem if stem not in names else f"{stem}-{src.index}")
+        return names
 
     def counts_per_archive(self) -> list[dict]:
         """``[{"src", "url", "weight", "train", "val", "test"}, ...]``."""

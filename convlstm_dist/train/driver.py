@@ -167,7 +167,8 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "variable": plan.variable, "clock": clock_name,
                            "tracking_uri": tracking_uri, "run_id": run_id, "fault_nan_at": fault_nan_at(),
-                           "data_version": data_version, "plan": plan if memory else None},
+                           "data_version": data_version, "plan": plan if memory else None,
+                           "sources": plan.source_names()},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

@@ -43,7 +43,7 @@ from convlstm_dist.data.transforms import model_quantity
 from convlstm_dist.train.engine import EngineChoice, StepEngine, allreduce, choose_engine
 from convlstm_dist.train.optim import make_optimizer, make_scheduler, training_loss
 from convlstm_dist.train.state import TrainState
-from convlstm_dist.train.validation import evaluate_val
+from convlstm_dist.train.validation import evaluate_val, source_metrics
 
 
 class Backend:
@@ -93,6 +93,7 @@ class FitOptions:
     fault_nan_at: list[int] | None = None  # fault injection: ``[epoch, batch]`` gets a NaN loss
     log_every_s: float = 30.0              # a progress line inside long epochs (rank 0)
     data_version: list | None = None       # the frames the run is pinned to (``train/data_pin.py``)
+    sources: list[str] | None = None       # names of a multi-archive plan's archives: per-archive val skill
 
 
 @dataclass
@@ -290,7 +291,8 @@ def fit(cfg, backend: Backend, variable: str, tracker=None, opts: FitOptions | N
         if sched is not None:
             sched.step()
         train_time = time.perf_counter() - t_epoch
-        acc = evaluate_val(model, backend.val_batches(), cfg, quantity, dev, rank, world, choice.amp_dtype)
+        acc = evaluate_val(model, backend.val_batches(), cfg, quantity, dev, rank, world, choice.amp_dtype,
+                           opts.sources)
         metrics = epoch_metrics(epoch, n_batches, backend.steps_per_epoch, state.step, totals.tolist(),
                                 batches.wait, train_time, time.perf_counter() - t_epoch,
                                 time.perf_counter() - t_run, float(opt.param_groups[0]["lr"]), acc.metrics())
@@ -298,6 +300,7 @@ def fit(cfg, backend: Backend, variable: str, tracker=None, opts: FitOptions | N
         state.best, state.since_best = (metrics["val_loss"], 0) if improved else (state.best, state.since_best + 1)
         stop = bool(t.early_stopping_patience and state.since_best >= t.early_stopping_patience)
         metrics["early_stop"] = float(stop)
+        metrics.update(source_metrics(acc))  # val.<archive>.<metric> of a multi-archive plan
         state.epoch = epoch + 1
         state.history.append(metrics)
         state.extra.update(lead_table=acc.lead_table(), variable=variable, engine=engine.mode, last_metrics=metrics)

@@ -181,7 +181,8 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
         if tracker is not None:
             log_pin(tracker, version)
         r = fit(cfg, backend, plan.variable, tracker, FitOptions(engine=engine, fault_nan_at=fault_nan_at(),
-                                                                 log_every_s=log_every_s, data_version=version))
+                                                                 log_every_s=log_every_s, data_version=version,
+                                                                 sources=plan.source_names()))
     except BaseException as exc:
         if tracker is not None:
             tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

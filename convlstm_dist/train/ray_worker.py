@@ -126,4 +126,5 @@ def train_loop_per_worker(config: dict) -> None:
 
         tracker = Tracker(config["tracking_uri"], config["run_id"])
     fit(cfg, backend, config["variable"], tracker,
-        FitOptions(fault_nan_at=config.get("fault_nan_at"), data_version=config.get("data_version")))
+        FitOptions(fault_nan_at=config.get("fault_nan_at"), data_version=config.get("data_version"),
+                   sources=config.get("sources")))

@@ -118,10 +118,14 @@ class ValAccumulator:
         return rows
 
 
-def evaluate_val(model, batches, cfg, quantity, device, rank, world, amp_dtype) -> ValAccumulator:
+def evaluate_val(model, batches, cfg, quantity, device, rank, world, amp_dtype,
+                 sources: list[str] | None = None) -> ValAccumulator:
     """Metrics over ``batches`` (dicts of tensors on ``device``), merged across ranks; a rank scores
-    the windows with ``t0 % world == rank``."""
+    the windows with ``t0 % world == rank``. With ``sources`` (the names of a multi-archive plan's
+    archives, indexed by the rows' ``src``), ``acc.by_source`` holds one more accumulator per archive
+    (:func:`source_metrics`)."""
     acc = ValAccumulator(cfg.data.out_len, quantity, cfg.train.loss)
+    per = [ValAccumulator(cfg.data.out_len, quantity, cfg.train.loss) for _ in sources or []]
     model.eval()
     with torch.no_grad():
         for batch in batches:
@@ -131,9 +135,32 @@ def evaluate_val(model, batches, cfg, quantity, device, rank, world, amp_dtype) 
             x, y, m = to_compute(batch["x"][keep], batch["y"][keep], batch["mask"][keep])
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 pred, _ = model(x, cfg.data.out_len)
-            acc.add(pred.float(), y, x, m)
+            pred = pred.float()
+            acc.add(pred, y, x, m)
+            if per and "src" in batch:
+                src = batch["src"][keep]
+                for i in torch.unique(src).tolist():
+                    sel = src == i
+                    per[int(i)].add(pred[sel], y[sel], x[sel], m[sel])
     acc.merge(device)
+    for p in per:  # the same number of merges on every rank
+        p.merge(device)
+    acc.by_source = dict(zip(sources or [], per))
     model.train()
     return acc
 
 
+SOURCE_KEYS = ("loss", "mse", "mae", "persistence_mse", "csi_0.5mmh", "csi_2mmh", "csi_5mmh", "csi_10mmh",
+               "persistence_csi_0.5mmh", "persistence_csi_2mmh", "persistence_csi_5mmh", "persistence_csi_10mmh")
+
+
+def source_metrics(acc: ValAccumulator) -> dict[str, float]:
+    """Per-archive validation metrics of a multi-archive plan, ``val.<archive>.<metric>``; the pooled
+    ones stay ``val_<metric>``. Archives without validation windows are left out."""
+    out = {}
+    for name, a in getattr(acc, "by_source", {}).items():
+        if a.s["n"] <= 0:
+            continue
+        m = a.metrics()
+        out.update({f"val.{name}.{k}": float(m[f"val_{k}"]) for k in SOURCE_KEYS if f"val_{k}" in m})
+    return out

@@ -260,3 +260,21 @@ def test_ray_datasets_read_per_archive_with_src_and_weights(workdir, ray_local):
     by_t0 = {int(r["t0"]): r for r in val}
     for i, t0 in enumerate(mem["t0"]):
         assert (int(mem["cy"][i]), int(mem["cx"][i])) == (int(by_t0[int(t0)]["cy"]), int(by_t0[int(t0)]["cx"]))
+
+
+def test_training_logs_validation_skill_per_archive_and_pooled(workdir):
+    """A multi-archive run reports the pooled val metrics and ``val.<archive>.<metric>`` per archive,
+    whose windows add up to the pooled ones."""
+    from convlstm_dist.train.local import train_local
+
+    wd, _, _ = workdir
+    cfg = cfg_for(["model.hidden=[4]", "model.input_kernel=[3]", "model.state_kernel=[3]", "train.epochs=1",
+                   "data.batch_size=4", "tracking.enabled=false", "run.name=per-archive"])
+    out = train_local(cfg, wd, device="cpu", progress=False)
+    m = out.history[-1]
+    assert {"val.rain.mse", "val.dbz.mse", "val.rain.csi_0.5mmh", "val.dbz.persistence_csi_2mmh"} <= set(m)
+    # the pooled squared error is the pixel-weighted mean of the archives' (each window scored once)
+    plan = DataPlan.from_config(cfg, wd)
+    assert plan.source_names() == ["rain", "dbz"]
+    lo, hi = sorted((m["val.rain.mse"], m["val.dbz.mse"]))
+    assert lo - 1e-9 <= m["val_mse"] <= hi + 1e-9
