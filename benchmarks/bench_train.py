@@ -34,7 +34,7 @@ def plain(cfg, plan, epochs: int, device: str) -> float:
 
     from convlstm_dist.config import build_model_from_config
     from convlstm_dist.data.datasource import read_windows
-    from convlstm_dist.data.transforms import model_quantity
+    from convlstm_dist.data.quantity import quantity_of_variable
     from convlstm_dist.data.windows import group_by_chunk
     from convlstm_dist.train.engine import StepEngine, choose_engine
     from convlstm_dist.train.optim import make_optimizer, training_loss
@@ -46,7 +46,7 @@ def plain(cfg, plan, epochs: int, device: str) -> float:
     model = build_model_from_config(cfg, compile=mode != "eager", channels_last=choice.channels_last).to(dev)
     opt = make_optimizer(cfg.train, model.parameters(), dev if mode == "graph" else None)
     engine = StepEngine(model, model, opt, torch.amp.GradScaler("cuda", enabled=choice.precision == "fp16"),
-                        training_loss(cfg.train.loss, model_quantity(plan.variable)), plan.out_len,
+                        training_loss(cfg.train.loss, quantity_of_variable(plan.variable).name), plan.out_len,
                         choice.amp_dtype, cfg.train.grad_clip, mode, dev, say=lambda m: None)
     arc, starts = plan.archives["train"], plan.starts["train"]
     bs = cfg.data.batch_size * cfg.scaling.num_workers  # same global batch as the Ray run

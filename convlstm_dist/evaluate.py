@@ -107,18 +107,20 @@ def select_windows(nc, archive, split: str | None = "test", start: str | None = 
 def score_chunk(nc, archive, starts, in_len: int, n_out: int, crop, seed: int, methods: list[str],
                 thresholds) -> dict[str, dict]:
     """Score ``methods`` (the model's label first, then baselines) on windows ``starts``."""
+    from convlstm_dist.data.quantity import quantity_of_variable
     from convlstm_dist.data.transforms import choose_crop
     from convlstm_dist.verify import SkillAccumulator, run_baseline
     from convlstm_dist.verify.postprocess import probability_match
 
     length = in_len + n_out
     accs = {m: SkillAccumulator(thresholds, n_out) for m in methods}
-    model_variable = "intensity" if archive.variable == "intensity" else "rain_mmh"
+    q = quantity_of_variable(archive.variable)
+    model_variable = q.physical_variable
     for b in range(0, len(starts), BATCH):
         batch = starts[b:b + BATCH]
         lo, hi = int(batch[0]), int(batch[-1]) + length
         raw = archive.read(lo, hi)
-        rate = raw if archive.variable == "intensity" else archive.to_rain_mmh(raw)
+        rate = archive.to_rain_mmh(raw) if q.has_rain_rate else raw
         rate = np.where(np.isnan(raw), np.nan, rate).astype(np.float32)  # NaN = no data; -inf dBZ = 0 mm/h
         h, w = crop or raw.shape[1:]
         xs, ys = [], []
@@ -190,14 +192,15 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persisten
     ``progress`` reports finished windows on stderr (:class:`Progress`)."""
     import ray
 
-    from convlstm_dist.data.units import wet_thresholds
-    from convlstm_dist.verify import DEFAULT_THRESHOLDS_MMH, SkillAccumulator, available_baselines, label_rows
+    from convlstm_dist.data.quantity import quantity_of_variable
+    from convlstm_dist.verify import SkillAccumulator, available_baselines, label_rows
 
     unknown = [b for b in baselines if b not in available_baselines()]
     if unknown:
         raise UserError(f"unknown baseline(s) {unknown}; available: {available_baselines()}")
     nc.check_variable(archive.variable)
-    if archive.variable != "intensity":
+    q = quantity_of_variable(archive.variable)
+    if q.has_rain_rate:
         archive.to_rain_mmh(np.zeros(1, np.float32))  # no Z–R relation → UserError now
     _, H, W = archive.shape
     if crop and (crop[0] > H or crop[1] > W):
@@ -207,19 +210,15 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persisten
         nc.check_grid(h, w)
     except UserError as err:
         raise UserError(f"{err} ({'crop' if crop else 'full archive grid'}; pass --crop HxW)") from None
-    thresholds = wet_thresholds("intensity") if archive.variable == "intensity" else DEFAULT_THRESHOLDS_MMH
+    thresholds = q.skill_thresholds  # mm/h for rain; intensity units for Moving MNIST
     model_label = nc.config.model.kind
     methods = [model_label, *([model_label + PM_SUFFIX] if probability_matching else []), *baselines]
 
-    started = False
-    if not ray.is_initialized():
-        if ray_address:
-            ray.init(address=ray_address)
-        else:
-            # a task the memory monitor kills is retried once, not forever (Ray's default)
-            ray.init(num_cpus=max(1, int(workers)), include_dashboard=False, log_to_driver=False,
-                     _system_config={"task_oom_retries": 1})
-        started = True
+    from convlstm_dist.runtime import start_or_join_ray
+
+    started = not ray.is_initialized()  # connected here: disconnected (a local Ray shut down) at the end
+    # a task the memory monitor kills is retried once, not forever (Ray's default)
+    start_or_join_ray(ray_address, num_cpus=workers, oom_retries=1)
     try:
         task = ray.remote(num_cpus=1)(score_chunk)
         nc_ref = ray.put(nc)

@@ -24,7 +24,6 @@ work: a grid the model's patch does not divide is padded with no-data and the fo
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from convlstm_dist.errors import UserError
+from convlstm_dist.runtime import resolve_tracking_uri
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 PIXELS_PER_FORWARD = 1 << 20  # windows x pixels per model forward at inference (memory bound)
@@ -51,16 +51,6 @@ def pad_to_patch(x: np.ndarray, patch: int) -> np.ndarray:
     if not (ph or pw):
         return x
     return np.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, ph), (0, pw)], constant_values=0.0)
-
-
-def resolve_tracking_uri(uri: str | None = None, workdir: str | Path = "workdir") -> str:
-    """``uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow.db``."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
-
-
-def quantity_for(cfg) -> str:
-    """What a model trained with ``cfg`` predicts (see ``data.transforms``)."""
-    return "intensity" if cfg.data.source == "moving_mnist" else "rain_norm"
 
 
 @dataclass
@@ -110,7 +100,10 @@ class Nowcaster:
         model, payload, model_uri, run_id, name = load_mlflow_model(ref, uri, device, tried, trust=trust)
         cfg = config_from_dict(payload["config"], origin=f"the model of MLflow run {run_id}")
         model = getattr(model, "module", model).to(device).eval()
-        return cls(model, cfg, payload.get("quantity") or quantity_for(cfg), f"MLflow {model_uri} ({uri})", device,
+        from convlstm_dist.data.quantity import quantity_of_source
+
+        quantity = payload.get("quantity") or quantity_of_source(cfg.data.source).name
+        return cls(model, cfg, quantity, f"MLflow {model_uri} ({uri})", device,
                    {"kind": "mlflow", "model_uri": model_uri, "run_id": run_id, "name": name,
                     "tracking_uri": uri, "data_version": (payload.get("train") or {}).get("data_version")})
 
@@ -143,9 +136,17 @@ class Nowcaster:
         p = self.patch
         return -(-H // p) * p, -(-W // p) * p
 
+    @property
+    def quantity_spec(self):
+        """The model's :class:`~convlstm_dist.data.quantity.Quantity` (``quantity`` is its name)."""
+        from convlstm_dist.data.quantity import get_quantity
+
+        return get_quantity(self.quantity)
+
     def check_variable(self, variable: str) -> None:
-        model_is_intensity = self.quantity == "intensity"
-        if model_is_intensity != (variable == "intensity"):
+        from convlstm_dist.data.quantity import quantity_of_variable
+
+        if quantity_of_variable(variable) is not self.quantity_spec:
             raise UserError(f"model predicts {self.quantity} but the data is {variable}: "
                             "a Moving MNIST model only runs on intensity data and a rain model only on rain/dBZ")
 
@@ -172,8 +173,6 @@ class Nowcaster:
     def predict_batch(self, frames: np.ndarray, n_out: int | None = None, variable: str = "rain_mmh",
                       to_rain_mmh: Callable | None = None) -> np.ndarray:
         """(B, T_in, H, W) physical → (B, n_out, H, W) in mm/h (intensity for Moving MNIST)."""
-        from convlstm_dist.data.transforms import from_model, to_model
-
         frames = np.asarray(frames)
         if frames.ndim != 4:
             raise ValueError(f"frames must have shape (B, T_in, H, W), got {frames.shape}")
@@ -184,12 +183,12 @@ class Nowcaster:
         self.check_grid(*frames.shape[-2:])
         valid = np.isfinite(frames)
         try:
-            x = to_model(np.where(valid, frames, 0.0).astype(np.float32), variable, to_rain_mmh)
+            x = self.quantity_spec.to_model(np.where(valid, frames, 0.0).astype(np.float32), variable, to_rain_mmh)
         except ValueError as err:
             raise UserError(str(err)) from None
         x = np.where(valid, x, 0.0).astype(np.float32)
         y = self.predict_model_range(x[:, :, None], n_out)[:, :, 0]
-        return np.asarray(from_model(y, self.quantity), dtype=np.float32)
+        return np.asarray(self.quantity_spec.from_model(y), dtype=np.float32)
 
     def predict(self, frames: np.ndarray, n_out: int | None = None, variable: str = "rain_mmh",
                 to_rain_mmh: Callable | None = None) -> np.ndarray:
@@ -216,7 +215,9 @@ def write_forecast_zarr(path: str | Path, fcst: np.ndarray, analysis_time: np.da
     lead_min = (np.arange(1, n_out + 1) * timestep_s / 60.0).astype("float64")
     t = np.asarray([analysis_time], dtype="datetime64[ns]")
     valid = t[:, None] + (np.arange(1, n_out + 1) * int(timestep_s)).astype("timedelta64[s]")[None]
-    units = "1" if variable == "intensity" else "mm/h"
+    from convlstm_dist.data.quantity import quantity_of_variable
+
+    units = quantity_of_variable(variable).units
     ds = xr.Dataset(
         {variable: (("time", "lead_time", "y", "x"), fcst[None].astype(np.float32),
                     {"units": units, "long_name": f"forecast {variable}"})},

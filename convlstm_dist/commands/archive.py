@@ -77,6 +77,8 @@ def run_ingest(args) -> int:
 
 
 def format_summary(s: dict) -> str:
+    from convlstm_dist.data.quantity import quantity_of_variable
+
     lines = [
         f"archive     {s['url']}",
         f"variable    {s['variable']} [{s['units']}]  source {s['attrs'].get('source')}  "
@@ -92,7 +94,8 @@ def format_summary(s: dict) -> str:
     if s["frames"]:
         lines.append(f"valid       mean valid fraction {s['mean_valid_fraction']:.4f}, "
                      f"max {s['max_value']} {s['units']}")
-        unit = "" if s["variable"] == "intensity" else " mm/h"
+        thr_units = quantity_of_variable(s["variable"]).units
+        unit = "" if thr_units == "1" else f" {thr_units}"  # dimensionless (intensity): no unit
         wet = s["wet_fraction"] or [float("nan")] * len(s["thresholds"])
         lines.append("wet         " + "  ".join(f">={t:g}{unit}: {w:.4f}" for t, w in zip(s["thresholds"], wet)))
     lines.append(f"attribution {s['attrs'].get('attribution')}")

@@ -66,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
                       else f"  {k}: {src.record[k]}")
     print("== data version (pinned with a run) ==")
     print(json.dumps(plan.version(), indent=2))
-    if not ray.is_initialized():
-        ray.init(address=cfg.scaling.ray_address or "local", include_dashboard=False, log_to_driver=False)
+    from convlstm_dist.runtime import start_or_join_ray
+
+    start_or_join_ray(cfg.scaling.ray_address)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ds = plan.datasets(cfg.data.seed, None, cfg.data.crops_per_window, cfg.data.augment)["train"]
     print("== one epoch's first batches through Ray Data ==")

@@ -108,7 +108,7 @@ def _pinned(archive, nc, args):
 def _tracking_uri(args, nc) -> str | None:
     import os
 
-    from convlstm_dist.inference import resolve_tracking_uri
+    from convlstm_dist.runtime import resolve_tracking_uri
 
     if args.no_mlflow:
         return None
@@ -185,6 +185,7 @@ def _log_mlflow(uri, nc, args, record, rows, table, csv_path, png_path) -> str:
 def run_nowcast(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from convlstm_dist.data.quantity import quantity_of_variable
     from convlstm_dist.errors import UserError
     from convlstm_dist.evaluate import parse_crop, parse_time
     from convlstm_dist.inference import Nowcaster, forecast_gif, forecast_strip, write_forecast_zarr
@@ -220,10 +221,10 @@ def run_nowcast(args: argparse.Namespace) -> int:
     except UserError as err:
         raise UserError(f"{err} (pass --crop HxW for a centred crop)") from None
     raw = archive.read(i + 1 - n_in, i + 1, ys, xs)
-    intensity = archive.variable == "intensity"
-    frames = raw if intensity else np.where(np.isnan(raw), np.nan, archive.to_rain_mmh(raw))
-    fcst = nc.predict(frames, n_out, "intensity" if intensity else "rain_mmh")
-    variable = "intensity" if intensity else "rain_mmh"
+    q = quantity_of_variable(archive.variable)
+    frames = np.where(np.isnan(raw), np.nan, archive.to_rain_mmh(raw)) if q.has_rain_rate else raw
+    variable = q.physical_variable
+    fcst = nc.predict(frames, n_out, variable)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     a = archive.attrs
@@ -234,7 +235,7 @@ def run_nowcast(args: argparse.Namespace) -> int:
     zpath = write_forecast_zarr(out / "forecast.zarr", fcst, times[i], step, archive.y[ys], archive.x[xs],
                                 variable, attrs)
     lead = np.arange(1, n_out + 1) * step / 60.0
-    units = "1" if intensity else "mm/h"
+    units = q.units
     png = forecast_strip(out / "forecast.png", frames[-1], fcst, lead, f"{nc.name} nowcast from {times[i]} UTC", units)
     print(f"[nowcast] analysis {times[i]} UTC, {n_out} leads every {step / 60:g} min, grid {crop[0]}x{crop[1]}")
     print(f"[nowcast] zarr {zpath}")

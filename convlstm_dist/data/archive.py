@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convlstm_dist.data import units as U
+from convlstm_dist.data.quantity import quantity_of_variable
 from convlstm_dist.data.storage import exists, is_remote, storage_error, with_fast_fail
 from convlstm_dist.errors import UserError
 
@@ -112,7 +113,7 @@ def create_archive(url: str, grid: GridSpec, storage_options: dict | None = None
         a = g.create_array(name, shape=(n,), dtype="float64", chunks=(n,), dimension_names=[name],
                            attributes=attrs)
         a[:] = data
-    thr_units = "1" if grid.variable == "intensity" else "mm/h"
+    thr_units = quantity_of_variable(grid.variable).units
     a = g.create_array("threshold", shape=(len(th),), dtype="float64", chunks=(len(th),),
                        dimension_names=["threshold"],
                        attributes={"units": thr_units, "long_name": "wet threshold"})

@@ -86,10 +86,9 @@ def _decode(reader: Reader, files: list[Path], parallel: bool, progress: bool):
         return out
     import ray
 
-    if not ray.is_initialized():
-        import logging
+    from convlstm_dist.runtime import start_or_join_ray
 
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    start_or_join_ray()  # a local Ray (or the job's cluster); reuses a running one
     n_cpu = max(1, int(ray.available_resources().get("CPU", 1)))
     size = max(1, min(16, -(-len(paths) // (4 * n_cpu))))
     task = ray.remote(num_cpus=1, max_retries=0)(_decode_batch)

@@ -182,12 +182,12 @@ class DataPlan:
 
     @staticmethod
     def _model_variable(sources: list[PlanArchive]) -> str:
-        from convlstm_dist.data.transforms import model_quantity
+        from convlstm_dist.data.quantity import quantity_of_variable
 
         variables = {s.url: s.archives["train"].variable for s in sources}
-        quantities = {model_quantity(v) for v in variables.values()}
+        quantities = {quantity_of_variable(v).name for v in variables.values()}
         if len(quantities) > 1:
-            listing = ", ".join(f"{u} ({v} -> {model_quantity(v)})" for u, v in variables.items())
+            listing = ", ".join(f"{u} ({v} -> {quantity_of_variable(v).name})" for u, v in variables.items())
             raise UserError("data.archives mixes archives whose values map to different model quantities: "
                             f"{listing}; train on archives of one kind (radar rain/reflectivity, or Moving MNIST)")
         kinds = set(variables.values())

@@ -9,6 +9,7 @@ The model always sees one of two quantities, named in every checkpoint:
 * ``intensity``: Moving MNIST pixel intensity in [0, 1], unchanged.
 
 No-data (NaN) becomes 0 in the model input and ``False`` in the validity mask of the loss.
+What depends on the quantity is :mod:`convlstm_dist.data.quantity` (the ``Quantity`` registry).
 """
 
 from __future__ import annotations
@@ -19,11 +20,6 @@ import numpy as np
 
 R_MAX_MMH = 128.0
 _LOG_RMAX = math.log1p(R_MAX_MMH)
-
-
-def model_quantity(variable: str) -> str:
-    """Which quantity a model trained on an archive of ``variable`` predicts."""
-    return "intensity" if variable == "intensity" else "rain_norm"
 
 
 def rain_to_norm(r_mmh):
@@ -51,21 +47,20 @@ def to_model(values: np.ndarray, variable: str, to_rain_mmh=None) -> np.ndarray:
     """Physical values of an archive (``rain_mmh``, ``refl_dbz`` or ``intensity``) → model range.
 
     ``to_rain_mmh`` converts this archive's unit to mm/h (``Archive.to_rain_mmh``); needed for dBZ.
+    Shorthand for ``quantity_of_variable(variable).to_model(...)`` (:mod:`convlstm_dist.data.quantity`).
     """
-    if variable == "intensity":
-        return values.astype(np.float32, copy=False)
-    if variable == "rain_mmh":
-        r = values
-    elif to_rain_mmh is not None:
-        r = to_rain_mmh(values)
-    else:
-        raise ValueError(f"cannot convert variable {variable!r} to rain rate: no Z–R relation given")
-    return rain_to_norm(np.asarray(r, dtype=np.float32)).astype(np.float32)
+    from convlstm_dist.data.quantity import quantity_of_variable
+
+    return quantity_of_variable(variable).to_model(values, variable, to_rain_mmh)
 
 
 def from_model(values, quantity: str):
-    """Model output → physical unit (mm/h for ``rain_norm``; intensity unchanged)."""
-    return values if quantity == "intensity" else norm_to_rain(values)
+    """Model output → physical unit (mm/h for ``rain_norm``; intensity unchanged).
+
+    Shorthand for ``get_quantity(quantity).from_model(values)`` (:mod:`convlstm_dist.data.quantity`)."""
+    from convlstm_dist.data.quantity import get_quantity
+
+    return get_quantity(quantity).from_model(values)
 
 
 def valid_integral(valid: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+# The one HKO-7 weight table (``verify.scores.bmse_weights``, the numpy twin, reads it too).
 HKO7_THRESHOLDS_MMH = (2.0, 5.0, 10.0, 30.0)
 HKO7_WEIGHTS = (1.0, 2.0, 5.0, 10.0, 30.0)
 

@@ -11,8 +11,6 @@ command again resumes it from its latest checkpoint, in Ray Train and in MLflow.
 
 from __future__ import annotations
 
-import logging
-import os
 import tempfile
 import time
 from contextlib import contextmanager
@@ -20,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convlstm_dist.config import Config, build_model_from_config, flatten, to_yaml
+from convlstm_dist.runtime import ray_storage, resolve_tracking_uri, start_or_join_ray
 
 
 @dataclass
@@ -48,78 +47,22 @@ def resolve(cfg: Config, workdir: str | Path) -> Resolved:
     wd.mkdir(parents=True, exist_ok=True)
     uri = None
     if cfg.tracking.enabled:
-        uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{wd / 'mlflow.db'}"
+        uri = resolve_tracking_uri(cfg.tracking.uri, wd)
     return Resolved(wd, cfg.run.name or cfg.name, cfg.run.storage_path or str(wd / "runs"), uri,
                     cfg.tracking.experiment or cfg.name)
 
 
-def s3_endpoint(endpoint_url: str | None) -> str | None:
-    env = os.environ
-    return endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-
-
-def storage_filesystem(storage_path: str, endpoint_url: str | None, **fs_options):
-    """(storage_path, pyarrow filesystem or None) for RunConfig; s3:// gets an explicit filesystem
-    (``fs_options``: extra ``S3FileSystem`` arguments, e.g. the write probe's short timeouts)."""
-    if not storage_path.startswith("s3://"):
-        Path(storage_path).mkdir(parents=True, exist_ok=True)
-        return storage_path, None
-    import pyarrow.fs as pafs
-
-    env = os.environ
-    endpoint = s3_endpoint(endpoint_url)
-    kw = {"access_key": env.get("AWS_ACCESS_KEY_ID"), "secret_key": env.get("AWS_SECRET_ACCESS_KEY"),
-          "region": env.get("AWS_REGION", "us-east-1"), **fs_options}
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kw.update(endpoint_override=host, scheme=scheme)
-    return storage_path[len("s3://"):], pafs.S3FileSystem(**{k: v for k, v in kw.items() if v is not None})
-
-
 def init_ray(cfg: Config, res: Resolved) -> bool:
-    """Connect to (or start) Ray; True if this call started a local Ray instance (this process owns it)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    env_vars = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "MLFLOW_TRACKING_URI",
-                                           "AWS_ENDPOINT_URL", "AWS_REGION") if k in os.environ}
-    if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"):
-        # inside `ray job submit`: the job's runtime env already applies
-        ray.init(address="auto", log_to_driver=False, logging_level=logging.ERROR)
-    elif cfg.scaling.ray_address:
-        ray.init(address=cfg.scaling.ray_address, log_to_driver=False, logging_level=logging.ERROR,
-                 runtime_env={"env_vars": env_vars} if env_vars else None)
-    else:
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                 runtime_env={"env_vars": env_vars} if env_vars else None)
-        _link_ray_logs(res.workdir)
-        return True
-    _link_ray_logs(res.workdir)
-    return False
-
-
-def _link_ray_logs(workdir: Path) -> None:
-    """``<workdir>/logs/ray`` -> this Ray session's log folder (worker output, Ray's own chatter)."""
-    from convlstm_dist.ray_runtime import session_log_dir
-
-    logs = session_log_dir()
-    if logs is None:  # attached to a remote cluster: its logs live there
-        return
-    session = Path(logs)
-    link = Path(workdir) / "logs" / "ray"
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(session, target_is_directory=True)
-    print(f"[convlstm-dist] Ray's logs (workers included): {link}", flush=True)
+    """Connect to (or start) Ray by the project's policy (:func:`convlstm_dist.runtime.start_or_join_ray`),
+    Ray's logs linked under the workdir; True if this call started a local Ray instance (this process owns it)."""
+    return start_or_join_ray(cfg.scaling.ray_address, workdir=res.workdir)
 
 
 def preflight(cfg: Config, workdir: str | Path, storage_path: str | None = None):
     """Everything that can fail without a cluster: config, archive, splits, checkpoint metric, tracking
     server, model, write access to the checkpoint storage (``storage_path``, default the run's)."""
     from convlstm_dist.data.plan import DataPlan
-    from convlstm_dist.data.transforms import model_quantity
+    from convlstm_dist.data.quantity import quantity_of_variable
     from convlstm_dist.tracking.mlflow_tracker import check_reachable
     from convlstm_dist.train.guards import check_storage_writable
     from convlstm_dist.train.metrics import check_metric
@@ -128,7 +71,7 @@ def preflight(cfg: Config, workdir: str | Path, storage_path: str | None = None)
     if res.tracking_uri:
         check_reachable(res.tracking_uri)
     plan = DataPlan.from_config(cfg, res.workdir)
-    check_metric(cfg.run.checkpoint_metric, "run.checkpoint_metric", model_quantity(plan.variable))
+    check_metric(cfg.run.checkpoint_metric, "run.checkpoint_metric", quantity_of_variable(plan.variable).name)
     build_model_from_config(cfg)  # architecture errors surface here, not in a worker
     check_storage_writable(storage_path or res.storage_path, cfg.data.endpoint_url,
                            "run.storage_path" if storage_path is None else "the sweep's storage path")
@@ -158,7 +101,7 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
 
     check_cluster_resources(cfg)  # resources the cluster can never give: fail now, not wait forever
     memory = data_loader(cfg, plan) == "memory"
-    path, fs = storage_filesystem(storage_path, cfg.data.endpoint_url)
+    path, fs = ray_storage(storage_path, cfg.data.endpoint_url)
     repair_checkpoints(path, fs, run_name)  # a damaged newest checkpoint: resume from the newest intact one
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:

@@ -39,7 +39,7 @@ import torch
 from convlstm_dist.checkpoint import save_checkpoint
 from convlstm_dist.config import build_model_from_config
 from convlstm_dist.data.samples import to_compute
-from convlstm_dist.data.transforms import model_quantity
+from convlstm_dist.data.quantity import quantity_of_variable
 from convlstm_dist.train.engine import EngineChoice, StepEngine, allreduce, choose_engine
 from convlstm_dist.train.optim import make_optimizer, make_scheduler, training_loss
 from convlstm_dist.train.state import TrainState
@@ -203,7 +203,7 @@ def fit(cfg, backend: Backend, variable: str, tracker=None, opts: FitOptions | N
     opts = opts or FitOptions()
     t = cfg.train
     dev, rank, world, say = backend.device, backend.rank, backend.world, backend.say
-    quantity = model_quantity(variable)
+    quantity = quantity_of_variable(variable).name
     torch.manual_seed(t.seed + rank)
     np.random.seed(t.seed + rank)
 

@@ -51,7 +51,7 @@ def check_storage_writable(storage_path: str, endpoint_url: str | None = None, w
     S3 goes through the same pyarrow filesystem and credentials as Ray Train's checkpoints, with short
     timeouts and one retry so that a silent endpoint fails within ~10 s. Deleting matters too: Ray removes
     checkpoints beyond ``run.keep_checkpoints``."""
-    from convlstm_dist.data.storage import scrub
+    from convlstm_dist.data.storage import endpoint_of, scrub, storage_options_for
 
     name = f"{PROBE_PREFIX}{uuid.uuid4().hex[:12]}"
     if not storage_path.startswith("s3://"):
@@ -68,13 +68,13 @@ def check_storage_writable(storage_path: str, endpoint_url: str | None = None, w
         return
     import pyarrow.fs as pafs
 
-    from convlstm_dist.train.driver import s3_endpoint, storage_filesystem
+    from convlstm_dist.runtime import ray_storage
 
-    path, fs = storage_filesystem(storage_path, endpoint_url, connect_timeout=PROBE_CONNECT_TIMEOUT_S,
-                                  request_timeout=PROBE_REQUEST_TIMEOUT_S,
-                                  retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=PROBE_ATTEMPTS))
+    path, fs = ray_storage(storage_path, endpoint_url, connect_timeout=PROBE_CONNECT_TIMEOUT_S,
+                           request_timeout=PROBE_REQUEST_TIMEOUT_S,
+                           retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=PROBE_ATTEMPTS))
     key = f"{path.rstrip('/')}/{name}"
-    where = f"{storage_path} at {s3_endpoint(endpoint_url) or 'the default AWS endpoint'}"
+    where = f"{storage_path} at {endpoint_of(storage_options_for(storage_path, endpoint_url))}"
     step = "write"
     try:
         with fs.open_output_stream(key) as fh:

@@ -204,7 +204,7 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
 
 def _final_report(cfg, res: Resolved, plan, splits, out: LocalOutcome, dev, amp_dtype, say, tracker=None) -> None:
     from convlstm_dist.checkpoint import load_model
-    from convlstm_dist.data.transforms import model_quantity
+    from convlstm_dist.data.quantity import quantity_of_variable
     from convlstm_dist.train.report import final_report
     from convlstm_dist.train.validation import evaluate_val
 
@@ -213,7 +213,7 @@ def _final_report(cfg, res: Resolved, plan, splits, out: LocalOutcome, dev, amp_
     model.to(dev)
     if "test" in splits:
         acc = evaluate_val(model, prefetch(splits["test"].batches(EVAL_BATCH, cfg.data.seed + 20_000, 0, False), dev),
-                           cfg, model_quantity(plan.variable), dev, 0, 1, amp_dtype)
+                           cfg, quantity_of_variable(plan.variable).name, dev, 0, 1, amp_dtype)
         out.test_metrics = {k.replace("val_", "test_", 1): v for k, v in acc.metrics().items()}
     summary = {"run": out.run_name, "best_epoch": payload["train"].get("epoch"), "stopped": out.stopped,
                "cuda_graph": out.graph, "engine": out.engine, "last": out.metrics, "test": out.test_metrics,

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import difflib
 
+from convlstm_dist.data.quantity import SKILL_THRESHOLDS_MMH, get_quantity
 from convlstm_dist.errors import UserError
 
-THRESHOLDS_MMH = (0.5, 2.0, 5.0, 10.0, 30.0)
+THRESHOLDS_MMH = SKILL_THRESHOLDS_MMH
 
 # reported by every epoch of train/fit.py (with the checkpoint)
 TRAIN_METRICS = ("epoch", "epoch_float", "step", "train_loss", "samples_per_s", "data_wait_share", "epoch_time_s",
@@ -25,7 +26,7 @@ def val_metrics(quantity: str | None = None) -> tuple[str, ...]:
 
     ``val_cross_entropy`` exists only for ``intensity`` models (Moving MNIST)."""
     names = ["val_loss", "val_mse", "val_mae", "val_bmse", "val_persistence_mse", "val_persistence_mae"]
-    if quantity in (None, "intensity"):
+    if quantity is None or get_quantity(quantity).reports_cross_entropy:
         names.append("val_cross_entropy")
     for thr in THRESHOLDS_MMH:
         names += [f"val_pod_{thr:g}mmh", f"val_far_{thr:g}mmh", f"val_csi_{thr:g}mmh",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from convlstm_dist.data.transforms import from_model
+from convlstm_dist.data.quantity import get_quantity
 from convlstm_dist.models import get_loss
 
 
@@ -32,8 +32,11 @@ def make_scheduler(t, opt):
 
 
 def loss_kwargs(name: str, quantity: str) -> dict:
-    if name in ("bmse", "bmae") and quantity == "rain_norm":
-        return {"to_mmh": lambda t: from_model(t, quantity)}
+    """The balanced losses weigh by rain rate: mm/h from the model range where the quantity is a rain
+    rate; otherwise (intensity) the target's own values."""
+    q = get_quantity(quantity)
+    if name in ("bmse", "bmae") and q.has_rain_rate:
+        return {"to_mmh": q.from_model}
     return {}
 
 

@@ -45,16 +45,17 @@ def skill_outputs(table: list[dict], out_len: int, timestep_s: int, out_dir: Pat
     return [csv_path, png]
 
 
-def forecast_figure(model, plan, quantity: str, out_dir: Path, case: int | None = None) -> Path:
-    """Observation vs forecast for a fixed validation window (the wettest of the first 16)."""
+def forecast_figure(model, plan, quantity: str, loss: str, out_dir: Path, case: int | None = None) -> Path:
+    """Observation vs forecast for a fixed validation window (the wettest of the first 16); ``loss``:
+    the training loss (a model trained on logits is shown as ``sigmoid`` of its output)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
 
+    from convlstm_dist.data.quantity import get_quantity
     from convlstm_dist.data.samples import read_windows
-    from convlstm_dist.data.transforms import from_model
 
     starts = plan.starts["val"][:16]
     win = read_windows(plan.archives["val"], starts, plan.in_len, plan.out_len, plan.crop, seed=10_000)
@@ -62,14 +63,15 @@ def forecast_figure(model, plan, quantity: str, out_dir: Path, case: int | None 
     x = torch.from_numpy(win["x"][i:i + 1])
     with torch.no_grad():
         pred, _ = model(x, plan.out_len)
-    if quantity == "intensity":
-        pred = torch.sigmoid(pred) if pred.min() < 0 or pred.max() > 1 else pred
-    obs = from_model(win["y"][i, :, 0], quantity)
-    fc = from_model(pred[0, :, 0].numpy(), quantity)
+    q = get_quantity(quantity)
+    if q.output_is_logits(loss):
+        pred = torch.sigmoid(pred)
+    obs = q.from_model(win["y"][i, :, 0])
+    fc = q.from_model(pred[0, :, 0].numpy())
     obs = np.where(win["mask"][i, :, 0] > 0.5, obs, np.nan)
     leads = np.linspace(0, plan.out_len - 1, min(5, plan.out_len)).astype(int)
     vmax = max(float(np.nanmax(obs)) if np.isfinite(obs).any() else 1.0, 1e-3)
-    unit = "intensity" if quantity == "intensity" else "mm/h"
+    unit = q.display_unit
     fig, axes = plt.subplots(2, len(leads), figsize=(2.4 * len(leads), 5), squeeze=False)
     for j, L in enumerate(leads):
         for r, (arr, name) in enumerate(((obs, "observed"), (fc, "forecast"))):
@@ -93,7 +95,7 @@ def final_report(cfg, plan, model, payload: dict, out_dir: Path, tracker=None, s
     out_dir = Path(out_dir)
     files = skill_outputs(payload["train"].get("lead_table", []), cfg.data.out_len,
                           plan.record.get("timestep_s", 300), out_dir)
-    files.append(forecast_figure(model.cpu(), plan, payload["quantity"], out_dir))
+    files.append(forecast_figure(model.cpu(), plan, payload["quantity"], cfg.train.loss, out_dir))
     model_uri = None
     if tracker is not None:
         for f in files:

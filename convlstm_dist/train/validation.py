@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from convlstm_dist.data.quantity import get_quantity
 from convlstm_dist.data.samples import to_compute
-from convlstm_dist.data.transforms import from_model
 from convlstm_dist.models import get_loss
 from convlstm_dist.train.engine import allreduce
 from convlstm_dist.train.metrics import THRESHOLDS_MMH
@@ -21,7 +21,7 @@ class ValAccumulator:
     """Sums for merged validation metrics (model space and mm/h) plus skill contingency counts."""
 
     def __init__(self, out_len: int, quantity: str, loss_name: str):
-        self.q, self.loss_name, self.out_len = quantity, loss_name, out_len
+        self.q, self.loss_name, self.out_len = get_quantity(quantity), loss_name, out_len
         self.loss = training_loss(loss_name, quantity)
         self.s = {k: 0.0 for k in ("loss", "loss_n", "se", "ae", "bse", "n", "pse", "pae", "bce_sum", "seqs")}
         nt = len(THRESHOLDS_MMH)
@@ -40,14 +40,14 @@ class ValAccumulator:
         loss = self.loss(raw, y_n, valid)
         self.s["loss"] += float(loss) * max(n, 1.0)
         self.s["loss_n"] += max(n, 1.0)
-        logits = self.loss_name in ("bce", "bce_sum")
+        logits = self.q.output_is_logits(self.loss_name)
         pred_n = torch.sigmoid(raw) if logits else raw
-        if self.q == "intensity":
+        if self.q.reports_cross_entropy:
             lg = raw if logits else torch.logit(raw.clamp(1e-6, 1 - 1e-6))
             self.s["bce_sum"] += float(get_loss("bce_sum")(lg, y_n, valid)) * raw.shape[0]
             self.s["seqs"] += raw.shape[0]
-        p, o = from_model(pred_n.float(), self.q), from_model(y_n.float(), self.q)
-        pers = from_model(x_n[:, -1:].float(), self.q).expand_as(o)
+        p, o = self.q.from_model(pred_n.float()), self.q.from_model(y_n.float())
+        pers = self.q.from_model(x_n[:, -1:].float()).expand_as(o)
         zero = torch.zeros((), dtype=p.dtype, device=p.device)
         err = torch.where(valid, p - o, zero)
         perr = torch.where(valid, pers - o, zero)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,17 +160,18 @@ def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = Fa
         raise UserError("space.train.epochs: the number of epochs is ASHA's max_t (search.scheduler.max_t); "
                         "do not sweep it")
 
-    from convlstm_dist.train.driver import init_ray, preflight, storage_filesystem
+    from convlstm_dist.runtime import ray_storage
+    from convlstm_dist.train.driver import init_ray, preflight
 
     wd = Path(workdir).resolve()
     wd.mkdir(parents=True, exist_ok=True)
     _ensure_archive(base_cfg, wd, progress)
     sweeps_root = storage_path or spec.storage_path or str(wd / "sweeps")
     res, plan = preflight(base_cfg, wd, storage_path=sweeps_root)  # trials checkpoint under sweeps_root
-    from convlstm_dist.data.transforms import model_quantity
+    from convlstm_dist.data.quantity import quantity_of_variable
     from convlstm_dist.train.metrics import check_metric
 
-    check_metric(spec.search.metric, "search.metric", model_quantity(plan.variable))
+    check_metric(spec.search.metric, "search.metric", quantity_of_variable(plan.variable).name)
     exp_path = f"{sweeps_root.rstrip('/')}/{spec.name}"
     local_dir = wd / "sweeps" / spec.name  # best recipe, summary, plots (always local)
     local_dir.mkdir(parents=True, exist_ok=True)
@@ -195,25 +196,16 @@ def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = Fa
 
     import ray
 
-    if not ray.is_initialized() and not base_cfg.scaling.ray_address:
+    from convlstm_dist.runtime import in_ray_job, start_or_join_ray
+
+    if base_cfg.scaling.ray_address or in_ray_job():
+        init_ray(base_cfg, res)  # join the given cluster, as training does
+    else:
         # a local Ray with the dashboard: Train's placement-group cleaner uses the state API to free the
-        # workers of trials that ASHA stops (killed mid-run); without it their CPUs stay reserved
-        # workers must find *this* cluster's state API even when other Ray instances run on the machine:
-        # fix the GCS port and hand RAY_ADDRESS to every worker
-        from ray.util import get_node_ip_address
-
-        from convlstm_dist.ray_runtime import gcs_port_env_var
-        from convlstm_dist.tracking.server import free_port
-
-        port = free_port("0.0.0.0")
-        os.environ[gcs_port_env_var()] = str(port)
-        env_vars = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "MLFLOW_TRACKING_URI",
-                                               "AWS_ENDPOINT_URL", "AWS_REGION") if k in os.environ}
-        env_vars["RAY_ADDRESS"] = f"{get_node_ip_address()}:{port}"
-        ray.init(address="local", include_dashboard=True, log_to_driver=progress,
-                 runtime_env={"env_vars": env_vars} if env_vars else None)
-        os.environ.pop(gcs_port_env_var(), None)
-    init_ray(base_cfg, res)
+        # workers of trials that ASHA stops (killed mid-run); without it their CPUs stay reserved.
+        # Workers must find *this* cluster's state API even when other Ray instances run on the machine:
+        # the GCS port is fixed and RAY_ADDRESS handed to every worker (pin_gcs_port)
+        start_or_join_ray(dashboard=True, log_to_driver=progress, logging_level=logging.INFO, pin_gcs_port=True)
     from convlstm_dist.train.guards import check_cluster_resources
 
     try:
@@ -232,7 +224,7 @@ def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = Fa
         "train_storage": f"{exp_path}/train", "metric": spec.search.metric, "mode": spec.search.mode,
     }
     trainable = tune.with_resources(tune.with_parameters(_trial_fn, ctx=ctx), {"cpu": 0.01})
-    tune_path, fs = storage_filesystem(sweeps_root, base_cfg.data.endpoint_url)
+    tune_path, fs = ray_storage(sweeps_root, base_cfg.data.endpoint_url)
     restore_path = f"{tune_path.rstrip('/')}/{spec.name}"
     resumed = tune.Tuner.can_restore(restore_path, storage_filesystem=fs)
     if resumed:

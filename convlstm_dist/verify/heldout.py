@@ -280,12 +280,11 @@ def run_protocol(base_cfg, workdir: str | Path, events: Sequence[Event], holdout
     t0 = time.time()
     import ray
 
-    started = not ray.is_initialized()
-    if started:  # one local Ray for every fold's scoring (run_evaluation reuses a running one)
-        import logging
+    from convlstm_dist.runtime import start_or_join_ray
 
-        ray.init(num_cpus=max(1, int(workers)), include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR, _system_config={"task_oom_retries": 1})
+    started = not ray.is_initialized()
+    # one local Ray for every fold's scoring (run_evaluation reuses a running one)
+    start_or_join_ray(num_cpus=workers, oom_retries=1)
     try:
         rows, fold_runs = _train_and_score(folds, cfgs, wd, budget_s, device, baselines, crop, max_windows,
                                            workers, progress, say)

@@ -38,12 +38,10 @@ from typing import Sequence
 
 import numpy as np
 
+from convlstm_dist.data.quantity import SKILL_THRESHOLDS_MMH
 from convlstm_dist.verify._arrays import as_bthw
 
-DEFAULT_THRESHOLDS_MMH = (0.5, 2.0, 5.0, 10.0, 30.0)
-# HKO-7 balanced MSE: weight 1 below the first edge, then the weight of the highest edge reached.
-BMSE_EDGES_MMH = (2.0, 5.0, 10.0, 30.0)
-BMSE_WEIGHTS = (1.0, 2.0, 5.0, 10.0, 30.0)
+DEFAULT_THRESHOLDS_MMH = SKILL_THRESHOLDS_MMH  # the thresholds of validation during training too
 
 _COUNTS = ("hits", "misses", "false_alarms", "correct_negatives")
 _SUMS = ("n", "sum_se", "sum_ae", "sum_wse", "sum_x", "sum_y", "sum_xx", "sum_yy", "sum_xy")
@@ -51,10 +49,14 @@ ROW_KEYS = ("lead_index", "threshold_mmh", "csi", "pod", "far", "hss", "mse", "m
 
 
 def bmse_weights(obs_mmh: np.ndarray) -> np.ndarray:
-    """HKO-7 balancing weights for observed rain rates in mm/h (NaN gets weight 1)."""
-    w = np.full(np.shape(obs_mmh), BMSE_WEIGHTS[0])
+    """HKO-7 balancing weights for observed rain rates in mm/h (NaN gets weight 1): the numpy twin of
+    ``models.losses.hko7_weights``, from the same table (weight 1 below the first edge, then the
+    weight of the highest edge reached)."""
+    from convlstm_dist.models.losses import HKO7_THRESHOLDS_MMH, HKO7_WEIGHTS  # torch only when scoring
+
+    w = np.full(np.shape(obs_mmh), HKO7_WEIGHTS[0])
     with np.errstate(invalid="ignore"):
-        for edge, weight in zip(BMSE_EDGES_MMH, BMSE_WEIGHTS[1:]):
+        for edge, weight in zip(HKO7_THRESHOLDS_MMH, HKO7_WEIGHTS[1:]):
             w[obs_mmh >= edge] = weight
     return w
 

@@ -1,0 +1,153 @@
+"""The runtime every command shares: starting or joining Ray, the MLflow tracking URI, S3 storage for Ray.
+
+* :func:`start_or_join_ray` is the only place that calls ``ray.init`` (``tests/unit/test_runtime.py`` keeps
+  it so). Its address policy: inside ``ray job submit`` (``RAY_JOB_ID`` / ``RAY_ADDRESS`` set) join the
+  job's cluster (``address="auto"``); an explicit address joins that cluster; otherwise start a *local*
+  Ray (``address="local"``, never a bare ``ray.init()``, which may attach to a stale cluster recorded in
+  Ray's temp dir) without a dashboard, quiet, with the driver's environment forwarded to the workers.
+* :func:`resolve_tracking_uri`: explicit URI, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow.db``.
+* :func:`ray_storage` gives Ray's ``RunConfig`` / Tune its ``(storage_path, pyarrow filesystem)``, with the
+  endpoint and credentials that :func:`convlstm_dist.data.storage.storage_options_for` reads for everything
+  else (fsspec users call that and :func:`convlstm_dist.data.storage.filesystem` directly).
+
+Import-light: Ray, pyarrow and the storage helpers are imported inside the functions. Ray's private
+internals stay in :mod:`convlstm_dist.ray_runtime`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+# what the driver hands to every Ray worker (runtime_env) when it starts or joins a cluster itself
+FORWARDED_ENV_VARS = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_REGION")
+
+
+def in_ray_job() -> bool:
+    """True inside ``ray job submit`` (or with ``RAY_ADDRESS`` exported): Ray is joined, never started."""
+    return bool(os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"))
+
+
+def forwarded_env_vars() -> dict[str, str]:
+    """The variables of :data:`FORWARDED_ENV_VARS` that are set in this process."""
+    return {k: os.environ[k] for k in FORWARDED_ENV_VARS if k in os.environ}
+
+
+def ray_init_kwargs(address: str | None = None, *, num_cpus: int | None = None, env_vars: dict | None = None,
+                    dashboard: bool = False, log_to_driver: bool = False, logging_level: int = logging.ERROR,
+                    oom_retries: int | None = None) -> dict:
+    """The ``ray.init`` arguments the address policy chooses (see the module docstring; nothing is started).
+
+    ``env_vars``: the workers' environment (default :func:`forwarded_env_vars`); inside a job the job's
+    runtime env applies instead. ``num_cpus``, ``dashboard`` and ``oom_retries`` (how often a task the
+    memory monitor kills is retried; None keeps Ray's default) only apply to a local start: Ray refuses
+    them when it joins an existing cluster."""
+    common = {"log_to_driver": log_to_driver, "logging_level": logging_level}
+    if in_ray_job():
+        return {"address": "auto", **common}
+    env = forwarded_env_vars() if env_vars is None else dict(env_vars)
+    runtime_env = {"env_vars": env} if env else None
+    if address:
+        return {"address": address, **common, "runtime_env": runtime_env}
+    kw = {"address": "local", "include_dashboard": dashboard, **common, "runtime_env": runtime_env}
+    if num_cpus is not None:
+        kw["num_cpus"] = max(1, int(num_cpus))
+    if oom_retries is not None:
+        kw["_system_config"] = {"task_oom_retries": int(oom_retries)}
+    return kw
+
+
+def start_or_join_ray(address: str | None = None, *, num_cpus: int | None = None, workdir: str | Path | None = None,
+                      env_vars: dict | None = None, dashboard: bool = False, log_to_driver: bool = False,
+                      logging_level: int = logging.ERROR, oom_retries: int | None = None,
+                      pin_gcs_port: bool = False) -> bool:
+    """Connect this process to Ray by the project's policy (:func:`ray_init_kwargs`); a no-op when it
+    already is. True if this call started a local Ray instance (this process owns it and shuts it down).
+
+    ``workdir``: link this session's Ray logs as ``<workdir>/logs/ray`` (a local node only).
+    ``pin_gcs_port``: a local start fixes its GCS port and hands ``RAY_ADDRESS`` to every worker, so
+    workers find *this* cluster's state API even when other Ray instances run on the machine (the sweep:
+    Train's placement-group cleaner needs it for the trials ASHA stops)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kw = ray_init_kwargs(address, num_cpus=num_cpus, env_vars=env_vars, dashboard=dashboard,
+                         log_to_driver=log_to_driver, logging_level=logging_level, oom_retries=oom_retries)
+    local = kw["address"] == "local"
+    port_var = None
+    if local and pin_gcs_port:
+        from ray.util import get_node_ip_address
+
+        from convlstm_dist.ray_runtime import gcs_port_env_var
+
+        port = _free_port()
+        port_var = gcs_port_env_var()
+        os.environ[port_var] = str(port)
+        env = dict((kw["runtime_env"] or {}).get("env_vars") or {})
+        env["RAY_ADDRESS"] = f"{get_node_ip_address()}:{port}"
+        kw["runtime_env"] = {"env_vars": env}
+    try:
+        ray.init(**kw)
+    finally:
+        if port_var:
+            os.environ.pop(port_var, None)
+    if workdir is not None:
+        link_ray_logs(workdir)
+    return local
+
+
+def link_ray_logs(workdir: str | Path) -> Path | None:
+    """``<workdir>/logs/ray`` -> this Ray session's log folder (worker output, Ray's own chatter); None
+    when attached to a remote cluster (its logs live there)."""
+    from convlstm_dist.ray_runtime import session_log_dir
+
+    logs = session_log_dir()
+    if logs is None:
+        return None
+    link = Path(workdir) / "logs" / "ray"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(Path(logs), target_is_directory=True)
+    print(f"[convlstm-dist] Ray's logs (workers included): {link}", flush=True)
+    return link
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("0.0.0.0", 0))
+        return s.getsockname()[1]
+
+
+def resolve_tracking_uri(uri: str | None = None, workdir: str | Path = "workdir") -> str:
+    """``uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow.db`` (workdir made absolute)."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+
+
+def ray_storage(storage_path: str, endpoint_url: str | None = None, **fs_options):
+    """``(storage_path, pyarrow filesystem or None)`` for Ray's ``RunConfig`` / Tune.
+
+    A local path is created and gets no filesystem; ``s3://`` gets an explicit ``pyarrow.fs.S3FileSystem``
+    (and the path loses its scheme) whose endpoint, credentials and region come from
+    :func:`~convlstm_dist.data.storage.storage_options_for`, like every other S3 client of the project.
+    ``fs_options``: extra ``S3FileSystem`` arguments (e.g. the write probe's short timeouts)."""
+    if not storage_path.startswith("s3://"):
+        Path(storage_path).mkdir(parents=True, exist_ok=True)
+        return storage_path, None
+    import pyarrow.fs as pafs
+
+    from convlstm_dist.data.storage import storage_options_for
+
+    opts = storage_options_for(storage_path, endpoint_url)
+    client = opts.get("client_kwargs") or {}
+    kw = {"access_key": opts.get("key"), "secret_key": opts.get("secret"), "session_token": opts.get("token"),
+          "region": client.get("region_name") or "us-east-1", **fs_options}
+    endpoint = client.get("endpoint_url")
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kw.update(endpoint_override=host, scheme=scheme)
+    return storage_path[len("s3://"):], pafs.S3FileSystem(**{k: v for k, v in kw.items() if v is not None})
