@@ -74,7 +74,10 @@ def select_windows(nc, archive, split: str | None = "test", start: str | None = 
     if len(times) < length:
         raise UserError(f"too few frames: {archive.url} has {len(times)} frames, one window needs "
                         f"{in_len} input + {n_out} output = {length}")
-    if start is not None or end is not None:
+    if split == "all" and start is None and end is None:  # an archive the model never trained on
+        starts = gap_free_starts(times, archive.timestep_s, length)
+        label, record = "all windows", {"split": "all", "gap_free_windows": len(starts)}
+    elif start is not None or end is not None:
         lo = parse_time(start, "--start") if start else times[0]
         hi = parse_time(end, "--end") if end else times[-1]
         cand = gap_free_starts(times, archive.timestep_s, length)
@@ -93,8 +96,9 @@ def select_windows(nc, archive, split: str | None = "test", start: str | None = 
         starts = idx.starts[split]
         label, record = split, {"split": split, **idx.summary()}
     if len(starts) == 0:
-        how = (f"the {split} split of the model's rule (data.split {cfg.data.split.model_dump()}); "
-               "try --split val or --start/--end") if start is None and end is None else f"[{start}, {end}]"
+        how = (f"the {split} split of the model's rule (data.split {cfg.data.split.model_dump()}), on an archive "
+               "the model was trained on; score an archive it never saw, or choose windows knowingly with "
+               "--split val|all or --start/--end") if start is None and end is None else f"[{start}, {end}]"
         raise UserError(f"too few frames: no gap-free window of {length} frames in {how} "
                         f"({len(times)} frames in {archive.url})")
     if max_windows and len(starts) > max_windows:

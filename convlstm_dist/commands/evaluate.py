@@ -44,8 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "evaluate-<model name>.")
     _common(e)
     g = e.add_mutually_exclusive_group()
-    g.add_argument("--split", choices=("test", "val", "train"), default=None,
-                   help="windows of this split of the model's own split rule (default: test)")
+    g.add_argument("--split", choices=("test", "val", "train", "all"), default=None,
+                   help="windows of this split of the model's own split rule, or all gap-free windows (default: "
+                        "test on an archive the model was trained on, all on any other archive)")
     g.add_argument("--start", default=None, metavar="TIME", help="windows inside [--start, --end] (ISO 8601, UTC)")
     e.add_argument("--end", default=None, metavar="TIME", help="end of the time range (default: last frame)")
     e.add_argument("--out", default=None, metavar="FILE.csv", help="CSV path (default: WORKDIR/evaluate/<model>-<split>.csv)")
@@ -90,6 +91,19 @@ def _same_url(a: str, b: str) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
+def _trained_on(nc, archive) -> bool:
+    """Whether ``archive`` may be one the model trained on (its pinned data version, or its recipe's
+    archives, matched by URL or by file name: when in doubt, only the test split is scored)."""
+    cfg = nc.config.data
+    urls = [str(p.get("url", "")) for p in nc.info.get("data_version") or []]
+    urls += [cfg.archive] if cfg.archive else []
+    urls += [e.url for e in cfg.archives or []]
+    if not urls and cfg.source == "archive":
+        return True  # a model of the default <workdir>/archive.zarr: cannot tell, stay on its test split
+    name = str(archive.url).rstrip("/").rsplit("/", 1)[-1]
+    return any(_same_url(u, archive.url) or u.rstrip("/").rsplit("/", 1)[-1] == name for u in urls)
+
+
 def _pinned(archive, nc, args):
     """The model's own archive at the frames its run was pinned to (``train/data_pin.py``): the
     split windows of a run are those of the data it trained on, even after later appends."""
@@ -132,8 +146,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise UserError("--end goes with --start (a time range), not with --split")
     nc = Nowcaster.load(args.model, args.tracking_uri, args.workdir, trust=args.trust_model)
     archive = _open(args)
-    split = args.split or ("test" if args.start is None and args.end is None else None)
-    if split is not None:
+    split = args.split
+    if split is None and args.start is None and args.end is None:
+        split = "test" if _trained_on(nc, archive) else "all"
+        if split == "all":
+            print(f"[evaluate] the model was not trained on {archive.url}: scoring all its gap-free windows",
+                  flush=True)
+    if split not in (None, "all"):
         archive = _pinned(archive, nc, args)
     sel = select_windows(nc, archive, split, args.start, args.end, args.n_out, args.max_windows)
     baselines = [] if args.baselines.strip().lower() == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
