@@ -56,6 +56,24 @@ def init_lstm_parameters(cell: nn.Module, fan_in: int) -> None:
             w.zero_()
 
 
+def peephole_step(gate, c_prev: torch.Tensor, w_ci, w_cf, w_co) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's equations (3) for one time step, given ``gate(g)`` = W_xg*X_t + W_hg*H_{t-1} + b_g
+    for g = 0..3 (i, f, c, o) and the peephole weights (``∘`` = Hadamard product)::
+
+        i_t = σ(W_xi*X_t + W_hi*H_{t-1} + W_ci∘C_{t-1} + b_i)
+        f_t = σ(W_xf*X_t + W_hf*H_{t-1} + W_cf∘C_{t-1} + b_f)
+        C_t = f_t∘C_{t-1} + i_t∘tanh(W_xc*X_t + W_hc*H_{t-1} + b_c)
+        o_t = σ(W_xo*X_t + W_ho*H_{t-1} + W_co∘C_t + b_o)
+        H_t = o_t∘tanh(C_t)
+
+    ``*`` is a convolution in the ConvLSTM cell and a matrix product in the FC-LSTM cell."""
+    i = torch.sigmoid(gate(0) + w_ci * c_prev)
+    f = torch.sigmoid(gate(1) + w_cf * c_prev)
+    c = f * c_prev + i * torch.tanh(gate(2))
+    o = torch.sigmoid(gate(3) + w_co * c)
+    return o * torch.tanh(c), c
+
+
 class ConvLSTMCell(nn.Module):
     """One ConvLSTM layer. ``in_channels=0`` means no input (the forecaster's first layer)."""
 
@@ -119,11 +137,7 @@ class ConvLSTMCell(nn.Module):
         """One time step: x (N, cin, H, W) or None, state (H, C) each (N, h, H, W) -> (H, C)."""
         self.check_input(x)
         h_prev, c_prev = state
-        i = torch.sigmoid(self._gate(0, x, h_prev) + self.w_ci * c_prev)
-        f = torch.sigmoid(self._gate(1, x, h_prev) + self.w_cf * c_prev)
-        c = f * c_prev + i * torch.tanh(self._gate(2, x, h_prev))
-        o = torch.sigmoid(self._gate(3, x, h_prev) + self.w_co * c)
-        return o * torch.tanh(c), c
+        return peephole_step(lambda g: self._gate(g, x, h_prev), c_prev, self.w_ci, self.w_cf, self.w_co)
 
     # Stacked transforms used by the fast path (convlstm_dist.models.fast.run_layer).
     def project_input(self, x: torch.Tensor) -> torch.Tensor:

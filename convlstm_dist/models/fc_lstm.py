@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlstm_dist.models.cell import init_lstm_parameters
+from convlstm_dist.models.cell import init_lstm_parameters, peephole_step
 from convlstm_dist.models.encoder_forecaster import IMPLS, State, check_frames, run_literal
 from convlstm_dist.models.fast import run_layer
 
@@ -50,11 +50,7 @@ class FCLSTMCell(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Literal step: x (N, in) or None, state (H, C) each (N, h)."""
         h_prev, c_prev = state
-        i = torch.sigmoid(self._gate(0, x, h_prev) + self.w_ci * c_prev)
-        f = torch.sigmoid(self._gate(1, x, h_prev) + self.w_cf * c_prev)
-        c = f * c_prev + i * torch.tanh(self._gate(2, x, h_prev))
-        o = torch.sigmoid(self._gate(3, x, h_prev) + self.w_co * c)
-        return o * torch.tanh(c), c
+        return peephole_step(lambda g: self._gate(g, x, h_prev), c_prev, self.w_ci, self.w_cf, self.w_co)
 
     def project_input(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight_x, self.bias)
