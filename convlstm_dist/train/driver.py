@@ -11,6 +11,7 @@ command again resumes it from its latest checkpoint, in Ray Train and in MLflow.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from contextlib import contextmanager
@@ -94,8 +95,8 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from convlstm_dist.train.guards import check_cluster_resources
     from convlstm_dist.train.fit import fault_nan_at
+    from convlstm_dist.train.guards import check_cluster_resources
     from convlstm_dist.train.ray_worker import train_loop_per_worker
     from convlstm_dist.train.recovery import repair_checkpoints
 
@@ -129,13 +130,12 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
 
 
 def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = True) -> TrainOutcome:
-    from convlstm_dist.train.guards import check_cluster_resources
-
     from convlstm_dist.data.plan import DataPlan
     from convlstm_dist.train.data_pin import log_pin, read_pin, write_pin
+    from convlstm_dist.train.guards import check_cluster_resources
 
     res, plan = preflight(cfg, workdir)
-    say = print if progress else (lambda *a, **k: None)
+    say = functools.partial(print, flush=True) if progress else (lambda *a, **k: None)  # progress reaches pipes now
     run_folder = f"{res.storage_path.rstrip('/')}/{res.run_name}"
     version = read_pin(run_folder, cfg.data.endpoint_url)
     if version is not None:  # a rerun of this run: the frames it started with, even if the archive grew

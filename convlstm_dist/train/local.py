@@ -20,6 +20,7 @@ this backend supplies:
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import time
@@ -142,7 +143,7 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
     overrides ``train.time_budget_s``; ``cuda_graph`` True/False forces the graph/eager engine."""
     from convlstm_dist.data.plan import DataPlan
 
-    say = print if progress else (lambda *a, **k: None)
+    say = functools.partial(print, flush=True) if progress else (lambda *a, **k: None)  # progress reaches pipes now
     if time_budget_s is not None:
         cfg = cfg.model_copy(deep=True)
         cfg.train.time_budget_s = time_budget_s

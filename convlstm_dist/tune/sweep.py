@@ -16,6 +16,7 @@ model is registered, and a summary table and per-axis plots go to the parent run
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -25,7 +26,15 @@ from pathlib import Path
 
 from convlstm_dist.config import config_from_dict, flatten, to_yaml
 from convlstm_dist.errors import UserError
-from convlstm_dist.tune.space import SweepSpec, check_space, is_log_axis, load_sweep, sample_label, to_tune, trial_tree
+from convlstm_dist.tune.space import (
+    SweepSpec,
+    check_space,
+    is_log_axis,
+    load_sweep,
+    sample_label,
+    to_tune,
+    trial_tree,
+)
 
 SWEEP_TAG = "convlstm_dist.sweep"
 TRIAL_TAG = "convlstm_dist.trial_id"
@@ -145,7 +154,7 @@ def _best_row(df, metric: str, mode: str):
 def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = False, progress: bool = True,
               storage_path: str | None = None) -> SweepOutcome:
     t_start = time.time()
-    say = print if progress else (lambda *a, **k: None)
+    say = functools.partial(print, flush=True) if progress else (lambda *a, **k: None)  # progress reaches pipes now
     spec, base = load_sweep(sweep_path, smoke_test)
     n_checked = check_space(spec, base)
     base_cfg = config_from_dict(base, "sweep base")
