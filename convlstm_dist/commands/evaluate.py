@@ -83,35 +83,30 @@ def _open(args):
     return open_archive(args.archive, storage_options_for(args.archive, args.endpoint_url))
 
 
-def _same_url(a: str, b: str) -> bool:
-    from convlstm_dist.data.storage import is_remote
-
-    if is_remote(a) or is_remote(b):
-        return a.rstrip("/") == b.rstrip("/")
-    return Path(a).resolve() == Path(b).resolve()
-
-
 def _trained_on(nc, archive) -> bool:
     """Whether ``archive`` may be one the model trained on (its pinned data version, or its recipe's
     archives, matched by URL or by file name: when in doubt, only the test split is scored)."""
+    from convlstm_dist.data.storage import archive_key, archive_name
+
     cfg = nc.config.data
     urls = [str(p.get("url", "")) for p in nc.info.get("data_version") or []]
     urls += [cfg.archive] if cfg.archive else []
     urls += [e.url for e in cfg.archives or []]
     if not urls and cfg.source == "archive":
         return True  # a model of the default <workdir>/archive.zarr: cannot tell, stay on its test split
-    name = str(archive.url).rstrip("/").rsplit("/", 1)[-1]
-    return any(_same_url(u, archive.url) or u.rstrip("/").rsplit("/", 1)[-1] == name for u in urls)
+    key, name = archive_key(archive.url), archive_name(archive.url)
+    return any(archive_key(u) == key or archive_name(u) == name for u in urls)
 
 
 def _pinned(archive, nc, args):
     """The model's own archive at the frames its run was pinned to (``train/data_pin.py``): the
     split windows of a run are those of the data it trained on, even after later appends."""
     from convlstm_dist.data.archive import open_archive
-    from convlstm_dist.data.storage import storage_options_for
+    from convlstm_dist.data.storage import archive_key, storage_options_for
 
+    key = archive_key(archive.url)
     for pin in nc.info.get("data_version") or []:
-        if _same_url(str(pin.get("url", "")), archive.url) and int(pin["frames"]) < len(archive.times):
+        if archive_key(str(pin.get("url", ""))) == key and int(pin["frames"]) < len(archive.times):
             print(f"[evaluate] {archive.url}: the split of the run's pinned data ({pin['frames']} of "
                   f"{len(archive.times)} frames, up to {pin['last_time']})", flush=True)
             return open_archive(args.archive, storage_options_for(args.archive, args.endpoint_url),

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from convlstm_dist.data.archive import open_archive
-from convlstm_dist.data.storage import exists, is_remote, storage_options_for
+from convlstm_dist.data.storage import archive_name, exists, is_remote, storage_options_for
 from convlstm_dist.data.windows import SPLITS, SplitRule, WindowIndex, build_index
 from convlstm_dist.errors import UserError
 
@@ -284,7 +284,7 @@ class DataPlan:
             return None
         names = []
         for src in self.sources:
-            stem = re.sub(r"[^A-Za-z0-9_.\-]", "-", str(src.url).rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr"))
+            stem = re.sub(r"[^A-Za-z0-9_.\-]", "-", archive_name(src.url))
             names.append(stem if stem not in names else f"{stem}-{src.index}")
         return names
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from convlstm_dist.errors import UserError
@@ -50,6 +51,23 @@ def metadata_deadline_s() -> float:
 def is_remote(url: str) -> bool:
     """True for URLs with a scheme other than file:// (s3://, gs://, memory://, ...)."""
     return "://" in str(url) and not str(url).startswith("file://")
+
+
+def archive_key(url: str, workdir=None) -> str:
+    """A comparable identity of an archive URL: a remote URL without its trailing slash, a local path
+    resolved (a relative one against ``workdir`` when given)."""
+    if is_remote(url):
+        return str(url).rstrip("/")
+    p = Path(url)
+    if not p.is_absolute() and workdir is not None:
+        p = Path(workdir) / p
+    return str(p.resolve())
+
+
+def archive_name(url: str) -> str:
+    """An archive's file name without ``.zarr``: ``s3://b/x/knmi-20100826.zarr/`` -> ``knmi-20100826``."""
+    base = str(url).rstrip("/").rsplit("/", 1)[-1]
+    return base[:-5] if base.endswith(".zarr") else base
 
 
 def storage_options_for(url: str, endpoint_url: str | None = None) -> dict:

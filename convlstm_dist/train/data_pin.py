@@ -47,14 +47,18 @@ def version_digest(version: list[dict]) -> str:
     return hashlib.sha256(json.dumps(version, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def plan_pinned(cfg, workdir, folder: str | Path, endpoint_url: str | None = None):
-    """``(plan, version, pinned_before)``: the plan on the run's pinned frames (pinning them now if
-    the run has no pin yet)."""
+def pin_run(cfg, workdir, folder: str | Path, endpoint_url: str | None = None, plan=None):
+    """``(plan, version)`` of the run whose folder is ``folder``: on a rerun, the plan on the frames
+    pinned there; on a first start ``plan`` (planned now if None) and its version, pinned now."""
     from convlstm_dist.data.plan import DataPlan
 
     pin = read_pin(folder, endpoint_url)
-    plan = DataPlan.from_config(cfg, workdir, pinned=pin)
-    return plan, (pin if pin is not None else plan.version()), pin is not None
+    if pin is not None:  # a rerun of this run: the frames it started with, even if the archive grew
+        return DataPlan.from_config(cfg, workdir, pinned=pin), pin
+    plan = plan if plan is not None else DataPlan.from_config(cfg, workdir)
+    version = plan.version()
+    write_pin(folder, version, endpoint_url)
+    return plan, version
 
 
 def log_pin(tracker, version: list[dict]) -> None:

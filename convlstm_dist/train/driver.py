@@ -130,19 +130,13 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
 
 
 def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = True) -> TrainOutcome:
-    from convlstm_dist.data.plan import DataPlan
-    from convlstm_dist.train.data_pin import log_pin, read_pin, write_pin
+    from convlstm_dist.train.data_pin import log_pin, pin_run
     from convlstm_dist.train.guards import check_cluster_resources
 
     res, plan = preflight(cfg, workdir)
     say = functools.partial(print, flush=True) if progress else (lambda *a, **k: None)  # progress reaches pipes now
-    run_folder = f"{res.storage_path.rstrip('/')}/{res.run_name}"
-    version = read_pin(run_folder, cfg.data.endpoint_url)
-    if version is not None:  # a rerun of this run: the frames it started with, even if the archive grew
-        plan = DataPlan.from_config(cfg, res.workdir, pinned=version)
-    else:
-        version = plan.version()
-        write_pin(run_folder, version, cfg.data.endpoint_url)
+    plan, version = pin_run(cfg, res.workdir, f"{res.storage_path.rstrip('/')}/{res.run_name}",
+                            cfg.data.endpoint_url, plan)
     say(f"[convlstm-dist] run '{res.run_name}': windows per split {plan.counts()}, "
         f"crop {plan.crop[0]}x{plan.crop[1]}, {cfg.scaling.num_workers} worker(s), "
         f"{data_loader(cfg, plan)} batches ({plan.memory_bytes() / 2**30:.2f} GiB of frames)")

@@ -14,12 +14,6 @@ import threading
 import torch
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    """A batch of tensors on ``device`` (through pinned memory, asynchronously, to CUDA)."""
-    pin = device.type == "cuda"
-    return {k: (v.pin_memory() if pin else v).to(device, non_blocking=pin) for k, v in batch.items()}
-
-
 def prefetch(it, device: torch.device, depth: int = 2):
     """Iterate ``it`` (numpy batch dicts) cut in a background thread, yielding tensors on ``device``.
 

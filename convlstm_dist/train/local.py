@@ -32,7 +32,7 @@ import torch
 from convlstm_dist.checkpoint import read_checkpoint
 from convlstm_dist.config import Config
 from convlstm_dist.errors import UserError
-from convlstm_dist.train.data_pin import log_pin, read_pin, write_pin
+from convlstm_dist.train.data_pin import log_pin, pin_run
 from convlstm_dist.train.driver import Resolved, resolve
 from convlstm_dist.train.engine import choose_engine
 from convlstm_dist.train.feed import prefetch
@@ -141,8 +141,6 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
                 max_memory_gb: float = 48.0, progress: bool = True, log_every_s: float = 30.0) -> LocalOutcome:
     """Train ``cfg`` in this process (resuming ``<workdir>/local/<run>/latest``). ``time_budget_s``
     overrides ``train.time_budget_s``; ``cuda_graph`` True/False forces the graph/eager engine."""
-    from convlstm_dist.data.plan import DataPlan
-
     say = functools.partial(print, flush=True) if progress else (lambda *a, **k: None)  # progress reaches pipes now
     if time_budget_s is not None:
         cfg = cfg.model_copy(deep=True)
@@ -150,12 +148,7 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
     res = resolve(cfg, workdir)  # workdir, run name, MLflow URI and experiment as for `train`
     run_name = res.run_name
     out_dir = res.workdir / "local" / run_name
-    pin = read_pin(out_dir)  # a rerun plans on the frames the run started with
-    plan = DataPlan.from_config(cfg, res.workdir, pinned=pin)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    version = pin if pin is not None else plan.version()
-    if pin is None:
-        write_pin(out_dir, version)
+    plan, version = pin_run(cfg, res.workdir, out_dir)  # a rerun plans on the frames the run started with
     dev = _device(device)
     need = plan.memory_bytes()
     if need > max_memory_gb * 2**30:

@@ -29,6 +29,7 @@ class ValAccumulator:
         self.ct = np.zeros((2, out_len, nt, 4), dtype=np.float64)
         self.lead_se = np.zeros((2, out_len), dtype=np.float64)
         self.lead_n = np.zeros(out_len, dtype=np.float64)
+        self.by_source: dict[str, "ValAccumulator"] = {}  # per archive of a multi-archive plan (evaluate_val)
 
     def add(self, raw: torch.Tensor, y_n: torch.Tensor, x_n: torch.Tensor, mask: torch.Tensor) -> None:
         """``raw``: the model output as trained (logits for bce losses), in model space."""
@@ -158,7 +159,7 @@ def source_metrics(acc: ValAccumulator) -> dict[str, float]:
     """Per-archive validation metrics of a multi-archive plan, ``val.<archive>.<metric>``; the pooled
     ones stay ``val_<metric>``. Archives without validation windows are left out."""
     out = {}
-    for name, a in getattr(acc, "by_source", {}).items():
+    for name, a in acc.by_source.items():
         if a.s["n"] <= 0:
             continue
         m = a.metrics()

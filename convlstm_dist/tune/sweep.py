@@ -66,7 +66,7 @@ def _trial_fn(config: dict, ctx: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from convlstm_dist.data.datasource import epoch_clock
-    from convlstm_dist.train.data_pin import log_pin, plan_pinned, write_pin
+    from convlstm_dist.train.data_pin import log_pin, pin_run
     from convlstm_dist.train.driver import build_trainer
 
     trial_id = ray.tune.get_context().get_trial_id()
@@ -77,8 +77,8 @@ def _trial_fn(config: dict, ctx: dict) -> None:
     tree.setdefault("run", {})["name"] = run_name
     cfg = config_from_dict(tree, f"trial {run_name}")
     # the trial's frames are pinned next to its checkpoints: a restored trial plans on the same ones
-    plan, version, _ = plan_pinned(cfg, ctx["workdir"], f"{ctx['train_storage'].rstrip('/')}/{run_name}",
-                                   cfg.data.endpoint_url)
+    plan, version = pin_run(cfg, ctx["workdir"], f"{ctx['train_storage'].rstrip('/')}/{run_name}",
+                            cfg.data.endpoint_url)
 
     tracker = None
     if ctx["tracking_uri"]:
@@ -94,7 +94,6 @@ def _trial_fn(config: dict, ctx: dict) -> None:
         if not resumed:
             tracker.log_text(to_yaml(cfg), "config.yaml")
         log_pin(tracker, version)
-    write_pin(f"{ctx['train_storage'].rstrip('/')}/{run_name}", version, cfg.data.endpoint_url)
 
     clock_name = f"convlstm-epoch-clock-{run_name}"
     clock = epoch_clock(clock_name)

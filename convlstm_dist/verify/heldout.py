@@ -26,7 +26,6 @@ weighted by the number of scored pixels (``n``) — not scores of pooled conting
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
 import time
@@ -34,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from convlstm_dist.data.storage import archive_key
+from convlstm_dist.data.storage import archive_name as event_name  # noqa: F401 - the protocol's event names
 from convlstm_dist.errors import UserError
 
 REPORT_THRESHOLDS_MMH = (0.5, 2.0, 5.0, 10.0)
@@ -75,24 +76,6 @@ def roles(events: Sequence[Event]) -> str:
 
 def names(events: Sequence[Event]) -> str:
     return ", ".join(e.name for e in events) or "-"
-
-
-def event_name(url: str) -> str:
-    """``archives/knmi-20100826.zarr`` -> ``knmi-20100826``."""
-    base = str(url).rstrip("/").rsplit("/", 1)[-1]
-    return base[:-5] if base.endswith(".zarr") else base
-
-
-def _key(url: str, workdir: str | Path | None) -> str:
-    """A comparable identity of an archive URL (local paths resolved against the workdir)."""
-    from convlstm_dist.data.storage import is_remote
-
-    if is_remote(url):
-        return str(url).rstrip("/")
-    p = Path(url)
-    if not p.is_absolute() and workdir is not None:
-        p = Path(workdir) / p
-    return str(p.resolve())
 
 
 def events_from_config(cfg, urls: Sequence[str] | None = None) -> list[Event]:
@@ -144,8 +127,8 @@ def check_fold(fold: Fold, workdir: str | Path | None = None) -> None:
         raise UserError(f"fold {fold.index} has no training events (scored: {names(fold.scored)})")
     if not fold.scored:
         raise UserError(f"fold {fold.index} scores no event")
-    train = {_key(e.url, workdir) for e in fold.train} | {e.name for e in fold.train}
-    leak = [e for e in fold.scored if e.name in train or _key(e.url, workdir) in train]
+    train = {archive_key(e.url, workdir) for e in fold.train} | {e.name for e in fold.train}
+    leak = [e for e in fold.scored if e.name in train or archive_key(e.url, workdir) in train]
     if leak:
         raise HeldoutLeakError(f"fold {fold.index} would score {names(leak)}, which it also trains on "
                                f"(training events: {names(fold.train)}); a held-out event must never be trained on")
@@ -155,8 +138,8 @@ def check_model_events(model_cfg, scored: Event, workdir: str | Path) -> None:
     """Raise :class:`HeldoutLeakError` when the model's own recipe trained on ``scored``."""
     d = model_cfg.data
     urls = [e.url for e in d.archives] if d.archives else [d.archive or str(Path(workdir) / "archive.zarr")]
-    key = _key(scored.url, workdir)
-    if any(_key(u, workdir) == key or event_name(u) == scored.name for u in urls):
+    key = archive_key(scored.url, workdir)
+    if any(archive_key(u, workdir) == key or event_name(u) == scored.name for u in urls):
         raise HeldoutLeakError(f"refusing to score {scored.name}: the model's recipe trains on it "
                                f"(data.archives {urls})")
 
@@ -191,9 +174,9 @@ def fold_config(base_cfg, fold: Fold, budget_s: float | None = None):
     if budget_s is not None:
         tree["train"]["time_budget_s"] = float(budget_s)
     cfg = config_from_dict(tree, f"fold {fold.index} of {base_cfg.name}")
-    got = {_key(e.url, None) for e in cfg.data.archives}
-    want = {_key(e.url, None) for e in fold.train}
-    if got != want or any(_key(e.url, None) in got for e in fold.scored):
+    got = {archive_key(e.url, None) for e in cfg.data.archives}
+    want = {archive_key(e.url, None) for e in fold.train}
+    if got != want or any(archive_key(e.url, None) in got for e in fold.scored):
         raise HeldoutLeakError(f"fold {fold.index}: its recipe's archives {sorted(got)} are not exactly its "
                                f"training events {sorted(want)}")
     return cfg
@@ -216,15 +199,6 @@ def pool_rows(rows: Sequence[dict]) -> list[dict]:
             row[k] = sum(v * n for v, n in vals) / w if vals else float("nan")
         out.append(row)
     return out
-
-
-def _write_rows(rows: Sequence[dict], path: Path, columns: Sequence[str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 def _f(v) -> str:
@@ -335,11 +309,11 @@ def _train_and_score(folds, cfgs, wd, budget_s, device, baselines, crop, max_win
 
 
 def write_report(rows, pooled, folds, out_dir: Path, budget_s) -> dict[str, Path]:
-    from convlstm_dist.verify.table import plot_skill
+    from convlstm_dist.verify.table import plot_skill, write_csv
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"by_event_csv": _write_rows(rows, out_dir / "skill_by_event.csv", EVENT_COLUMNS),
-             "pooled_csv": _write_rows(pooled, out_dir / "skill_pooled.csv", POOLED_COLUMNS)}
+    files = {"by_event_csv": write_csv(rows, out_dir / "skill_by_event.csv", EVENT_COLUMNS),
+             "pooled_csv": write_csv(pooled, out_dir / "skill_pooled.csv", POOLED_COLUMNS)}
     md = ["# Held-out-event skill report", "",
           f"Training budget per fold: {budget_s} s. Scores on ALL gap-free windows of each scored event; "
           "model, persistence and optical flow on the same windows. Pooled = per-event scores weighted by "

@@ -75,13 +75,13 @@ def format_table(rows: Sequence[dict], methods: Sequence[str] | None = None) -> 
     return "\n\n".join(blocks)
 
 
-def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
-    """Write ``rows`` with columns :data:`CSV_COLUMNS` (other keys are left out)."""
-    _check_keys(rows, CSV_COLUMNS)
+def write_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str] = CSV_COLUMNS) -> Path:
+    """Write ``rows`` with ``columns`` (default :data:`CSV_COLUMNS`; other keys are left out)."""
+    _check_keys(rows, columns)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     return path
