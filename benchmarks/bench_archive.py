@@ -49,7 +49,7 @@ def main() -> int:
     from convlstm_dist.data.archive import open_archive
     from convlstm_dist.data.ingest import ingest
     from convlstm_dist.data.readers import get_reader
-    from convlstm_dist.data.sample import sample_files
+    from convlstm_dist.data.shipped import sample_files
     from fixtures_s3 import SeaweedServer
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

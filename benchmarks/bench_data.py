@@ -512,7 +512,7 @@ def sample_archive(args) -> int:
 
     from convlstm_dist.data.archive import open_archive
     from convlstm_dist.data.ingest import ingest
-    from convlstm_dist.data.sample import SAMPLE_READER, sample_files
+    from convlstm_dist.data.shipped import SAMPLE_READER, sample_files
 
     ncpu = os.cpu_count() or 1
     tmp = Path(tempfile.mkdtemp(prefix="bench-data-"))

@@ -82,7 +82,7 @@ def main() -> int:
     from convlstm_dist.config import load_config
     from convlstm_dist.data.ingest import ingest
     from convlstm_dist.data.plan import DataPlan
-    from convlstm_dist.data.sample import SAMPLE_READER, sample_files
+    from convlstm_dist.data.shipped import SAMPLE_READER, sample_files
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=3)

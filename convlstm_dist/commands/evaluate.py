@@ -131,8 +131,8 @@ def _tracking_uri(args, nc) -> str | None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from convlstm_dist.errors import UserError
-    from convlstm_dist.evaluate import parse_crop, run_evaluation, select_windows
-    from convlstm_dist.inference import Nowcaster
+    from convlstm_dist.nowcast.evaluation import parse_crop, run_evaluation, select_windows
+    from convlstm_dist.nowcast.nowcaster import Nowcaster
     from convlstm_dist.verify import format_table, plot_skill, write_csv
 
     t0 = time.time()
@@ -174,7 +174,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def _log_mlflow(uri, nc, args, record, rows, table, csv_path, png_path) -> str:
     import json
 
-    from convlstm_dist.evaluate import metrics_from_rows
+    from convlstm_dist.nowcast.evaluation import metrics_from_rows
     from convlstm_dist.tracking.mlflow_tracker import Tracker, check_reachable
 
     check_reachable(uri)
@@ -201,8 +201,8 @@ def run_nowcast(args: argparse.Namespace) -> int:
 
     from convlstm_dist.data.quantity import quantity_of_variable
     from convlstm_dist.errors import UserError
-    from convlstm_dist.evaluate import parse_crop, parse_time
-    from convlstm_dist.inference import Nowcaster, forecast_gif, forecast_strip, write_forecast_zarr
+    from convlstm_dist.nowcast.evaluation import parse_crop, parse_time
+    from convlstm_dist.nowcast.nowcaster import Nowcaster, forecast_gif, forecast_strip, write_forecast_zarr
 
     nc = Nowcaster.load(args.model, args.tracking_uri, args.workdir, trust=args.trust_model)
     archive = _open(args)

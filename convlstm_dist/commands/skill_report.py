@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_skill_report(args: argparse.Namespace) -> int:
     from convlstm_dist.config import load_config
-    from convlstm_dist.evaluate import parse_crop
+    from convlstm_dist.nowcast.evaluation import parse_crop
     from convlstm_dist.verify.heldout import events_from_config, format_summary, run_protocol
 
     cfg = load_config(args.config, args.overrides)

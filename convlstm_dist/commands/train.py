@@ -95,7 +95,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from convlstm_dist.config import load_config
     from convlstm_dist.data.ingest import ingest
-    from convlstm_dist.data.sample import SAMPLE_READER, sample_files
+    from convlstm_dist.data.shipped import SAMPLE_READER, sample_files
     from convlstm_dist.train.driver import run_training
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")

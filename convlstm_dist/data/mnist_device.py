@@ -61,7 +61,7 @@ def pool(split: str) -> range:
 def default_images_path() -> Path:
     """The MNIST test images: the project's shared data (``<repo>/../shared/data/mnist``) when it is
     there, else the byte-identical copy shipped in the package (``sample_data/mnist``)."""
-    from convlstm_dist.data.sample import mnist_images_path
+    from convlstm_dist.data.shipped import mnist_images_path
 
     shared = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist" / IMAGES_NAME
     return shared if shared.is_file() else mnist_images_path()

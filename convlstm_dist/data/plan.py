@@ -208,7 +208,7 @@ class DataPlan:
     @classmethod
     def _moving_mnist(cls, cfg, workdir: Path, pins: dict | None) -> "DataPlan":
         from convlstm_dist.data import moving_mnist
-        from convlstm_dist.data.sample import mnist_images_path
+        from convlstm_dist.data.shipped import mnist_images_path
         from convlstm_dist.data.windows import gap_free_starts
 
         d = cfg.data

@@ -1,6 +1,6 @@
 """Models in MLflow: resolve a reference (``runs:/…``, ``models:/name/version|@alias|latest`` or a
 registered name) and load the run's ``model/checkpoint.pt`` (state dict + config, no pickled code).
-Used by ``convlstm_dist.inference.Nowcaster``; keeps mlflow imports inside ``tracking/``.
+Used by ``convlstm_dist.nowcast.nowcaster.Nowcaster``; keeps mlflow imports inside ``tracking/``.
 """
 
 from __future__ import annotations

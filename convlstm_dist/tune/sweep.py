@@ -132,7 +132,7 @@ def _ensure_archive(cfg, wd: Path, progress: bool) -> None:
             or (wd / "archive.zarr").exists():
         return
     from convlstm_dist.data.ingest import ingest
-    from convlstm_dist.data.sample import SAMPLE_READER, sample_files
+    from convlstm_dist.data.shipped import SAMPLE_READER, sample_files
 
     if progress:
         print(f"[tune] {wd / 'archive.zarr'} missing: ingesting the shipped KNMI radar sample")

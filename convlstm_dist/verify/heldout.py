@@ -10,7 +10,7 @@ are an explicit ``holdout`` list. For every fold:
 2. it is trained with :func:`convlstm_dist.train.local.train_local` under a time budget;
 3. every scored event is scored on *all* of its gap-free windows (``select_windows`` over the whole
    time range) by the model, persistence and optical flow on the same windows
-   (:func:`convlstm_dist.evaluate.run_evaluation`, the scorer of ``convlstm-dist evaluate``).
+   (:func:`convlstm_dist.nowcast.evaluation.run_evaluation`, the scorer of ``convlstm-dist evaluate``).
 
 The guarantee — a scored event is never an event its model trained on (train *or* validation
 windows) — is checked three times: when the folds are planned (:func:`check_fold`), on the fold's
@@ -279,8 +279,8 @@ def _train_and_score(folds, cfgs, wd, budget_s, device, baselines, crop, max_win
     from convlstm_dist.data.archive import open_archive
     from convlstm_dist.data.plan import resolve_url
     from convlstm_dist.data.storage import storage_options_for
-    from convlstm_dist.evaluate import run_evaluation, select_windows
-    from convlstm_dist.inference import Nowcaster
+    from convlstm_dist.nowcast.evaluation import run_evaluation, select_windows
+    from convlstm_dist.nowcast.nowcaster import Nowcaster
     from convlstm_dist.train.local import train_local
 
     rows: list[dict] = []
@@ -333,7 +333,7 @@ def write_report(rows, pooled, folds, out_dir: Path, budget_s) -> dict[str, Path
 def log_mlflow(base_cfg, wd: Path, res: ProtocolResult, budget_s) -> str | None:
     import json
 
-    from convlstm_dist.evaluate import metrics_from_rows
+    from convlstm_dist.nowcast.evaluation import metrics_from_rows
     from convlstm_dist.train.driver import resolve
     from convlstm_dist.tracking import mlflow_available
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from convlstm_dist.data.archive import WRITE_STEPS, committed_length, open_archive
-from convlstm_dist.data.sample import sample_files
+from convlstm_dist.data.shipped import sample_files
 from reference_decoders import knmi_decode
 
 KNMI = sample_files()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from convlstm_dist.data.ingest import ingest
-from convlstm_dist.data.sample import SAMPLE_READER, sample_files
+from convlstm_dist.data.shipped import SAMPLE_READER, sample_files
 from convlstm_dist.train.driver import run_training
 from convlstm_dist.train.recovery import SNAPSHOT
 from test_train import _cfg

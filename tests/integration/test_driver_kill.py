@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from convlstm_dist.data.ingest import ingest
-from convlstm_dist.data.sample import SAMPLE_READER, sample_files
+from convlstm_dist.data.shipped import SAMPLE_READER, sample_files
 
 pytestmark = pytest.mark.integration
 

@@ -239,7 +239,7 @@ def test_nowcaster_from_mlflow(tmp_path):
     """A model registered the way the training driver does (log_model of a checkpoint: state dict +
     config) loads by name, models:/ URI and runs:/ URI, with the config recovered from the model."""
     from convlstm_dist.config import to_yaml
-    from convlstm_dist.inference import Nowcaster
+    from convlstm_dist.nowcast.nowcaster import Nowcaster
     from convlstm_dist.tracking.mlflow_tracker import Tracker
 
     cfg = load_config(None, ["name=tiny-mlflow", "model.hidden=[4]", "model.input_kernel=3", "model.state_kernel=3", "model.patch=4", "model.height=16",

@@ -12,7 +12,7 @@ import pytest
 
 from convlstm_dist.config import load_config
 from convlstm_dist.data.ingest import ingest
-from convlstm_dist.data.sample import SAMPLE_READER, sample_files
+from convlstm_dist.data.shipped import SAMPLE_READER, sample_files
 from convlstm_dist.errors import UserError
 from convlstm_dist.tracking.server import MlflowServer
 from convlstm_dist.train.driver import run_training

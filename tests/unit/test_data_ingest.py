@@ -12,7 +12,7 @@ import xarray as xr
 
 from convlstm_dist.data.archive import open_archive, summary
 from convlstm_dist.data.ingest import ingest
-from convlstm_dist.data.sample import sample_files
+from convlstm_dist.data.shipped import sample_files
 from convlstm_dist.errors import UserError
 from reference_decoders import FMI_DIR, fmi_decode, knmi_decode
 

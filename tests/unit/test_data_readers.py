@@ -11,7 +11,7 @@ from convlstm_dist.data import units as U
 from convlstm_dist.data.readers import METADATA_KEYS, ReadError, get_reader, list_readers
 from convlstm_dist.errors import UserError
 
-from convlstm_dist.data.sample import SAMPLE_DIR
+from convlstm_dist.data.shipped import SAMPLE_DIR
 from reference_decoders import FMI_DIR, fmi_decode, knmi_decode
 
 KNMI = SAMPLE_DIR / "knmi"

@@ -5,7 +5,7 @@ import io
 
 import numpy as np
 
-from convlstm_dist.evaluate import BATCH, Progress, _chunks
+from convlstm_dist.nowcast.evaluation import BATCH, Progress, _chunks
 
 
 def test_chunks_are_at_most_one_batch_and_cover_every_window_once():

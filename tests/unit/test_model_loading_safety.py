@@ -19,7 +19,7 @@ import torch
 
 from convlstm_dist.checkpoint import read_checkpoint
 from convlstm_dist.errors import UserError
-from convlstm_dist.inference import Nowcaster
+from convlstm_dist.nowcast.nowcaster import Nowcaster
 from test_nowcaster import tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]

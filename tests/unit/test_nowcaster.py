@@ -7,7 +7,7 @@ from convlstm_dist.checkpoint import save_checkpoint
 from convlstm_dist.config import build_model_from_config, load_config
 from convlstm_dist.data.units import rain_mmh_to_dbz
 from convlstm_dist.errors import UserError
-from convlstm_dist.inference import Nowcaster
+from convlstm_dist.nowcast.nowcaster import Nowcaster
 
 
 def tiny_checkpoint(tmp_path, quantity="rain_norm", **model):
@@ -126,7 +126,7 @@ def test_intensity_model_refuses_rain(tmp_path):
 
 
 def test_large_batches_are_forwarded_in_memory_bounded_pieces(ckpt, monkeypatch):
-    import convlstm_dist.inference as inf
+    import convlstm_dist.nowcast.nowcaster as inf
 
     nc = Nowcaster.load(ckpt)
     frames = np.random.default_rng(0).gamma(0.5, 2.0, (5, 3, 32, 32)).astype(np.float32)

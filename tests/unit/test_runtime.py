@@ -112,7 +112,7 @@ def test_tracking_uri_precedence(monkeypatch, tmp_path):
 
 
 def test_callers_share_the_tracking_uri(monkeypatch, tmp_path):
-    from convlstm_dist import inference
+    from convlstm_dist.nowcast import nowcaster as inference
     from convlstm_dist.config import load_config
     from convlstm_dist.train.driver import resolve
 

@@ -30,6 +30,6 @@ def test_mlflow_import_failure_is_a_user_error(monkeypatch):
 def test_training_modules_import_no_mlflow():
     code = ("import sys; sys.modules['mlflow'] = None\n"
             "import convlstm_dist.cli, convlstm_dist.train.driver, convlstm_dist.train.ray_worker, convlstm_dist.train.fit, convlstm_dist.train.local\n"
-            "import convlstm_dist.tracking.mlflow_tracker, convlstm_dist.inference\n"
+            "import convlstm_dist.tracking.mlflow_tracker, convlstm_dist.nowcast.nowcaster\n"
             "from convlstm_dist.cli import build_parser; build_parser()\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)

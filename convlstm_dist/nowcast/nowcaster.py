@@ -1,6 +1,6 @@
 """Inference without Ray: load a trained model and forecast from physical frames.
 
-    from convlstm_dist.inference import Nowcaster
+    from convlstm_dist.nowcast.nowcaster import Nowcaster
     nc = Nowcaster.load("workdir/runs/demo-knmi/checkpoint_000001")   # or "models:/demo-knmi/1", "demo-knmi"
     fcst_mmh = nc.predict(frames_mmh, n_out=12)                      # (T_in, H, W) -> (12, H, W)
 

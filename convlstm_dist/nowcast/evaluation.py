@@ -8,7 +8,7 @@ Contract:
   (every window whose frames all lie in ``[start, end]``). ``max_windows`` keeps an evenly spaced
   subset. Every method sees exactly the same windows and crops.
 * **Crop.** Full grid by default (any size: the model runs on it padded up to its patch with
-  no-data, and its forecast is cropped back, ``inference.pad_to_patch``), or an ``h x w`` crop
+  no-data, and its forecast is cropped back, ``nowcaster.pad_to_patch``), or an ``h x w`` crop
   per window chosen as in training (``transforms.choose_crop``, seeded by ``(data.seed, t0)``).
 * **Units.** Scores are in rain rate: the archive is converted with its own Z–R relation
   (``Archive.to_rain_mmh``), the model output with ``from_model``; so a model trained on mm/h can
