@@ -170,8 +170,8 @@ if [ "${BENCH:-}" = all ] || [ "$DRY" = 1 ]; then
   stage bench_fp32 90 "$PY" benchmarks/bench_model.py --device $DEV --configs $CFGS $STEPS --dtype fp32
   stage bench_bf16_compile_graph 110 "$PY" benchmarks/bench_model.py --device $DEV --configs $CFGS $STEPS --dtype bf16 --impls fast --compile --cuda-graph
 fi
-# Table 1 runner (verify/mnist_table1.py): 2 tiny models through the engine, fp32 evaluation, report
-stage table1_dry 60 "$PY" -m convlstm_dist.verify.mnist_table1 --dry-run --device "$DEV" \
+# Table 1 runner (convlstm-dist table1, verify/table1_on_device.py): 2 tiny models through the engine, fp32 evaluation, report
+stage table1_dry 60 "${CLI[@]}" table1 --dry-run --device "$DEV" \
   --models 5x5-128-64-64 fc-lstm --budget-s 50 --out "$LOGS/table1_dry"
 
 summary() {

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for reports that record it
     try:
         return int(args.func(args) or 0)
     except UserError as err:

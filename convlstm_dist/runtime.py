@@ -140,7 +140,7 @@ def ray_storage(storage_path: str, endpoint_url: str | None = None, **fs_options
         return storage_path, None
     import pyarrow.fs as pafs
 
-    from convlstm_dist.data.storage import storage_options_for
+    from convlstm_dist.data import storage_options_for
 
     opts = storage_options_for(storage_path, endpoint_url)
     client = opts.get("client_kwargs") or {}

@@ -83,7 +83,7 @@ for d in "$WD"/local/*/; do
 done
 tar czf "$OUT/runs.tgz" -C "$RUNS" runs
 [ -d "$RUNS/checkpoints" ] && tar czf "$OUT/radar-checkpoints.tgz" -C "$RUNS" checkpoints
-$PY -m convlstm_dist.verify.paper --workdir "$WD" --out "$OUT/table1.md"
+$PY -m convlstm_dist.cli table1-report --workdir "$WD" --out "$OUT/table1.md"
 for f in "$OUT"/logs/*.log; do echo "== $(basename "$f")"; grep -E "^\[local( epoch|\] (run|train|time|STOP|test|CUDA))|rror" "$f" | tail -n 6; done
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
 ls -la "$OUT"

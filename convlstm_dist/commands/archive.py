@@ -27,7 +27,7 @@ examples:
 
 
 def register(subparsers) -> None:
-    from convlstm_dist.data.archive import DEFAULT_CHUNKS
+    from convlstm_dist.data import DEFAULT_CHUNKS
 
     p = subparsers.add_parser("ingest", help="decode radar files into a Zarr archive",
                               description=INGEST_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,9 +62,8 @@ def register(subparsers) -> None:
 
 
 def run_ingest(args) -> int:
+    from convlstm_dist.data import get_reader, parse_reader_options, storage_options_for
     from convlstm_dist.data.ingest import ingest
-    from convlstm_dist.data.readers import get_reader, parse_reader_options
-    from convlstm_dist.data.storage import storage_options_for
 
     reader = get_reader(args.reader, parse_reader_options(args.reader_option))
     opts = storage_options_for(args.archive, args.endpoint_url)
@@ -77,7 +76,7 @@ def run_ingest(args) -> int:
 
 
 def format_summary(s: dict) -> str:
-    from convlstm_dist.data.quantity import quantity_of_variable
+    from convlstm_dist.data import quantity_of_variable
 
     lines = [
         f"archive     {s['url']}",
@@ -103,8 +102,13 @@ def format_summary(s: dict) -> str:
 
 
 def run_archive_info(args) -> int:
-    from convlstm_dist.data.archive import open_archive, summary
-    from convlstm_dist.data.storage import exists, is_remote, storage_options_for
+    from convlstm_dist.data import (
+        exists,
+        is_remote,
+        open_archive,
+        storage_options_for,
+        summary,
+    )
 
     opts = storage_options_for(args.url, args.endpoint_url)
     if is_remote(args.url):

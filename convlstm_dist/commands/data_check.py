@@ -38,55 +38,33 @@ def format_windows(plan) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import time
-
-    import numpy as np
-    import ray
 
     from convlstm_dist.commands.archive import format_summary
     from convlstm_dist.config import load_config
-    from convlstm_dist.data.archive import summary
-    from convlstm_dist.data.plan import DataPlan
+    from convlstm_dist.data import DataPlan, check_batches, distinct_archives, summary
+    from convlstm_dist.runtime import start_or_join_ray
 
     cfg = load_config(args.config, args.overrides)
     plan = DataPlan.from_config(cfg, args.workdir)
-    print("== archives ==" if len(plan.sources) > 1 else "== archive ==")
-    for src in plan.sources:
-        seen = set()
-        for arc in src.archives.values():
-            if arc.url not in seen:
-                seen.add(arc.url)
-                print((f"[src {src.index}] " if len(plan.sources) > 1 else "") + format_summary(summary(arc)))
+    many = len(plan.sources) > 1
+    print("== archives ==" if many else "== archive ==")
+    for index, arc in distinct_archives(plan):
+        print((f"[src {index}] " if many else "") + format_summary(summary(arc)))
     print("== windows ==")
     print(format_windows(plan))
     for src in plan.sources:
         for k in ("n_gap_free_windows", "n_dry_dropped", "rule"):
             if k in src.record:
-                print(f"  [src {src.index}] {k}: {src.record[k]}" if len(plan.sources) > 1
-                      else f"  {k}: {src.record[k]}")
+                print(f"  [src {src.index}] {k}: {src.record[k]}" if many else f"  {k}: {src.record[k]}")
     print("== data version (pinned with a run) ==")
     print(json.dumps(plan.version(), indent=2))
-    from convlstm_dist.runtime import start_or_join_ray
-
     start_or_join_ray(cfg.scaling.ray_address)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = plan.datasets(cfg.data.seed, None, cfg.data.crops_per_window, cfg.data.augment)["train"]
     print("== one epoch's first batches through Ray Data ==")
-    t0 = time.perf_counter()
-    n = 0
-    srcs: dict[int, int] = {}
-    for i, batch in enumerate(ds.iter_batches(batch_size=cfg.data.batch_size, batch_format="numpy")):
-        x, y, m = batch["x"], batch["y"], batch["mask"]
-        n += len(x)
-        for s in batch["src"].tolist():
-            srcs[int(s)] = srcs.get(int(s), 0) + 1
-        if i == 0:
-            print(f"  x {tuple(x.shape)} {x.dtype}  range [{x.min():.4f}, {x.max():.4f}]  (model range)")
-            print(f"  y {tuple(y.shape)}  range [{y.min():.4f}, {y.max():.4f}]")
-            print(f"  valid-mask fraction {float(np.mean(m)):.3f}")
-        if i + 1 >= args.batches:
-            break
-    dt = time.perf_counter() - t0
-    print(f"  {n} samples in {dt:.2f} s = {n / dt:.1f} samples/s (includes Ray Data start-up)")
-    print(f"  samples per archive (src): {dict(sorted(srcs.items()))}")
+    b = check_batches(plan, cfg.data, args.batches)
+    if b.samples:
+        print(f"  x {b.x_shape} {b.x_dtype}  range [{b.x_range[0]:.4f}, {b.x_range[1]:.4f}]  (model range)")
+        print(f"  y {b.y_shape}  range [{b.y_range[0]:.4f}, {b.y_range[1]:.4f}]")
+        print(f"  valid-mask fraction {b.valid_fraction:.3f}")
+    print(f"  {b.samples} samples in {b.seconds:.2f} s = {b.samples / b.seconds:.1f} samples/s (includes Ray Data start-up)")
+    print(f"  samples per archive (src): {b.per_source}")
     return 0

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"parameters_human: {n_params:,d}")
     print(f"flops_per_sample: {flops}")
     print(f"flops_per_sample_human: {human(flops)} (forward+backward = 3 x forward)")
-    from convlstm_dist.train.engine import describe_engine
+    from convlstm_dist.train import describe_engine
 
     print(describe_engine(cfg))
     return 0

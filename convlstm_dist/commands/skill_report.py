@@ -45,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_skill_report(args: argparse.Namespace) -> int:
     from convlstm_dist.config import load_config
-    from convlstm_dist.nowcast.evaluation import parse_crop
-    from convlstm_dist.verify.heldout import events_from_config, format_summary, run_protocol
+    from convlstm_dist.nowcast import parse_crop
+    from convlstm_dist.verify import events_from_config, format_summary, run_protocol
 
     cfg = load_config(args.config, args.overrides)
     events = events_from_config(cfg, args.events)

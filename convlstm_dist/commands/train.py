@@ -70,13 +70,13 @@ def _print_summary(out, wd: Path) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from convlstm_dist.config import load_config
-    from convlstm_dist.train.driver import run_training
+    from convlstm_dist.train import run_training
 
     cfg = load_config(args.config, args.overrides)
     if args.time_budget is not None:
         cfg.train.time_budget_s = args.time_budget
     if args.local:
-        from convlstm_dist.train.local import train_local
+        from convlstm_dist.train import train_local
 
         out = train_local(cfg, args.workdir, args.device, None, args.cuda_graph, args.max_memory_gb,
                           progress=not args.quiet)
@@ -94,9 +94,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     from convlstm_dist.config import load_config
+    from convlstm_dist.data import SAMPLE_READER, sample_files
     from convlstm_dist.data.ingest import ingest
-    from convlstm_dist.data.shipped import SAMPLE_READER, sample_files
-    from convlstm_dist.train.driver import run_training
+    from convlstm_dist.train import run_training
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     wd = Path(args.workdir)

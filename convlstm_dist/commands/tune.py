@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from convlstm_dist.tune.sweep import run_sweep
+    from convlstm_dist.tune import run_sweep
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     out = run_sweep(args.config, args.workdir, smoke_test=args.smoke_test, progress=not args.quiet,

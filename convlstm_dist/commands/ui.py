@@ -74,7 +74,7 @@ def run_ui(args) -> int:
     from pathlib import Path
 
     from convlstm_dist.errors import UserError
-    from convlstm_dist.tracking.server import MlflowServer
+    from convlstm_dist.tracking import MlflowServer
 
     if args.port is not None and not (0 < args.port < 65536):
         raise UserError(f"--port {args.port} is not a TCP port (1..65535)")

@@ -1,12 +1,24 @@
 """Using a trained model: forecasts from physical frames and skill against baselines.
 
+Importing this package loads none of its modules; each public name is imported on first use.
+
 * :class:`Nowcaster` (:mod:`.nowcaster`) — load a checkpoint or MLflow model (safely: tensors and
-  plain data only) and forecast mm/h from frames of any grid size.
+  plain data only) and forecast mm/h from frames of any grid size; :func:`write_forecast_zarr`,
+  :func:`forecast_strip`, :func:`forecast_gif` write a forecast.
 * :func:`run_evaluation` / :func:`select_windows` (:mod:`.evaluation`) — the model, persistence and
-  optical flow on exactly the same windows of an archive, spread over Ray tasks, merged skill.
+  optical flow on exactly the same windows of an archive, spread over Ray tasks, merged skill;
+  :func:`parse_crop`, :func:`parse_time` read the ``HxW`` and time options; :func:`metrics_from_rows`.
+* :func:`evaluate_on_archive` / :func:`log_evaluation` and :func:`nowcast_from_archive` (:mod:`.run`) —
+  the jobs of ``convlstm-dist evaluate`` and ``convlstm-dist nowcast``.
 """
 
-from convlstm_dist.nowcast.evaluation import run_evaluation, select_windows
-from convlstm_dist.nowcast.nowcaster import Nowcaster, pad_to_patch
+from convlstm_dist.lazy import lazy_exports
 
-__all__ = ["Nowcaster", "pad_to_patch", "run_evaluation", "select_windows"]
+_PUBLIC = {
+    "evaluation": ["metrics_from_rows", "parse_crop", "parse_time", "run_evaluation", "select_windows"],
+    "nowcaster": ["Nowcaster", "forecast_gif", "forecast_strip", "pad_to_patch", "write_forecast_zarr"],
+    "run": ["Evaluation", "Forecast", "evaluate_on_archive", "evaluation_tracking_uri", "log_evaluation",
+            "nowcast_from_archive", "trained_on"],
+}
+__all__ = [name for names in _PUBLIC.values() for name in names]
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -95,12 +95,12 @@ class Nowcaster:
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
             tried.append(f"no MLflow database at {uri} (set --tracking-uri or MLFLOW_TRACKING_URI)")
             raise UserError(f"cannot load model {ref!r}: " + "; ".join(tried))
-        from convlstm_dist.tracking.models import load_mlflow_model
+        from convlstm_dist.tracking import load_mlflow_model
 
         model, payload, model_uri, run_id, name = load_mlflow_model(ref, uri, device, tried, trust=trust)
         cfg = config_from_dict(payload["config"], origin=f"the model of MLflow run {run_id}")
         model = getattr(model, "module", model).to(device).eval()
-        from convlstm_dist.data.quantity import quantity_of_source
+        from convlstm_dist.data import quantity_of_source
 
         quantity = payload.get("quantity") or quantity_of_source(cfg.data.source).name
         return cls(model, cfg, quantity, f"MLflow {model_uri} ({uri})", device,
@@ -139,12 +139,12 @@ class Nowcaster:
     @property
     def quantity_spec(self):
         """The model's :class:`~convlstm_dist.data.quantity.Quantity` (``quantity`` is its name)."""
-        from convlstm_dist.data.quantity import get_quantity
+        from convlstm_dist.data import get_quantity
 
         return get_quantity(self.quantity)
 
     def check_variable(self, variable: str) -> None:
-        from convlstm_dist.data.quantity import quantity_of_variable
+        from convlstm_dist.data import quantity_of_variable
 
         if quantity_of_variable(variable) is not self.quantity_spec:
             raise UserError(f"model predicts {self.quantity} but the data is {variable}: "
@@ -215,7 +215,7 @@ def write_forecast_zarr(path: str | Path, fcst: np.ndarray, analysis_time: np.da
     lead_min = (np.arange(1, n_out + 1) * timestep_s / 60.0).astype("float64")
     t = np.asarray([analysis_time], dtype="datetime64[ns]")
     valid = t[:, None] + (np.arange(1, n_out + 1) * int(timestep_s)).astype("timedelta64[s]")[None]
-    from convlstm_dist.data.quantity import quantity_of_variable
+    from convlstm_dist.data import quantity_of_variable
 
     units = quantity_of_variable(variable).units
     ds = xr.Dataset(

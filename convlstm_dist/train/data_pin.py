@@ -19,7 +19,7 @@ FILE = "data_version.json"
 
 
 def _location(folder: str, endpoint_url: str | None):
-    from convlstm_dist.data.storage import filesystem, storage_options_for
+    from convlstm_dist.data import filesystem, storage_options_for
 
     url = f"{str(folder).rstrip('/')}/{FILE}"
     return filesystem(url, storage_options_for(url, endpoint_url))
@@ -50,7 +50,7 @@ def version_digest(version: list[dict]) -> str:
 def pin_run(cfg, workdir, folder: str | Path, endpoint_url: str | None = None, plan=None):
     """``(plan, version)`` of the run whose folder is ``folder``: on a rerun, the plan on the frames
     pinned there; on a first start ``plan`` (planned now if None) and its version, pinned now."""
-    from convlstm_dist.data.plan import DataPlan
+    from convlstm_dist.data import DataPlan
 
     pin = read_pin(folder, endpoint_url)
     if pin is not None:  # a rerun of this run: the frames it started with, even if the archive grew

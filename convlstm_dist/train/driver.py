@@ -62,9 +62,8 @@ def init_ray(cfg: Config, res: Resolved) -> bool:
 def preflight(cfg: Config, workdir: str | Path, storage_path: str | None = None):
     """Everything that can fail without a cluster: config, archive, splits, checkpoint metric, tracking
     server, model, write access to the checkpoint storage (``storage_path``, default the run's)."""
-    from convlstm_dist.data.plan import DataPlan
-    from convlstm_dist.data.quantity import quantity_of_variable
-    from convlstm_dist.tracking.mlflow_tracker import check_reachable
+    from convlstm_dist.data import DataPlan, quantity_of_variable
+    from convlstm_dist.tracking import check_reachable
     from convlstm_dist.train.guards import check_storage_writable
     from convlstm_dist.train.metrics import check_metric
 
@@ -144,7 +143,7 @@ def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = 
     check_cluster_resources(cfg)  # before an MLflow run is opened for a run that could never start
     tracker = None
     if res.tracking_uri:
-        from convlstm_dist.tracking.mlflow_tracker import Tracker
+        from convlstm_dist.tracking import Tracker
 
         tracker, resumed = Tracker.start_or_resume(res.tracking_uri, res.experiment, res.run_name,
                                                    tags={"convlstm_dist.recipe": cfg.name})
@@ -174,7 +173,7 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
                     own_ray: bool = False, data_version: list | None = None) -> TrainOutcome:
     import ray
 
-    from convlstm_dist.data.datasource import epoch_clock
+    from convlstm_dist.data import epoch_clock
     from convlstm_dist.train.guards import user_error_from_failure
 
     ray.data.DataContext.get_current().enable_progress_bars = False

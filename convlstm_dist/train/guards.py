@@ -51,7 +51,7 @@ def check_storage_writable(storage_path: str, endpoint_url: str | None = None, w
     S3 goes through the same pyarrow filesystem and credentials as Ray Train's checkpoints, with short
     timeouts and one retry so that a silent endpoint fails within ~10 s. Deleting matters too: Ray removes
     checkpoints beyond ``run.keep_checkpoints``."""
-    from convlstm_dist.data.storage import endpoint_of, scrub, storage_options_for
+    from convlstm_dist.data import endpoint_of, scrub, storage_options_for
 
     name = f"{PROBE_PREFIX}{uuid.uuid4().hex[:12]}"
     if not storage_path.startswith("s3://"):

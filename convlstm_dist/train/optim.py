@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from convlstm_dist.data.quantity import get_quantity
+from convlstm_dist.data import get_quantity
 from convlstm_dist.models import get_loss
 
 

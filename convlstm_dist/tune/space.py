@@ -41,9 +41,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from convlstm_dist.config import Config, config_from_dict, merge_tree, read_yaml_mapping, set_path, validation_message
+from convlstm_dist.config import (
+    Config,
+    config_from_dict,
+    merge_tree,
+    read_yaml_mapping,
+    set_path,
+    validation_message,
+)
 from convlstm_dist.errors import UserError
-from convlstm_dist.train.metrics import metric_name
+from convlstm_dist.train import metric_name
 
 DERIVED = ("model.depth", "model.kernel", "model.filters")
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")

@@ -65,9 +65,8 @@ def _trial_fn(config: dict, ctx: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from convlstm_dist.data.datasource import epoch_clock
-    from convlstm_dist.train.data_pin import log_pin, pin_run
-    from convlstm_dist.train.driver import build_trainer
+    from convlstm_dist.data import epoch_clock
+    from convlstm_dist.train import build_trainer, log_pin, pin_run
 
     trial_id = ray.tune.get_context().get_trial_id()
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -82,7 +81,7 @@ def _trial_fn(config: dict, ctx: dict) -> None:
 
     tracker = None
     if ctx["tracking_uri"]:
-        from convlstm_dist.tracking.mlflow_tracker import Tracker
+        from convlstm_dist.tracking import Tracker
 
         tracker, resumed = Tracker.start_or_resume(
             ctx["tracking_uri"], ctx["experiment"], run_name,
@@ -131,8 +130,8 @@ def _ensure_archive(cfg, wd: Path, progress: bool) -> None:
     if cfg.data.source != "archive" or cfg.data.archive is not None or cfg.data.archives \
             or (wd / "archive.zarr").exists():
         return
+    from convlstm_dist.data import SAMPLE_READER, sample_files
     from convlstm_dist.data.ingest import ingest
-    from convlstm_dist.data.shipped import SAMPLE_READER, sample_files
 
     if progress:
         print(f"[tune] {wd / 'archive.zarr'} missing: ingesting the shipped KNMI radar sample")
@@ -169,15 +168,15 @@ def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = Fa
                         "do not sweep it")
 
     from convlstm_dist.runtime import ray_storage
-    from convlstm_dist.train.driver import init_ray, preflight
+    from convlstm_dist.train import init_ray, preflight
 
     wd = Path(workdir).resolve()
     wd.mkdir(parents=True, exist_ok=True)
     _ensure_archive(base_cfg, wd, progress)
     sweeps_root = storage_path or spec.storage_path or str(wd / "sweeps")
     res, plan = preflight(base_cfg, wd, storage_path=sweeps_root)  # trials checkpoint under sweeps_root
-    from convlstm_dist.data.quantity import quantity_of_variable
-    from convlstm_dist.train.metrics import check_metric
+    from convlstm_dist.data import quantity_of_variable
+    from convlstm_dist.train import check_metric
 
     check_metric(spec.search.metric, "search.metric", quantity_of_variable(plan.variable).name)
     exp_path = f"{sweeps_root.rstrip('/')}/{spec.name}"
@@ -191,7 +190,7 @@ def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = Fa
     parent = None
     experiment = base_cfg.tracking.experiment or spec.name
     if res.tracking_uri:
-        from convlstm_dist.tracking.mlflow_tracker import Tracker
+        from convlstm_dist.tracking import Tracker
 
         parent, resumed_parent = Tracker.start_or_resume(res.tracking_uri, experiment, f"sweep-{spec.name}",
                                                          tags={SWEEP_TAG: spec.name, "convlstm_dist.kind": "sweep"})
@@ -214,7 +213,7 @@ def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = Fa
         # Workers must find *this* cluster's state API even when other Ray instances run on the machine:
         # the GCS port is fixed and RAY_ADDRESS handed to every worker (pin_gcs_port)
         start_or_join_ray(dashboard=True, log_to_driver=progress, logging_level=logging.INFO, pin_gcs_port=True)
-    from convlstm_dist.train.guards import check_cluster_resources
+    from convlstm_dist.train import check_cluster_resources
 
     try:
         check_cluster_resources(base_cfg)  # every trial would wait forever for what the cluster lacks
@@ -325,7 +324,7 @@ def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = Fa
 
 def _close_children(uri: str, experiment: str, sweep: str, trials: list[dict]) -> None:
     """Trials stopped by ASHA are killed mid-run: mark their child runs finished (and why)."""
-    from convlstm_dist.tracking.mlflow_tracker import Tracker
+    from convlstm_dist.tracking import Tracker
 
     for t in trials:
         tr, _ = Tracker.start_or_resume(uri, experiment, f"{sweep}-{t['trial_id']}")

@@ -1,25 +1,33 @@
-"""Verification: mergeable skill scores, reference baselines and skill tables.
+"""Verification: mergeable skill scores, reference baselines, skill tables and the paper's Table 1.
+
+Importing this package loads none of its modules; each public name is imported on first use.
 
 * :class:`SkillAccumulator` — CSI/POD/FAR/HSS per lead and threshold, MSE/MAE/B-MSE/corr per
-  lead, as init / accumulate / merge / compute (see :mod:`.scores`).
+  lead, as init / accumulate / merge / compute (see :mod:`.scores`), on numpy or on a torch device:
+  the one accumulator of ``evaluate`` and of validation during training; :func:`metric_key`, the one
+  naming rule of logged scores, and :func:`skill_metrics` / :func:`skill_metric_names`, the lead-pooled scores.
 * :func:`get_baseline` / :func:`run_baseline` — ``persistence`` and ``optical_flow``
-  (pysteps Lucas–Kanade + semi-Lagrangian), see :mod:`.baselines`.
+  (pysteps Lucas–Kanade + semi-Lagrangian), see :mod:`.baselines`; :func:`probability_match`
+  (:mod:`.postprocess`).
 * :func:`label_rows`, :func:`format_table`, :func:`write_csv`, :func:`plot_skill` (:mod:`.table`).
+* the held-out-event protocol of ``convlstm-dist skill-report``: :func:`run_protocol`,
+  :func:`events_from_config`, :func:`format_summary` (:mod:`.heldout`).
+* Table 1 of the paper (Moving MNIST): :data:`PAPER_TABLE1` and :func:`table1_report_from_runs`
+  (:mod:`.table1_from_runs`, ``convlstm-dist table1-report``); :func:`run_table1_on_device`
+  with :class:`Table1Options` (:mod:`.table1_on_device`, ``convlstm-dist table1``).
 """
 
-from convlstm_dist.verify.baselines import available_baselines, get_baseline, run_baseline
-from convlstm_dist.verify.scores import DEFAULT_THRESHOLDS_MMH, SkillAccumulator, bmse_weights
-from convlstm_dist.verify.table import format_table, label_rows, plot_skill, write_csv
+from convlstm_dist.lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_THRESHOLDS_MMH",
-    "SkillAccumulator",
-    "available_baselines",
-    "bmse_weights",
-    "format_table",
-    "get_baseline",
-    "label_rows",
-    "plot_skill",
-    "run_baseline",
-    "write_csv",
-]
+_PUBLIC = {
+    "baselines": ["available_baselines", "get_baseline", "run_baseline"],
+    "heldout": ["events_from_config", "format_summary", "run_protocol"],
+    "postprocess": ["probability_match"],
+    "scores": ["DEFAULT_THRESHOLDS_MMH", "SkillAccumulator", "bmse_weights", "metric_key", "skill_metric_names",
+               "skill_metrics"],
+    "table": ["CSV_COLUMNS", "format_table", "label_rows", "plot_skill", "write_csv"],
+    "table1_from_runs": ["PAPER_TABLE1", "table1_report_from_runs"],
+    "table1_on_device": ["Table1Options", "run_table1_on_device"],
+}
+__all__ = [name for names in _PUBLIC.values() for name in names]
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

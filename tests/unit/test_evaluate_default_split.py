@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from convlstm_dist.commands.evaluate import _trained_on
 from convlstm_dist.config import load_config
+from convlstm_dist.nowcast import trained_on
 
 
 def _nc(*sets, version=None):
@@ -17,10 +17,10 @@ def test_own_archives_by_pin_recipe_or_file_name(tmp_path):
     seen = SimpleNamespace(url=str(tmp_path / "archives" / "knmi.zarr"))
     other = SimpleNamespace(url=str(tmp_path / "archives" / "unseen.zarr"))
     pinned = _nc(version=[{"url": seen.url, "frames": 92}], *["data.archive=elsewhere/knmi.zarr"])
-    assert _trained_on(pinned, seen) and not _trained_on(pinned, other)
+    assert trained_on(pinned, seen) and not trained_on(pinned, other)
     multi = _nc("data.archives=[archives/knmi.zarr, {url: archives/fmi.zarr}]")
-    assert _trained_on(multi, seen)                                  # same file name, other folder
-    assert _trained_on(multi, SimpleNamespace(url="s3://b/fmi.zarr"))
-    assert not _trained_on(multi, other)
+    assert trained_on(multi, seen)                                  # same file name, other folder
+    assert trained_on(multi, SimpleNamespace(url="s3://b/fmi.zarr"))
+    assert not trained_on(multi, other)
     # a model of the default <workdir>/archive.zarr (no archive named anywhere): stay on the test split
-    assert _trained_on(_nc(), other)
+    assert trained_on(_nc(), other)

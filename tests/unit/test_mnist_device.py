@@ -1,4 +1,5 @@
-"""Moving MNIST on the device (``data/mnist_device.py``) and the Table-1 runner's cross-entropy.
+"""Moving MNIST on the device (``data/mnist_device.py``) and the Table-1 runner's cross-entropy
+(``verify/table1_on_device.py``, ``convlstm-dist table1``).
 
 * the train / val / test digit pools are the documented ranges and never overlap, and a split's
   sequences only ever show digits of its own pool (checked on the ids and on the rendered pixels);
@@ -19,10 +20,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from convlstm_dist.cli import main
 from convlstm_dist.data import mnist_device as md
 from convlstm_dist.data import moving_mnist as mm
 from convlstm_dist.models.losses import bce_sum
-from convlstm_dist.verify import mnist_table1 as t1
+from convlstm_dist.verify import table1_on_device as t1
 
 
 @pytest.fixture(scope="module")
@@ -186,9 +188,9 @@ def test_share_weights_and_ranking_helpers():
 
 
 def test_dry_run_of_one_model_writes_the_report(tmp_path):
-    rc = t1.main(["--out", str(tmp_path), "--budget-s", "60", "--device", "cpu", "--dry-run",
-                  "--models", "5x5-128-64-64", "--val-n", "2", "--test-n", "2", "--eval-batch", "2",
-                  "--max-steps", "1"])
+    rc = main(["table1", "--out", str(tmp_path), "--budget-s", "60", "--device", "cpu", "--dry-run",
+               "--models", "5x5-128-64-64", "--val-n", "2", "--test-n", "2", "--eval-batch", "2",
+               "--max-steps", "1"])
     assert rc == 0
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["table1-dryrun-curves.csv", "table1-dryrun.csv", "table1-dryrun.json", "table1-dryrun.md",

@@ -1,9 +1,10 @@
-"""Our runs of the paper's Moving MNIST experiment next to its Table 1.
+"""The paper's Table 1 (:data:`PAPER_TABLE1`) next to our Moving MNIST runs of ``train --local``.
 
-``python -m convlstm_dist.verify.paper --workdir DIR [--out table1.md]`` reads the single-process
-runs ``DIR/local/mm-*`` (``convlstm-dist train --local`` of the recipes in
+``convlstm-dist table1-report --workdir DIR [--out table1.md]`` (:func:`table1_report_from_runs`)
+reads the single-process runs ``DIR/local/mm-*`` (``convlstm-dist train --local`` of the recipes in
 ``pipelines/moving_mnist/``) and writes a Markdown table plus ``table1.png`` (validation
-cross-entropy against training time, one line per model).
+cross-entropy against training time, one line per model). The other way to the same table, all
+six models on one device in one time budget, is :mod:`.table1_on_device`.
 
 Normalisation (as in the paper): binary cross-entropy summed over the 10 predicted 64×64
 frames, averaged over test sequences. Targets are grey levels in [0, 1] (MNIST / 255), so even a
@@ -13,12 +14,13 @@ the same test sequences and the table shows it.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
 
 import numpy as np
+
+from convlstm_dist.errors import UserError
 
 # recipe name -> (the paper's model name, parameters, Table 1 cross-entropy)
 PAPER_TABLE1 = {
@@ -105,7 +107,7 @@ def plot(rows: list[dict], path: str | Path) -> Path:
 
 def test_targets(workdir: str | Path, in_len: int = 10, out_len: int = 10) -> np.ndarray | None:
     """The predicted frames of the Moving MNIST test split under ``workdir`` (if it was generated)."""
-    from convlstm_dist.data.archive import open_archive
+    from convlstm_dist.data import open_archive
 
     arcs = sorted((Path(workdir) / "moving_mnist").glob(f"test-*x{in_len + out_len}-seed*.zarr"))
     if not arcs:
@@ -116,28 +118,19 @@ def test_targets(workdir: str | Path, in_len: int = 10, out_len: int = 10) -> np
     return seqs[:, in_len:]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m convlstm_dist.verify.paper",
-                                 description="Table 1 of Shi et al. (2015) next to our Moving MNIST runs "
-                                             "(convlstm-dist train --local of pipelines/moving_mnist/*.yaml).")
-    ap.add_argument("--workdir", required=True, help="the --workdir of the runs")
-    ap.add_argument("--out", default=None, help="write the Markdown table here (and table1.png beside it)")
-    a = ap.parse_args(argv)
-    rows = collect(a.workdir)
+def table1_report_from_runs(workdir: str | Path, out: str | Path | None = None) -> tuple[str, list[Path]]:
+    """The Markdown table of the runs under ``workdir`` (with the perfect-forecast floor when the
+    test split is there); with ``out``, also written there and ``table1.png`` beside it.
+    Returns the table and the files written."""
+    rows = collect(workdir)
     if not rows:
-        print(f"no Moving MNIST runs under {a.workdir}/local (run convlstm-dist train --local --config "
-              "pipelines/moving_mnist/<recipe>.yaml --workdir DIR first)")
-        return 2
-    y = test_targets(a.workdir)
+        raise UserError(f"no Moving MNIST runs under {workdir}/local (run convlstm-dist train --local --config "
+                        "pipelines/moving_mnist/<recipe>.yaml --workdir DIR first)")
+    y = test_targets(workdir)
     text = markdown(rows, entropy_floor(y) if y is not None else None)
-    print(text)
-    if a.out:
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
-        print(f"wrote {out} and {plot(rows, out.with_name('table1.png'))}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    if out is None:
+        return text, []
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    return text, [out, plot(rows, out.with_name("table1.png"))]

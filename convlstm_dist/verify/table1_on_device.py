@@ -1,8 +1,11 @@
 """Table 1 of Shi et al. (2015) on one device: the six Moving MNIST models one after another, each
 alone on the device at full speed, within one time budget, data generated on the device.
 
-    python -m convlstm_dist.verify.mnist_table1 --out DIR --budget-s 540 [--device cuda]
-    python -m convlstm_dist.verify.mnist_table1 --out DIR --budget-s 120 --device cpu --dry-run
+    convlstm-dist table1 --out DIR --budget-s 540 [--device cuda]
+    convlstm-dist table1 --out DIR --budget-s 120 --device cpu --dry-run
+
+:func:`run_table1_on_device` runs it from :class:`Table1Options` (the command's options). The other
+way to the same table, from ``train --local`` runs made one by one, is :mod:`.table1_from_runs`.
 
 * Models and training: the recipes ``pipelines/moving_mnist/*.yaml`` (RMSProp, lr 1e-3, decay 0.9,
   batch 16, 4×4 patches, 10 → 10 frames, ``bce`` loss), built by ``build_model_from_config`` and
@@ -33,14 +36,12 @@ seconds on a CPU.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import gc
 import json
 import math
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,14 +49,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from convlstm_dist.data.mnist_device import (
+from convlstm_dist.data import (
     POOLS,
     DeviceMovingMNIST,
     EvalSet,
     default_images_path,
     split_io,
 )
-from convlstm_dist.verify.paper import PAPER_TABLE1
+from convlstm_dist.errors import UserError
+from convlstm_dist.verify.table1_from_runs import PAPER_TABLE1
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "moving_mnist"
 TARGET_RECIPE = "mm-convlstm-5x5-128-64-64"  # the issue's target: test CE <= the paper's 3670.85
@@ -426,110 +428,109 @@ def write_report(runs: list[ModelRun], meta: dict, out: Path, prefix: str) -> li
     return files
 
 
-# ---- command line --------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    t0 = time.perf_counter()
-    ap = argparse.ArgumentParser(prog="python -m convlstm_dist.verify.mnist_table1",
-                                 description="The six Moving MNIST models of Table 1 (Shi et al. 2015), one after "
-                                             "another on one device, data generated there, within a time budget.")
-    ap.add_argument("--out", required=True, help="folder for the report files")
-    ap.add_argument("--budget-s", type=float, required=True, help="wall-clock seconds for the whole run")
-    ap.add_argument("--device", default="cuda", help="cuda (default) or cpu")
-    ap.add_argument("--dry-run", action="store_true", help="tiny models, a couple of steps each: proves the path")
-    ap.add_argument("--prefix", default=None, help="report file names (default table1, dry run table1-dryrun)")
-    ap.add_argument("--models", nargs="*", default=None, help="only recipes whose name contains one of these")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="recipe override for every model, e.g. data.batch_size=32 or train.lr=5e-4")
-    ap.add_argument("--val-n", type=int, default=None, help="validation sequences (default 1000; dry 4)")
-    ap.add_argument("--test-n", type=int, default=None, help="test sequences (default the recipes' 3000; dry 4)")
-    ap.add_argument("--val-points", type=int, default=6, help="validations per model, the start included")
-    ap.add_argument("--eval-batch", type=int, default=None, help="sequences per evaluation batch (default 100)")
-    ap.add_argument("--max-steps", type=int, default=None, help="training steps per model (default: the time share)")
-    ap.add_argument("--engine", default=None, choices=["auto", "eager", "compiled", "graph"],
-                    help="step engine (default: the recipes' train.engine, auto)")
-    ap.add_argument("--compile", action="store_true",
-                    help="torch.compile the gate arithmetic (CUDA; about a minute of compilation in the first model)")
-    ap.add_argument("--weight", action="append", default=[], metavar="NAME=W",
-                    help="share of the budget of the recipes whose name contains NAME, relative to 1 (default: "
-                         "equal shares), e.g. --weight 5x5-128-64-64=2")
-    ap.add_argument("--fp32-test", action="store_true", help="also score the test set with a float32 forward")
-    ap.add_argument("--seed", type=int, default=0, help="training seed (data and weights)")
-    ap.add_argument("--images", default=None, help="MNIST test images (default ../shared/data/mnist or the shipped copy)")
-    a = ap.parse_args(argv)
+# ---- the whole run -------------------------------------------------------------------------------
+@dataclass
+class Table1Options:
+    """What ``convlstm-dist table1`` takes (same names as its options; ``None``: the default noted)."""
 
-    dry = a.dry_run
-    dev = torch.device(a.device)
+    out: str
+    budget_s: float
+    device: str = "cuda"
+    dry_run: bool = False
+    prefix: str | None = None            # table1, dry run table1-dryrun
+    models: list[str] | None = None      # only recipes whose name contains one of these
+    overrides: list[str] = field(default_factory=list)  # KEY=VALUE for every model
+    val_n: int | None = None             # 1000, dry 4
+    test_n: int | None = None            # the recipes' data.mnist_test, dry 4
+    val_points: int = 6
+    eval_batch: int | None = None        # 100, dry 4
+    max_steps: int | None = None         # the time share, dry 2
+    engine: str | None = None            # the recipes' train.engine
+    compile: bool = False
+    weight: list[str] = field(default_factory=list)  # NAME=W budget shares
+    fp32_test: bool = False
+    seed: int = 0
+    images: str | None = None            # default_images_path()
+
+
+@dataclass
+class Table1Result:
+    runs: list[ModelRun]
+    meta: dict                            # what the report's head says; ``prefix`` included
+    files: list[Path]                     # the report files, rewritten after every model
+    wall_s: float
+    verdict: dict                         # ranking and target (:func:`verdict`)
+    markdown: str                         # the report's ``.md`` text
+
+
+def _prepare(o: Table1Options, command: str, t0: float):
+    """Device, recipes, data and the report's meta data of a run, checked before any training."""
+    dry = o.dry_run
+    dev = torch.device(o.device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            print("--device cuda: no CUDA device is visible to torch here; use --device cpu", file=sys.stderr)
-            return 2
+            raise UserError("--device cuda: no CUDA device is visible to torch here; use --device cpu")
         torch.backends.cudnn.benchmark = True
-    overrides = list(a.overrides) + (["data.batch_size=2"] if dry else [])
-    cfgs = table1_configs(overrides, dry, only=a.models)
+    overrides = list(o.overrides) + (["data.batch_size=2"] if dry else [])
+    cfgs = table1_configs(overrides, dry, only=o.models)
     if not cfgs:
-        print(f"no recipe matches --models {a.models}", file=sys.stderr)
-        return 2
-    n_val = a.val_n or (4 if dry else 1000)
-    n_test = a.test_n or (4 if dry else cfgs[0].data.mnist_test)
-    eval_batch = a.eval_batch or (4 if dry else 100)
-    max_steps = a.max_steps or (2 if dry else None)
-    prefix = a.prefix or ("table1-dryrun" if dry else "table1")
-    out = Path(a.out)
-    images = Path(a.images) if a.images else default_images_path()
-
+        raise UserError(f"no recipe matches --models {o.models}")
+    try:
+        weights = [share_weight(c.name, o.weight) for c in cfgs]
+    except ValueError as err:
+        raise UserError(f"--weight: {err}") from None
+    n_val = o.val_n or (4 if dry else 1000)
+    n_test = o.test_n or (4 if dry else cfgs[0].data.mnist_test)
+    eval_batch = o.eval_batch or (4 if dry else 100)
+    images = Path(o.images) if o.images else default_images_path()
     data = DeviceMovingMNIST(dev, images, seq_len=cfgs[0].data.in_len + cfgs[0].data.out_len,
                              size=cfgs[0].model.height)
     val, test = data.eval_set("val", n_val), data.eval_set("test", n_test)
     floor = target_entropy(test, cfgs[0].data.in_len, eval_batch)
     param_check = []
     if dry:
-        full = table1_configs(a.overrides, False, only=a.models)
+        full = table1_configs(o.overrides, False, only=o.models)
         param_check = [{"recipe": c.name, "full_params": full_size_params(c), "paper_params": PAPER_TABLE1[c.name][1]}
                        for c in full]
     meta = {
         "dry_run": dry, "device": str(dev), "torch": torch.__version__, "python": platform.python_version(),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({platform.machine()}, "
                                                                                   f"{torch.get_num_threads()} threads)",
-        "budget_s": a.budget_s, "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "command": "python -m convlstm_dist.verify.mnist_table1 " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "budget_s": o.budget_s, "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command,
         "pools": {k: f"{lo}-{hi - 1}" for k, (lo, hi) in POOLS.items()}, "n_val": n_val, "n_test": n_test,
-        "images": os.path.relpath(images, RECIPES_DIR.parents[1]), "test_entropy": floor, "overrides": overrides, "seed": a.seed,
-        "param_check": param_check, "weights": a.weight, "setup_s": time.perf_counter() - t0,
+        "images": os.path.relpath(images, RECIPES_DIR.parents[1]), "test_entropy": floor, "overrides": overrides,
+        "seed": o.seed, "param_check": param_check, "weights": o.weight, "setup_s": time.perf_counter() - t0,
+        "prefix": o.prefix or ("table1-dryrun" if dry else "table1"),
     }
-    print(f"[table1] {len(cfgs)} models on {meta['device_name']}, budget {a.budget_s:.0f} s; data on the device "
-          f"(pools {meta['pools']}); {n_val} val / {n_test} test sequences; perfect-forecast CE {floor:.2f}; "
-          f"set-up {meta['setup_s']:.1f} s", flush=True)
-    for p in param_check:
-        print(f"[table1] full-size {p['recipe']}: {p['full_params']:,} parameters (paper {p['paper_params']:,})"
-              f"{'' if p['full_params'] == p['paper_params'] else '  MISMATCH'}")
+    return dev, cfgs, weights, data, val, test, eval_batch, meta
 
-    try:
-        weights = [share_weight(c.name, a.weight) for c in cfgs]
-    except ValueError as err:
-        print(f"--weight: {err}", file=sys.stderr)
-        return 2
+
+def run_table1_on_device(o: Table1Options, command: str = "convlstm-dist table1", say=print) -> Table1Result:
+    """The six models of Table 1 one after another on ``o.device`` within ``o.budget_s`` seconds (all
+    of it: set-up, training, evaluation, reports); the report files under ``o.out`` are rewritten
+    after every model. ``command`` is recorded in the report; ``say`` gets the progress lines."""
+    t0 = time.perf_counter()
+    dev, cfgs, weights, data, val, test, eval_batch, meta = _prepare(o, command, t0)
+    say(f"[table1] {len(cfgs)} models on {meta['device_name']}, budget {o.budget_s:.0f} s; data on the device "
+        f"(pools {meta['pools']}); {meta['n_val']} val / {meta['n_test']} test sequences; perfect-forecast CE "
+        f"{meta['test_entropy']:.2f}; set-up {meta['setup_s']:.1f} s")
+    for p in meta["param_check"]:
+        say(f"[table1] full-size {p['recipe']}: {p['full_params']:,} parameters (paper {p['paper_params']:,})"
+            f"{'' if p['full_params'] == p['paper_params'] else '  MISMATCH'}")
+    max_steps = o.max_steps or (2 if o.dry_run else None)
     runs: list[ModelRun] = []
+    files: list[Path] = []
     report_reserve = 5.0  # writing the report after the last model
     for i, cfg in enumerate(cfgs):
-        left = a.budget_s - (time.perf_counter() - t0) - report_reserve
+        left = o.budget_s - (time.perf_counter() - t0) - report_reserve
         slot = left * weights[i] / sum(weights[i:])
-        print(f"[table1] ({i + 1}/{len(cfgs)}) {cfg.name}: share {slot:.1f} s", flush=True)
-        runs.append(train_one(cfg, data, val, test, slot, seed=a.seed + i, engine=a.engine, compile=a.compile,
-                              max_steps=max_steps, val_points=a.val_points, eval_batch=eval_batch,
-                              fp32_test=a.fp32_test, say=lambda m: print(m, flush=True)))
+        say(f"[table1] ({i + 1}/{len(cfgs)}) {cfg.name}: share {slot:.1f} s")
+        runs.append(train_one(cfg, data, val, test, slot, seed=o.seed + i, engine=o.engine, compile=o.compile,
+                              max_steps=max_steps, val_points=o.val_points, eval_batch=eval_batch,
+                              fp32_test=o.fp32_test, say=say))
         gc.collect()  # the model, its optimizer and CUDA graph are gone: give their memory back
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         meta["wall_s"] = time.perf_counter() - t0
-        files = write_report(runs, meta, out, prefix)
-    v = verdict(runs)
-    print(markdown(runs, {**meta, "prefix": prefix}))
-    print(f"[table1] ranking {'reproduced' if v['ranking_reproduced'] else 'not reproduced'} "
-          f"(Kendall tau {v['kendall_tau']:.2f}); target {'met' if v['target_met'] else 'not met'}; "
-          f"total {time.perf_counter() - t0:.1f} s of {a.budget_s:.0f} s")
-    print("[table1] wrote " + ", ".join(str(f) for f in files))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        files = write_report(runs, meta, Path(o.out), meta["prefix"])
+    return Table1Result(runs, meta, files, time.perf_counter() - t0, verdict(runs), markdown(runs, meta))

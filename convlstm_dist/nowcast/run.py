@@ -1,0 +1,235 @@
+"""The two jobs of a trained model on an archive: skill against baselines, and a forecast to files.
+
+* :func:`evaluate_on_archive` — which windows (the model's own test split on an archive it trained
+  on, at the frames its run was pinned to; all gap-free windows on any other archive; or a time
+  range), the model and baselines on them over Ray tasks (:func:`.evaluation.run_evaluation`),
+  skill CSV + skill-vs-lead PNG. :func:`log_evaluation` puts it in an MLflow run.
+* :func:`nowcast_from_archive` — the ``in_len`` frames up to an analysis time (default the last
+  frame), a centred crop, the forecast as ``forecast.zarr`` + ``forecast.png`` (+ ``forecast.gif``).
+
+A model is anything :meth:`.Nowcaster.load` takes (checkpoint, MLflow URI, registered name);
+``trust`` allows full unpickling of files written by older versions. ``say`` gets progress lines.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from convlstm_dist.errors import UserError
+
+
+def open_archive_at(url: str, endpoint_url: str | None = None):
+    """The archive at ``url`` (a local folder must exist; ``s3://`` opens with ``endpoint_url``)."""
+    from convlstm_dist.data import is_remote, open_archive, storage_options_for
+
+    if not is_remote(url) and not Path(url).exists():
+        raise UserError(f"archive {url} does not exist")
+    return open_archive(url, storage_options_for(url, endpoint_url))
+
+
+def trained_on(nc, archive) -> bool:
+    """Whether ``archive`` may be one the model trained on (its pinned data version, or its recipe's
+    archives, matched by URL or by file name: when in doubt, only the test split is scored)."""
+    from convlstm_dist.data import archive_key, archive_name
+
+    cfg = nc.config.data
+    urls = [str(p.get("url", "")) for p in nc.info.get("data_version") or []]
+    urls += [cfg.archive] if cfg.archive else []
+    urls += [e.url for e in cfg.archives or []]
+    if not urls and cfg.source == "archive":
+        return True  # a model of the default <workdir>/archive.zarr: cannot tell, stay on its test split
+    key, name = archive_key(archive.url), archive_name(archive.url)
+    return any(archive_key(u) == key or archive_name(u) == name for u in urls)
+
+
+def pinned_archive(nc, archive, url: str, endpoint_url: str | None = None, say=print):
+    """The model's own archive at the frames its run was pinned to (``train/data_pin.py``): the
+    split windows of a run are those of the data it trained on, even after later appends."""
+    from convlstm_dist.data import archive_key, open_archive, storage_options_for
+
+    key = archive_key(archive.url)
+    for pin in nc.info.get("data_version") or []:
+        if archive_key(str(pin.get("url", ""))) == key and int(pin["frames"]) < len(archive.times):
+            say(f"[evaluate] {archive.url}: the split of the run's pinned data ({pin['frames']} of "
+                f"{len(archive.times)} frames, up to {pin['last_time']})")
+            return open_archive(url, storage_options_for(url, endpoint_url), int(pin["frames"]))
+    return archive
+
+
+def evaluation_tracking_uri(nc, tracking_uri: str | None, workdir: str | Path) -> str | None:
+    """Where an evaluation is logged: ``tracking_uri`` or ``MLFLOW_TRACKING_URI``, else the model's own
+    tracking URI, else the workdir's ``mlflow.db`` if it exists; ``None``: nowhere."""
+    import os
+
+    from convlstm_dist.runtime import resolve_tracking_uri
+
+    if tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return resolve_tracking_uri(tracking_uri)
+    if nc.info.get("tracking_uri"):
+        return nc.info["tracking_uri"]
+    uri = resolve_tracking_uri(None, workdir)
+    return uri if Path(uri[len("sqlite:///"):]).exists() else None
+
+
+@dataclass
+class Evaluation:
+    nowcaster: object       # the loaded model (:class:`.Nowcaster`)
+    archive_url: str
+    rows: list[dict]        # labelled skill rows of every method (:func:`convlstm_dist.verify.label_rows`)
+    record: dict            # what was evaluated: windows, crop, methods, timings
+    table: str              # the skill table as text
+    csv_path: Path
+    png_path: Path
+
+
+def evaluate_on_archive(model: str, archive_url: str, *, split: str | None = None, start: str | None = None,
+                        end: str | None = None, n_out: int | None = None, max_windows: int | None = None,
+                        crop: tuple[int, int] | None = None, baselines=("persistence", "optical_flow"),
+                        probability_matching: bool = False, workers: int = 2, ray_address: str | None = None,
+                        out: str | Path | None = None, workdir: str | Path = "workdir",
+                        tracking_uri: str | None = None, endpoint_url: str | None = None, trust: bool = False,
+                        say=print) -> Evaluation:
+    """Score ``model`` and ``baselines`` on the same windows of ``archive_url``; write the CSV (``out``,
+    default ``WORKDIR/evaluate/<model>-<windows>.csv``) and the PNG beside it. ``split=None`` with no
+    time range: ``test`` on an archive the model trained on, ``all`` on any other."""
+    from convlstm_dist.nowcast.evaluation import run_evaluation, select_windows
+    from convlstm_dist.nowcast.nowcaster import Nowcaster
+    from convlstm_dist.verify import format_table, plot_skill, write_csv
+
+    if split and end:
+        raise UserError("--end goes with --start (a time range), not with --split")
+    nc = Nowcaster.load(model, tracking_uri, workdir, trust=trust)
+    archive = open_archive_at(archive_url, endpoint_url)
+    if split is None and start is None and end is None:
+        split = "test" if trained_on(nc, archive) else "all"
+        if split == "all":
+            say(f"[evaluate] the model was not trained on {archive.url}: scoring all its gap-free windows")
+    if split not in (None, "all"):
+        archive = pinned_archive(nc, archive, archive_url, endpoint_url, say)
+    sel = select_windows(nc, archive, split, start, end, n_out, max_windows)
+    say(f"[evaluate] {nc.source}: {len(sel.starts)} windows ({sel.label}) of {sel.in_len}+{sel.n_out} frames "
+        f"from {archive.url}; methods {[nc.config.model.kind, *baselines]}"
+        f"{' + probability matching' if probability_matching else ''}")
+    rows, record = run_evaluation(nc, archive, sel, crop, list(baselines), workers, ray_address, probability_matching)
+    safe_label = sel.label.replace(":", "").replace("..", "_")
+    out = Path(out) if out else Path(workdir) / "evaluate" / f"{nc.name}-{safe_label}.csv"
+    csv_path = write_csv(rows, out)
+    png_path = plot_skill(rows, out.with_suffix(".png"))
+    return Evaluation(nc, archive_url, rows, record, format_table(rows), csv_path, png_path)
+
+
+def log_evaluation(uri: str, ev: Evaluation, model: str) -> str:
+    """One MLflow run in experiment ``evaluate-<model name>`` at ``uri``: parameters, skill per lead
+    as metrics (step = lead in minutes), the table, the record, CSV and PNG. Returns the run id."""
+    import json
+
+    from convlstm_dist.nowcast.evaluation import metrics_from_rows
+    from convlstm_dist.tracking import Tracker, check_reachable
+
+    nc = ev.nowcaster
+    check_reachable(uri)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    tracker, _ = Tracker.start_or_resume(uri, f"evaluate-{nc.name}", f"evaluate-{nc.name}-{stamp}-{time.time_ns() % 10**6}",
+                                         tags={"convlstm_dist.kind": "evaluate"})
+    tracker.log_params({"model": model, "archive": ev.archive_url, "model_source": nc.source,
+                        **{k: v for k, v in ev.record.items() if not isinstance(v, dict)}})
+    by_step: dict[int, dict] = {}
+    for key, value, step in metrics_from_rows(ev.rows):
+        by_step.setdefault(step, {})[key] = value
+    for step, metrics in sorted(by_step.items()):
+        tracker.log_metrics(metrics, step)
+    tracker.log_text(ev.table, "skill_table.txt")
+    tracker.log_text(json.dumps(ev.record, indent=2, default=str), "evaluation.json")
+    tracker.log_artifact(ev.csv_path)
+    tracker.log_artifact(ev.png_path)
+    tracker.end()
+    return tracker.run_id
+
+
+@dataclass
+class Forecast:
+    analysis_time: object   # numpy datetime64 of the last input frame
+    n_out: int
+    timestep_s: int
+    grid: tuple[int, int]
+    zarr: Path
+    png: Path
+    gif: Path | None = None
+
+
+def analysis_index(archive, at: str | None, n_in: int) -> int:
+    """The frame index of the analysis time ``at`` (default the last frame), with ``n_in`` gap-free frames up to it."""
+    import numpy as np
+
+    from convlstm_dist.nowcast.evaluation import parse_time
+
+    times, step = archive.times, archive.timestep_s
+    if at:
+        t = parse_time(at, "--at")
+        hit = np.flatnonzero(times == t)
+        if not len(hit):
+            raise UserError(f"--at {t} is not a frame time of {archive.url} ({times[0] if len(times) else '-'} .. "
+                            f"{times[-1] if len(times) else '-'}, every {step} s)")
+        i = int(hit[0])
+    else:
+        i = len(times) - 1
+    if i + 1 < n_in:
+        raise UserError(f"too few frames: the model needs {n_in} input frames up to the analysis time, "
+                        f"{archive.url} has {i + 1}")
+    sec = times[i + 1 - n_in:i + 1].astype("int64")
+    if np.any(np.diff(sec) != step):
+        raise UserError(f"the {n_in} frames up to {times[i]} have a time gap; pick another --at")
+    return i
+
+
+def nowcast_from_archive(model: str, archive_url: str, out: str | Path, *, at: str | None = None,
+                         n_out: int | None = None, crop: tuple[int, int] | None = None, gif: bool = False,
+                         workdir: str | Path = "workdir", tracking_uri: str | None = None,
+                         endpoint_url: str | None = None, trust: bool = False) -> Forecast:
+    """Forecast ``n_out`` (default the model's ``out_len``) frames from the frames up to ``at`` of a
+    centred ``crop`` (default the full grid); write ``out/forecast.zarr``, ``.png`` (and ``.gif``)."""
+    import numpy as np
+
+    from convlstm_dist.data import quantity_of_variable
+    from convlstm_dist.nowcast.nowcaster import (
+        Nowcaster,
+        forecast_gif,
+        forecast_strip,
+        write_forecast_zarr,
+    )
+
+    nc = Nowcaster.load(model, tracking_uri, workdir, trust=trust)
+    archive = open_archive_at(archive_url, endpoint_url)
+    nc.check_variable(archive.variable)
+    times, step = archive.times, archive.timestep_s
+    n_in, n_out = nc.in_len, int(n_out or nc.out_len)
+    i = analysis_index(archive, at, n_in)
+    _, H, W = archive.shape
+    crop = crop or (H, W)
+    if crop[0] > H or crop[1] > W:
+        raise UserError(f"crop {crop[0]}x{crop[1]} is larger than the archive grid {H}x{W}")
+    y0, x0 = (H - crop[0]) // 2, (W - crop[1]) // 2
+    ys, xs = slice(y0, y0 + crop[0]), slice(x0, x0 + crop[1])
+    try:
+        nc.check_grid(*crop)
+    except UserError as err:
+        raise UserError(f"{err} (pass --crop HxW for a centred crop)") from None
+    raw = archive.read(i + 1 - n_in, i + 1, ys, xs)
+    q = quantity_of_variable(archive.variable)
+    frames = np.where(np.isnan(raw), np.nan, archive.to_rain_mmh(raw)) if q.has_rain_rate else raw
+    fcst = nc.predict(frames, n_out, q.physical_variable)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    a = archive.attrs
+    attrs = {"convlstm_dist_forecast": 1, "source_archive": archive.url, "model": nc.source,
+             "analysis_time": str(times[i]), "timestep_s": int(step), "in_len": n_in,
+             "crop_y0": y0, "crop_x0": x0, **{k: a.get(k) for k in ("source", "zr_a", "zr_b", "projection",
+                                                                  "pixel_size_m", "attribution")}}
+    zpath = write_forecast_zarr(out / "forecast.zarr", fcst, times[i], step, archive.y[ys], archive.x[xs],
+                                q.physical_variable, attrs)
+    lead = np.arange(1, n_out + 1) * step / 60.0
+    png = forecast_strip(out / "forecast.png", frames[-1], fcst, lead, f"{nc.name} nowcast from {times[i]} UTC", q.units)
+    gif_path = forecast_gif(out / "forecast.gif", fcst, lead, q.units) if gif else None
+    return Forecast(times[i], n_out, int(step), crop, zpath, png, gif_path)
