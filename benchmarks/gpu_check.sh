@@ -170,6 +170,9 @@ if [ "${BENCH:-}" = all ] || [ "$DRY" = 1 ]; then
   stage bench_fp32 90 "$PY" benchmarks/bench_model.py --device $DEV --configs $CFGS $STEPS --dtype fp32
   stage bench_bf16_compile_graph 110 "$PY" benchmarks/bench_model.py --device $DEV --configs $CFGS $STEPS --dtype bf16 --impls fast --compile --cuda-graph
 fi
+# DDP + CUDA graph: 2 ranks on the GPU (gloo), flat-bucket graph step vs DDP's eager step: time, agreement
+if [ "$DRY" = 1 ]; then DDP_ARGS=(--size 32 --batch 2 --steps 2 --warmup 1); else DDP_ARGS=(--size 128 --batch 4 --steps 20); fi
+stage ddp_graph 90 "$PY" benchmarks/bench_ddp_graph.py --device "$DEV" "${DDP_ARGS[@]}"
 # Table 1 runner (convlstm-dist table1, verify/table1_on_device.py): 2 tiny models through the engine, fp32 evaluation, report
 stage table1_dry 60 "${CLI[@]}" table1 --dry-run --device "$DEV" \
   --models 5x5-128-64-64 fc-lstm --budget-s 50 --out "$LOGS/table1_dry"
@@ -192,6 +195,8 @@ summary() {
     echo; echo "--- hidden modules that something tried to import (dry run; each was handled unless a stage failed):"
     echo "    $(cat "$LOGS"/device_sim/refused.* 2>/dev/null | awk -F. '{print ($1 == "google" ? $1 "." $2 : $1)}' | sort | uniq -c | sort -rn | awk '{printf "%s(%s) ", $2, $1}')"
   fi
+  echo; echo "--- DDP (2 ranks, one device) with the CUDA-graph step vs DDP's eager step:"
+  grep -hE '^(device=|ddp_step_ms|graph_over_ddp|\[engine\])' "$LOGS/ddp_graph.log" 2>/dev/null | sed 's/^/    /'
   echo; printf '%-19s ' variant; grep -h '^config' "$LOGS/bench_bf16.log" 2>/dev/null | head -n 1
   for s in "${BENCHES[@]}"; do
     grep -hE '^(mm|radar|large|tiny) ' "$LOGS/$s.log" 2>/dev/null | awk -v v="${s#bench_}" '{printf "%-19s %s\n", v, $0}'

@@ -8,10 +8,11 @@ Modes (``train.engine`` in the recipe):
   model is built with ``compile=True``, see ``models/fast.py``).
 * ``graph``: the whole step (forward, loss, backward, clipping, optimizer) replayed as one CUDA
   graph (:class:`CudaGraphTrainStep`). Needs CUDA, the fast model, a capturable optimizer (not
-  SGD), no fp16 scaler and one process (DDP's reducer is not capturable; a multi-worker run uses
-  ``compiled`` and says so).
-* ``auto`` (default): ``graph`` on a single CUDA device when it applies, ``compiled`` on CUDA
-  otherwise, ``eager`` on CPU.
+  SGD) and no fp16 scaler. Under DDP (several workers) the model is not DDP-wrapped (its reducer
+  is not capturable): every rank starts from rank 0's parameters, and the step is two graphs with
+  one all-reduce of a flat gradient buffer between them (``graph_step.FlatGrads``).
+* ``auto`` (default): ``graph`` on CUDA when it applies, ``compiled`` on CUDA otherwise, ``eager``
+  on CPU.
 
 ``train.channels_last`` stores convolution activations and weights NHWC (CUDA tensor cores).
 
@@ -21,7 +22,8 @@ not finite, on the device; :meth:`StepEngine.check` (every
 Updates after a bad step only touch the in-memory model: nothing is checkpointed from it.
 
 If graph capture fails, the run continues in eager mode with the **same** model and optimizer
-state (both are restored to their state before the capture attempt) and says so once.
+state (both are restored to their state before the capture attempt) and says so once; under DDP
+its eager steps all-reduce the same flat gradient buffer, so ranks stay in step.
 """
 
 from __future__ import annotations
@@ -42,13 +44,12 @@ def resolve_mode(requested: str, device: torch.device, *, impl: str, optimizer: 
                  world: int) -> tuple[str, str | None]:
     """``(mode that runs, why it differs from the request or None)``."""
     cuda = device.type == "cuda"
-    graph_ok = cuda and impl == "fast" and optimizer != "sgd" and precision != "fp16" and world == 1
+    graph_ok = cuda and impl == "fast" and optimizer != "sgd" and precision != "fp16"
     if requested == "auto":
         return ("graph" if graph_ok else "compiled" if cuda else "eager"), None
     if requested == "graph" and not graph_ok:
         why = ("a CUDA device" if not cuda else "model.impl=fast" if impl != "fast" else
-               "a capturable optimizer (not SGD)" if optimizer == "sgd" else "bf16/fp32 (fp16 needs a GradScaler)"
-               if precision == "fp16" else f"one process, not {world} DDP workers (DDP's reducer is not capturable)")
+               "a capturable optimizer (not SGD)" if optimizer == "sgd" else "bf16/fp32 (fp16 needs a GradScaler)")
         return ("compiled" if cuda else "eager"), f"graph mode needs {why}"
     if requested == "compiled" and not cuda:
         return "eager", "torch.compile of the gates applies to CUDA only"
@@ -131,8 +132,14 @@ class StepEngine:
 
     def __init__(self, model: torch.nn.Module, train_model: torch.nn.Module, opt, scaler, loss_fn: Callable,
                  out_len: int, amp_dtype, grad_clip: float | None, mode: str, device: torch.device,
-                 say: Callable = print):
+                 say: Callable = print, world: int = 1):
         self.model, self.train_model = model, train_model  # train_model: DDP-wrapped or the model
+        # several processes but no DDP wrapper (graph mode): gradients go through one flat all-reduce
+        self.world, self.flat = world, None
+        if world > 1 and train_model is model:
+            from convlstm_dist.train.graph_step import FlatGrads
+
+            self.flat = FlatGrads(list(model.parameters()))
         self.opt, self.scaler, self.loss_fn = opt, scaler, loss_fn
         self.out_len, self.amp_dtype, self.grad_clip = out_len, amp_dtype, grad_clip
         self.mode, self.device, self.say = mode, device, say
@@ -153,7 +160,7 @@ class StepEngine:
         try:
             t0 = time.perf_counter()
             self.graph = CudaGraphTrainStep(self.model, self.loss_fn, self.opt, x, y, self.amp_dtype, mask=m,
-                                            grad_clip=self.grad_clip)
+                                            grad_clip=self.grad_clip, world=self.world, flat=self.flat)
             self.say(f"[engine] training step captured as a CUDA graph in {time.perf_counter() - t0:.1f} s")
             return True
         except Exception as err:  # noqa: BLE001 - fall back, once and loudly, with the same state
@@ -173,6 +180,14 @@ class StepEngine:
             self.capture(x, y, m)
         if self.graph is not None and x.shape == self.graph.static_x.shape:
             loss = self.graph.step(x, y, m)
+        elif self.flat is not None:  # DDP without a wrapper (graph mode's fallback): one flat all-reduce
+            self.flat.zero()
+            loss = forward_loss(self.model, x, y, m, self.out_len, self.loss_fn, self.amp_dtype)
+            loss.backward()
+            self.flat.allreduce_mean(self.world)
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.opt.step()
         else:  # eager / compiled, or the last, smaller batch of an epoch in graph mode
             loss = forward_loss(self.train_model, x, y, m, self.out_len, self.loss_fn, self.amp_dtype)
             apply_gradients(loss, self.model.parameters(), self.opt, self.scaler, self.grad_clip)

@@ -60,8 +60,9 @@ class Backend:
         """One progress line for the user (rank 0's reach the terminal)."""
         print(msg, flush=True)
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The module the step trains (DDP-wrapped under Ray Train)."""
+    def wrap(self, model: torch.nn.Module, ddp: bool = True) -> torch.nn.Module:
+        """The module the step trains: DDP-wrapped under Ray Train, or (``ddp=False``, the graph
+        engine's flat all-reduce) the model itself with rank 0's parameters on every rank."""
         return model
 
     def restore(self) -> tuple[dict, str] | None:
@@ -214,7 +215,7 @@ def fit(cfg, backend: Backend, variable: str, tracker=None, opts: FitOptions | N
     if restored is not None:
         load_resumed_weights(model, restored[0]["model"], backend.run_name, restored[1])
     model.to(dev)
-    train_model = backend.wrap(model)
+    train_model = backend.wrap(model, ddp=not (choice.mode == "graph" and world > 1))
     opt = make_optimizer(t, model.parameters(), dev if choice.mode == "graph" else None)
     sched = make_scheduler(t, opt)
     scaler = torch.amp.GradScaler("cuda", enabled=choice.precision == "fp16")
@@ -227,7 +228,7 @@ def fit(cfg, backend: Backend, variable: str, tracker=None, opts: FitOptions | N
     if opts.data_version is not None:
         state.extra["data_version"] = opts.data_version
     engine = StepEngine(model, train_model, opt, scaler, training_loss(t.loss, quantity), cfg.data.out_len,
-                        choice.amp_dtype, t.grad_clip, choice.mode, dev, say=say)
+                        choice.amp_dtype, t.grad_clip, choice.mode, dev, say=say, world=world)
     say(choice.line(dev))
     logged: set[int] = set()
     if tracker is not None:

@@ -53,10 +53,16 @@ class RayTrainBackend(Backend):
         if self.clock is not None and self.rank == 0:
             ray.get(self.clock.note_line.remote(msg))
 
-    def wrap(self, model):
+    def wrap(self, model, ddp: bool = True):
         import ray.train.torch
 
-        return ray.train.torch.prepare_model(model)
+        if ddp or self.world == 1:
+            return ray.train.torch.prepare_model(model)
+        from convlstm_dist.train.graph_step import broadcast_parameters
+
+        model = ray.train.torch.prepare_model(model, parallel_strategy=None)  # device only, no DDP wrapper
+        broadcast_parameters(model)
+        return model
 
     def restore(self):
         import ray.train

@@ -91,7 +91,9 @@ def test_modes_resolve_as_documented():
     kw = dict(impl="fast", optimizer="adam", precision="bf16", world=1)
     assert resolve_mode("auto", cpu, **kw) == ("eager", None)
     assert resolve_mode("auto", cuda, **kw) == ("graph", None)
-    assert resolve_mode("auto", cuda, **{**kw, "world": 2}) == ("compiled", None)
+    # several DDP workers: graph too (two graphs around one flat all-reduce, tests/unit/test_flat_grads.py)
+    assert resolve_mode("auto", cuda, **{**kw, "world": 2}) == ("graph", None)
+    assert resolve_mode("auto", cuda, **{**kw, "world": 2, "precision": "fp16"}) == ("compiled", None)
     mode, why = resolve_mode("graph", cuda, **{**kw, "optimizer": "sgd"})
     assert mode == "compiled" and "SGD" in why
     mode, why = resolve_mode("graph", cpu, **kw)
