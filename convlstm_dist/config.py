@@ -49,6 +49,10 @@ class ModelConfig(_Strict):
     height: int = Field(64, ge=1)
     width: int = Field(64, ge=1)
     impl: Literal["fast", "literal"] = "fast"
+    frame: Literal["eulerian", "lagrangian"] = Field(
+        "eulerian", description="eulerian: the paper's model on the grid; lagrangian: the same network forecasting "
+                                "in the frame that moves with the rain (inputs aligned by their estimated motion, "
+                                "forecast advected back; convlstm on rain rate only)")
 
     @field_validator("input_kernel", "state_kernel", mode="before")
     @classmethod
@@ -226,6 +230,20 @@ class Config(_Strict):
     def _name(cls, v: str) -> str:
         return check_name(v, "name")  # it names runs and experiments
 
+    @model_validator(mode="after")
+    def _check_frame(self) -> "Config":
+        if self.model.frame == "lagrangian":
+            from convlstm_dist.data.quantity import get_quantity, quantity_of_source
+
+            q = quantity_of_source(self.data.source)
+            if self.model.kind != "convlstm":
+                raise ValueError("model.frame=lagrangian needs model.kind=convlstm")
+            if not q.has_rain_rate or get_quantity(q).output_is_logits(self.train.loss):
+                raise ValueError(f"model.frame=lagrangian forecasts rain rate in its own units (residuals that add); "
+                                 f"data.source={self.data.source} with train.loss={self.train.loss} does not: "
+                                 "use model.frame=eulerian")
+        return self
+
 
 def set_path(tree: dict, dotted: str, value: Any) -> None:
     """``tree[a][b][c] = value`` for ``dotted`` ``a.b.c``, creating sections; a value in the way → ``UserError``."""
@@ -341,6 +359,7 @@ def build_model_from_config(cfg: Config, compile: bool = False, channels_last: b
         height=m.height,
         width=m.width,
         impl=m.impl,
+        **({"frame": m.frame} if m.frame != "eulerian" else {}),
         **({"compile": True} if compile else {}),
         **({"channels_last": True} if channels_last else {}),
     )

@@ -12,13 +12,16 @@ from torch import nn
 
 from convlstm_dist.models.encoder_forecaster import IMPLS, EncoderForecaster
 from convlstm_dist.models.fc_lstm import FCLSTM
+from convlstm_dist.models.lagrangian import FRAMES, LagrangianForecaster
 
 
-def _convlstm(**kw) -> nn.Module:
-    return EncoderForecaster(**kw)
+def _convlstm(*, frame: str = "eulerian", **kw) -> nn.Module:
+    return (LagrangianForecaster if frame == "lagrangian" else EncoderForecaster)(**kw)
 
 
-def _fclstm(*, channels_last: bool = False, **kw) -> nn.Module:
+def _fclstm(*, channels_last: bool = False, frame: str = "eulerian", **kw) -> nn.Module:
+    if frame != "eulerian":
+        raise ValueError(f"model.frame={frame!r} needs kind=convlstm; FC-LSTM forecasts in the grid's own frame")
     return FCLSTM(**kw)  # channels_last means nothing for flat vectors
 
 
@@ -27,13 +30,18 @@ MODELS: dict[str, Callable[..., nn.Module]] = {"convlstm": _convlstm, "fclstm": 
 
 def build_model(kind: str, *, in_channels: int, hidden: list[int], input_kernel: list[int],
                 state_kernel: list[int], patch: int, height: int, width: int, impl: str = "fast",
-                channels_last: bool = False, compile: bool = False) -> nn.Module:
+                channels_last: bool = False, compile: bool = False, frame: str = "eulerian") -> nn.Module:
     """Build a model. ``channels_last`` and ``compile`` (fused gates via torch.compile, CUDA only)
-    are performance options of the fast path; they change no parameter and no result."""
+    are performance options of the fast path; they change no parameter and no result. ``frame``:
+    ``eulerian`` (the paper's model on the grid) or ``lagrangian`` (:mod:`.lagrangian`: the same
+    network forecasting in the frame that moves with the rain)."""
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; valid: {', '.join(sorted(MODELS))}")
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
+    if frame not in FRAMES:
+        raise ValueError(f"unknown frame {frame!r}; valid: {', '.join(FRAMES)}")
+    extra = {"frame": frame} if frame != "eulerian" else {}
     return MODELS[kind](in_channels=in_channels, hidden=list(hidden), input_kernel=list(input_kernel),
                         state_kernel=list(state_kernel), patch=patch, height=height, width=width,
-                        impl=impl, channels_last=channels_last, compile=compile)
+                        impl=impl, channels_last=channels_last, compile=compile, **extra)

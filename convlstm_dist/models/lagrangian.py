@@ -1,0 +1,49 @@
+"""The encoder–forecaster in Lagrangian coordinates (``model.frame: lagrangian``).
+
+Optical-flow nowcasting carries the last frame along the motion of the rain; it cannot forecast
+growth or decay. The paper's ConvLSTM has to learn motion *and* growth from the data, and a short
+training budget teaches it neither. This variant splits the work (the idea of Lagrangian
+convolutional networks for radar nowcasting, e.g. Ritvanen et al. 2023, with a simpler motion
+field):
+
+1. the motion of the input frames is estimated on the device (:func:`.motion.estimate_motion`,
+   phase correlation; no parameters, no gradient);
+2. every input frame is shifted to line up with the last one (:func:`.motion.advect`);
+3. the same :class:`EncoderForecaster` (same parameters, same cell) forecasts in this moving frame,
+   as a residual on the last frame; its output convolution starts at zero, so the untrained model is
+   the advected last frame (Lagrangian persistence), and training learns growth, decay and smoothing;
+4. lead ``k``'s forecast is carried ``k`` steps along the motion.
+
+Same call contract as :class:`EncoderForecaster` (``model(x, n_out) -> (y, state)``), same
+``state_dict`` keys; ``state`` continuation is not supported (the motion is re-estimated from ``x``).
+Model space must be one where 0 is dry and values add (``rain_norm``), not logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from convlstm_dist.models.encoder_forecaster import EncoderForecaster, State
+from convlstm_dist.models.motion import advect, estimate_motion
+
+FRAMES = ("eulerian", "lagrangian")
+
+
+class LagrangianForecaster(EncoderForecaster):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hparams["frame"] = "lagrangian"
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    def forward(self, x: torch.Tensor, n_out: int, state: State | None = None) -> tuple[torch.Tensor, State]:
+        if state is not None:
+            raise ValueError("the Lagrangian forecaster re-estimates motion from x: pass state=None")
+        B, T, C, H, W = x.shape
+        v = estimate_motion(x[:, :, 0])  # (B, 2, H, W), from the first channel
+        aligned = torch.stack([advect(x[:, t], v, T - 1 - t) for t in range(T)], dim=1)
+        z, enc_state = super().forward(aligned, n_out)
+        z = z + x[:, -1:]  # residual on the last frame, in the moving frame
+        y = torch.stack([advect(z[:, k], v, k + 1) for k in range(n_out)], dim=1)
+        return y, enc_state
