@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"recipe: {cfg.name}")
     print(f"input: (B, {d.in_len}, {m.in_channels}, {m.height}, {m.width}) -> output: "
           f"(B, {d.out_len}, {m.in_channels}, {m.height}, {m.width}), patch {m.patch}")
+    print(f"frame: {m.frame}" + (" (inputs aligned by their estimated motion, residual forecast advected back "
+                                 "per lead; see models/lagrangian.py)" if m.frame == "lagrangian" else ""))
     print(model)
     for name, p in model.named_parameters():
         print(f"  {name:28s} {str(tuple(p.shape)):24s} {p.numel():>12,d}")
