@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-# The one HKO-7 weight table (``verify.scores.bmse_weights``, the numpy twin, reads it too).
+# The one HKO-7 weight table, read by the one weight function :func:`hko7_weights` (torch and numpy).
 HKO7_THRESHOLDS_MMH = (2.0, 5.0, 10.0, 30.0)
 HKO7_WEIGHTS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -66,12 +67,22 @@ def mae(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = No
     return _masked_mean((pred - _clean(target, valid)).abs(), valid)
 
 
-def hko7_weights(rain_mmh: torch.Tensor) -> torch.Tensor:
-    """Per-pixel weights 1, 2, 5, 10, 30 for rain below 2, [2,5), [5,10), [10,30), >= 30 mm/h.
-    NaN rain gets weight 1 (those pixels are masked anyway)."""
-    w = torch.full_like(rain_mmh, HKO7_WEIGHTS[0])
-    for thr, wt in zip(HKO7_THRESHOLDS_MMH, HKO7_WEIGHTS[1:]):
-        w = torch.where(rain_mmh >= thr, torch.full_like(w, wt), w)
+def hko7_weights(rain_mmh):
+    """The one HKO-7 weight function: 1, 2, 5, 10, 30 for rain below 2, [2,5), [5,10), [10,30), >= 30 mm/h.
+
+    ``rain_mmh`` is a torch tensor (weights of its dtype, on its device: the balanced losses and
+    validation during training) or a numpy array (float64 weights: ``evaluate``'s scores, where
+    ``verify.scores.bmse_weights`` is this function). NaN rain gets weight 1 (those pixels are masked anyway)."""
+    if isinstance(rain_mmh, torch.Tensor):
+        w = torch.full_like(rain_mmh, HKO7_WEIGHTS[0])
+        for thr, wt in zip(HKO7_THRESHOLDS_MMH, HKO7_WEIGHTS[1:]):
+            w = torch.where(rain_mmh >= thr, torch.full_like(w, wt), w)
+        return w
+    rain = np.asarray(rain_mmh)
+    w = np.full(rain.shape, HKO7_WEIGHTS[0])
+    with np.errstate(invalid="ignore"):
+        for thr, wt in zip(HKO7_THRESHOLDS_MMH, HKO7_WEIGHTS[1:]):
+            w[rain >= thr] = wt
     return w
 
 

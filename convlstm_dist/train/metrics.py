@@ -1,10 +1,14 @@
 """The names of the metrics training reports each epoch (no torch: the config validates against them).
 
 ``train/fit.py`` (the loop of both backends) reports, per epoch, the training
-metrics below plus ``ValAccumulator.metrics()`` (merged validation skill). A checkpoint metric
-(``run.checkpoint_metric``) or a sweep metric (``search.metric``) must be one of these names;
-otherwise Ray fails only after the last epoch ("Invalid metric name"). A unit test keeps this
-list equal to what ``ValAccumulator`` produces.
+metrics below plus ``ValAccumulator.metrics()`` (merged validation skill). Tune trials report the
+same dict. A checkpoint metric (``run.checkpoint_metric``) or a sweep metric (``search.metric``)
+must be one of these names; otherwise Ray fails only after the last epoch ("Invalid metric
+name"). A unit test keeps this list equal to what ``ValAccumulator`` produces.
+
+Skill scores are named by the one rule of ``verify.scores.metric_key`` (``evaluate`` uses it too):
+``val_<score>[_<thr>mmh]`` for the model, ``val_persistence_<score>[_<thr>mmh]`` for persistence,
+pooled over lead times (``verify.scores.skill_metrics``).
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import difflib
 
 from convlstm_dist.data.quantity import SKILL_THRESHOLDS_MMH, get_quantity
 from convlstm_dist.errors import UserError
+from convlstm_dist.verify.scores import metric_key, skill_metric_names
 
-THRESHOLDS_MMH = SKILL_THRESHOLDS_MMH
+THRESHOLDS_MMH = SKILL_THRESHOLDS_MMH  # the one set of skill thresholds (data.quantity), as validation uses it
+VAL_SCOPE = "val"
 
 # reported by every epoch of train/fit.py (with the checkpoint)
 TRAIN_METRICS = ("epoch", "epoch_float", "step", "train_loss", "samples_per_s", "data_wait_share", "epoch_time_s",
@@ -25,12 +31,11 @@ def val_metrics(quantity: str | None = None) -> tuple[str, ...]:
     """Validation metrics of ``ValAccumulator.metrics()``; ``quantity`` None = for any archive.
 
     ``val_cross_entropy`` exists only for ``intensity`` models (Moving MNIST)."""
-    names = ["val_loss", "val_mse", "val_mae", "val_bmse", "val_persistence_mse", "val_persistence_mae"]
+    names = [metric_key("loss", scope=VAL_SCOPE)]
+    names += skill_metric_names(VAL_SCOPE, None, THRESHOLDS_MMH)
+    names += skill_metric_names(VAL_SCOPE, "persistence", THRESHOLDS_MMH)
     if quantity is None or get_quantity(quantity).reports_cross_entropy:
-        names.append("val_cross_entropy")
-    for thr in THRESHOLDS_MMH:
-        names += [f"val_pod_{thr:g}mmh", f"val_far_{thr:g}mmh", f"val_csi_{thr:g}mmh",
-                  f"val_persistence_csi_{thr:g}mmh"]
+        names.append(metric_key("cross_entropy", scope=VAL_SCOPE))
     return tuple(names)
 
 

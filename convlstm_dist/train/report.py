@@ -2,47 +2,22 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
 
 def skill_outputs(table: list[dict], out_len: int, timestep_s: int, out_dir: Path) -> list[Path]:
-    """``skill.csv`` (method, lead_min, threshold_mmh, csi, pod, far, hss, mse) and ``skill.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """``skill.csv`` and ``skill.png`` of a checkpoint's ``lead_table`` (``ValAccumulator.lead_table``
+    rows: ``method`` model/persistence, ``lead`` 1, 2, …), written by the one skill writer of
+    ``evaluate`` too (``verify.table``): its columns (``verify.table.CSV_COLUMNS``) that the rows have,
+    ``lead_min`` = ``lead`` × the time step."""
+    from convlstm_dist.verify.table import CSV_COLUMNS, plot_skill, write_csv
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [{"method": r["method"], "lead_min": r["lead"] * timestep_s // 60, **{k: r[k] for k in
-            ("threshold_mmh", "csi", "pod", "far", "hss", "mse")}} for r in table]
-    csv_path = out_dir / "skill.csv"
-    with csv_path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["method", "lead_min", "threshold_mmh", "csi", "pod", "far", "hss", "mse"])
-        w.writeheader()
-        w.writerows(rows)
-    thresholds = sorted({r["threshold_mmh"] for r in rows})
-    fig, axes = plt.subplots(1, len(thresholds) + 1, figsize=(3.2 * (len(thresholds) + 1), 3), squeeze=False)
-    for method, style in (("model", "-o"), ("persistence", "--s")):
-        sel = [r for r in rows if r["method"] == method]
-        for ax, thr in zip(axes[0], thresholds):
-            pts = sorted((r["lead_min"], r["csi"]) for r in sel if r["threshold_mmh"] == thr)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, ms=3, label=method)
-            ax.set_title(f"CSI ≥ {thr:g} mm/h")
-            ax.set_xlabel("lead time (min)")
-            ax.set_ylim(0, 1)
-        pts = sorted({(r["lead_min"], r["mse"]) for r in sel})
-        axes[0][-1].plot([p[0] for p in pts], [p[1] for p in pts], style, ms=3, label=method)
-    axes[0][-1].set_title("MSE (mm/h)²")
-    axes[0][-1].set_xlabel("lead time (min)")
-    axes[0][0].legend()
-    fig.tight_layout()
-    png = out_dir / "skill.png"
-    fig.savefig(png, dpi=90)
-    plt.close(fig)
-    return [csv_path, png]
+    rows = [{**r, "lead_min": r["lead"] * timestep_s / 60} for r in table]
+    columns = [c for c in CSV_COLUMNS if all(c in r for r in rows)]  # a checkpoint from before has fewer
+    return [write_csv(rows, out_dir / "skill.csv", columns), plot_skill(rows, out_dir / "skill.png")]
 
 
 def forecast_figure(model, plan, quantity: str, loss: str, out_dir: Path, case: int | None = None) -> Path:

@@ -1,122 +1,94 @@
 """Validation: merged metrics and per-lead skill of a model over batches, on every backend.
 
-Every rank scores a disjoint part of the windows (``t0 % world == rank``); the sums are
-all-reduced, so every rank sees the same merged metrics (and the same early-stopping decision).
+Every rank scores a disjoint part of the windows (``t0 % world == rank``) on its device; the sums
+(one flat tensor) are all-reduced, so every rank sees the same merged metrics (and the same
+early-stopping decision). Skill is counted by ``verify.scores.SkillAccumulator``, the accumulator
+of ``evaluate``, and named by ``verify.scores.metric_key`` (``val_csi_2mmh``, ``val_persistence_mse``, …).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from convlstm_dist.data.quantity import get_quantity
 from convlstm_dist.data.samples import to_compute
 from convlstm_dist.models import get_loss
 from convlstm_dist.train.engine import allreduce
-from convlstm_dist.train.metrics import THRESHOLDS_MMH
+from convlstm_dist.train.metrics import THRESHOLDS_MMH, VAL_SCOPE
 from convlstm_dist.train.optim import training_loss
+from convlstm_dist.verify.scores import SkillAccumulator, metric_key, skill_metrics
+
+_TRAIN_SUMS = ("loss", "loss_n", "bce_sum", "seqs")  # what only training has (model space)
 
 
 class ValAccumulator:
-    """Sums for merged validation metrics (model space and mm/h) plus skill contingency counts."""
+    """Validation of a model over batches: what only training has (the loss in model space, the
+    per-sequence cross-entropy of intensity models) plus, in mm/h, the per-lead skill of the model
+    and of persistence, each a :class:`~convlstm_dist.verify.scores.SkillAccumulator` (the one
+    accumulator ``evaluate`` uses too). Everything is counted on the device of the batches; one
+    all-reduce of one flat tensor merges the ranks (:meth:`merge`)."""
 
     def __init__(self, out_len: int, quantity: str, loss_name: str):
         self.q, self.loss_name, self.out_len = get_quantity(quantity), loss_name, out_len
         self.loss = training_loss(loss_name, quantity)
-        self.s = {k: 0.0 for k in ("loss", "loss_n", "se", "ae", "bse", "n", "pse", "pae", "bce_sum", "seqs")}
-        nt = len(THRESHOLDS_MMH)
-        # contingency per lead and threshold: hits, misses, false alarms, correct negatives (model, persistence)
-        self.ct = np.zeros((2, out_len, nt, 4), dtype=np.float64)
-        self.lead_se = np.zeros((2, out_len), dtype=np.float64)
-        self.lead_n = np.zeros(out_len, dtype=np.float64)
+        self.sums: torch.Tensor | None = None  # float64 on the device: _TRAIN_SUMS
+        self.model = SkillAccumulator(THRESHOLDS_MMH, out_len)
+        self.persistence = SkillAccumulator(THRESHOLDS_MMH, out_len)
         self.by_source: dict[str, "ValAccumulator"] = {}  # per archive of a multi-archive plan (evaluate_val)
+
+    @property
+    def s(self) -> dict[str, float]:
+        """The training-only sums and the pixel count, as floats (host)."""
+        sums = self.sums.tolist() if self.sums is not None else [0.0] * len(_TRAIN_SUMS)
+        return {**dict(zip(_TRAIN_SUMS, sums)), "n": float(self.model.to_state()["n"].sum())}
 
     def add(self, raw: torch.Tensor, y_n: torch.Tensor, x_n: torch.Tensor, mask: torch.Tensor) -> None:
         """``raw``: the model output as trained (logits for bce losses), in model space."""
-        from convlstm_dist.models.losses import hko7_weights
-
         valid = mask > 0.5
-        vf = valid.float()
-        n = float(vf.sum())
-        loss = self.loss(raw, y_n, valid)
-        self.s["loss"] += float(loss) * max(n, 1.0)
-        self.s["loss_n"] += max(n, 1.0)
+        n = valid.sum().double().clamp(min=1.0)
+        loss = self.loss(raw, y_n, valid).detach().double()
+        bce = torch.zeros((), dtype=torch.float64, device=raw.device)
+        seqs = 0.0
         logits = self.q.output_is_logits(self.loss_name)
         pred_n = torch.sigmoid(raw) if logits else raw
         if self.q.reports_cross_entropy:
             lg = raw if logits else torch.logit(raw.clamp(1e-6, 1 - 1e-6))
-            self.s["bce_sum"] += float(get_loss("bce_sum")(lg, y_n, valid)) * raw.shape[0]
-            self.s["seqs"] += raw.shape[0]
+            bce = get_loss("bce_sum")(lg, y_n, valid).detach().double() * raw.shape[0]
+            seqs = float(raw.shape[0])
+        step = torch.stack([loss * n, n, bce, torch.full_like(n, seqs)])
+        self.sums = step if self.sums is None else self.sums + step
         p, o = self.q.from_model(pred_n.float()), self.q.from_model(y_n.float())
         pers = self.q.from_model(x_n[:, -1:].float()).expand_as(o)
-        zero = torch.zeros((), dtype=p.dtype, device=p.device)
-        err = torch.where(valid, p - o, zero)
-        perr = torch.where(valid, pers - o, zero)
-        w = hko7_weights(torch.where(valid, o, zero))
-        self.s["se"] += float((err ** 2).sum())
-        self.s["ae"] += float(err.abs().sum())
-        self.s["bse"] += float((w * err ** 2 * vf).sum())
-        self.s["pse"] += float((perr ** 2).sum())
-        self.s["pae"] += float(perr.abs().sum())
-        self.s["n"] += n
-        dims = (0, 2, 3, 4)
-        self.lead_se[0] += (err ** 2).sum(dim=dims).double().cpu().numpy()
-        self.lead_se[1] += (perr ** 2).sum(dim=dims).double().cpu().numpy()
-        self.lead_n += vf.sum(dim=dims).double().cpu().numpy()
-        for m, f in enumerate((p, pers)):
-            for j, thr in enumerate(THRESHOLDS_MMH):
-                fy, oy = (f >= thr) & valid, (o >= thr) & valid
-                fn, on = (f < thr) & valid, (o < thr) & valid
-                for k, c in enumerate(((fy & oy), (fn & oy), (fy & on), (fn & on))):
-                    self.ct[m, :, j, k] += c.sum(dim=dims).double().cpu().numpy()
+        self.model.accumulate(p, o, valid)
+        self.persistence.accumulate(pers, o, valid)
 
     def merge(self, device: torch.device) -> None:
-        keys = list(self.s)
-        flat = np.concatenate([[self.s[k] for k in keys], self.ct.ravel(), self.lead_se.ravel(), self.lead_n])
-        t = allreduce(torch.tensor(flat, dtype=torch.float64, device=device)).cpu().numpy()
-        self.s = dict(zip(keys, t[:len(keys)].tolist()))
-        o = len(keys)
-        self.ct = t[o:o + self.ct.size].reshape(self.ct.shape)
-        o += self.ct.size
-        self.lead_se = t[o:o + self.lead_se.size].reshape(self.lead_se.shape)
-        self.lead_n = t[o + self.lead_se.size:]
+        """Sum every rank's counts (one all-reduce; every rank calls it, with or without batches)."""
+        sums = self.sums if self.sums is not None else torch.zeros(len(_TRAIN_SUMS), dtype=torch.float64)
+        flat = torch.cat([sums.to(device), self.model.flat(device), self.persistence.flat(device)])
+        flat = allreduce(flat).cpu()
+        k, m = len(_TRAIN_SUMS), self.model.flat_size
+        self.sums = flat[:k]
+        self.model.load_flat(flat[k:k + m])
+        self.persistence.load_flat(flat[k + m:])
 
-    def metrics(self) -> dict[str, float]:
-        s, n = self.s, max(self.s["n"], 1.0)
-        out = {
-            "val_loss": s["loss"] / max(s["loss_n"], 1.0),
-            "val_mse": s["se"] / n, "val_mae": s["ae"] / n, "val_bmse": s["bse"] / n,
-            "val_persistence_mse": s["pse"] / n, "val_persistence_mae": s["pae"] / n,
-        }
+    def metrics(self, scope: str = VAL_SCOPE) -> dict[str, float]:
+        """``<scope>_loss`` (and ``<scope>_cross_entropy`` of intensity models), then the lead-pooled
+        skill of the model and of persistence (``verify.scores.skill_metrics``)."""
+        s = self.s
+        out = {metric_key("loss", scope=scope): s["loss"] / max(s["loss_n"], 1.0)}
+        out.update(skill_metrics(self.model.compute(), scope))
+        out.update(skill_metrics(self.persistence.compute(), scope, "persistence"))
         if s["seqs"]:
-            out["val_cross_entropy"] = s["bce_sum"] / s["seqs"]
-        for j, thr in enumerate(THRESHOLDS_MMH):
-            for m, tag in enumerate(("", "persistence_")):
-                h, mi, fa, cn = (self.ct[m, :, j, k].sum() for k in range(4))
-                csi = h / (h + mi + fa) if h + mi + fa > 0 else float("nan")
-                if m == 0:
-                    out[f"val_pod_{thr:g}mmh"] = h / (h + mi) if h + mi > 0 else float("nan")
-                    out[f"val_far_{thr:g}mmh"] = fa / (h + fa) if h + fa > 0 else float("nan")
-                out[f"val_{tag}csi_{thr:g}mmh"] = csi
+            out[metric_key("cross_entropy", scope=scope)] = s["bce_sum"] / s["seqs"]
         return out
 
     def lead_table(self) -> list[dict]:
-        rows = []
-        for m, method in enumerate(("model", "persistence")):
-            for lead in range(self.out_len):
-                for j, thr in enumerate(THRESHOLDS_MMH):
-                    h, mi, fa, cn = self.ct[m, lead, j]
-                    tot = h + mi + fa + cn
-                    exp = ((h + mi) * (h + fa) + (cn + mi) * (cn + fa)) / tot if tot else float("nan")
-                    rows.append({
-                        "method": method, "lead": lead + 1, "threshold_mmh": thr,
-                        "csi": h / (h + mi + fa) if h + mi + fa else float("nan"),
-                        "pod": h / (h + mi) if h + mi else float("nan"),
-                        "far": fa / (h + fa) if h + fa else float("nan"),
-                        "hss": (h + cn - exp) / (tot - exp) if tot and tot != exp else float("nan"),
-                        "mse": self.lead_se[m, lead] / max(self.lead_n[lead], 1.0),
-                    })
-        return rows
+        """Per-lead skill rows (``SkillAccumulator.compute`` rows with ``method`` ``model`` or
+        ``persistence`` and ``lead`` 1, 2, …): the checkpoint's ``lead_table``, ``skill.csv``."""
+        return [{"method": method, "lead": r["lead_index"] + 1, **r}
+                for method, acc in (("model", self.model), ("persistence", self.persistence))
+                for r in acc.compute()]
 
 
 def evaluate_val(model, batches, cfg, quantity, device, rank, world, amp_dtype,
@@ -151,8 +123,10 @@ def evaluate_val(model, batches, cfg, quantity, device, rank, world, amp_dtype,
     return acc
 
 
-SOURCE_KEYS = ("loss", "mse", "mae", "persistence_mse", "csi_0.5mmh", "csi_2mmh", "csi_5mmh", "csi_10mmh",
-               "persistence_csi_0.5mmh", "persistence_csi_2mmh", "persistence_csi_5mmh", "persistence_csi_10mmh")
+_SOURCE_THRESHOLDS = (0.5, 2.0, 5.0, 10.0)
+SOURCE_KEYS = ("loss", "mse", "mae", metric_key("mse", method="persistence"),
+               *(metric_key("csi", t) for t in _SOURCE_THRESHOLDS),
+               *(metric_key("csi", t, "persistence") for t in _SOURCE_THRESHOLDS))
 
 
 def source_metrics(acc: ValAccumulator) -> dict[str, float]:
@@ -163,5 +137,6 @@ def source_metrics(acc: ValAccumulator) -> dict[str, float]:
         if a.s["n"] <= 0:
             continue
         m = a.metrics()
-        out.update({f"val.{name}.{k}": float(m[f"val_{k}"]) for k in SOURCE_KEYS if f"val_{k}" in m})
+        out.update({f"{VAL_SCOPE}.{name}.{k}": float(m[metric_key(k, scope=VAL_SCOPE)]) for k in SOURCE_KEYS
+                    if metric_key(k, scope=VAL_SCOPE) in m})
     return out

@@ -27,6 +27,7 @@ weighted by the number of scored pixels (``n``) — not scores of pooled conting
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -164,15 +165,18 @@ def fold_config(base_cfg, fold: Fold, budget_s: float | None = None):
                         "split: {whole: val} among the training events")
     tree["data"]["archives"] = entries
     tree["data"].pop("archive", None)
-    digest = hashlib.sha1("|".join(sorted(e.url for e in fold.train)).encode()).hexdigest()[:6]
+    if budget_s is not None:
+        tree["train"]["time_budget_s"] = float(budget_s)
+    # the run name (checkpoints, resume) follows the whole fold recipe: a changed recipe or --set never
+    # resumes another recipe's fold; the same command run again resumes its own
+    digest = hashlib.sha1(json.dumps([sorted(e.url for e in fold.train), tree], sort_keys=True,
+                                     default=str).encode()).hexdigest()[:6]
     base_name = base_cfg.run.name or base_cfg.name
     scored = "_".join(e.name for e in fold.scored)[:48]
     tree.setdefault("run", {})["name"] = f"{base_name[:40]}-heldout-{scored}-{digest}"
     tr = tree.setdefault("tracking", {})
     tr["experiment"] = f"{base_cfg.tracking.experiment or base_cfg.name}-skill-folds"
     tr["register_model"] = f"{base_name}-heldout-fold"
-    if budget_s is not None:
-        tree["train"]["time_budget_s"] = float(budget_s)
     cfg = config_from_dict(tree, f"fold {fold.index} of {base_cfg.name}")
     got = {archive_key(e.url, None) for e in cfg.data.archives}
     want = {archive_key(e.url, None) for e in fold.train}

@@ -1,8 +1,9 @@
-"""Mergeable skill scores per lead time and threshold (init / accumulate / merge / compute).
+"""The one skill accumulator: mergeable scores per lead time and threshold (init / accumulate / merge / compute).
 
 The same pattern as pysteps' ``verification.detcatscores`` (``det_cat_fct_init / _accum /
-_merge / _compute``), gathered in one object so that many Ray workers can each score a shard
-of the test set and the driver merges their partial sums::
+_merge / _compute``), gathered in one object. ``evaluate`` scores shards of the test set in many
+Ray tasks and merges their states on the driver; validation during training counts on the
+device (torch tensors, no host sync per batch) and all-reduces one flat state tensor::
 
     acc = SkillAccumulator(n_leads=20)              # on each worker
     acc.accumulate(fcst_mmh, obs_mmh)               # (B, T_lead, H, W), any number of times
@@ -12,11 +13,18 @@ of the test set and the driver merges their partial sums::
         total.merge(SkillAccumulator.from_state(s))
     rows = total.compute()
 
+    flat = allreduce(acc.flat(device))              # training: one tensor, summed over ranks
+    acc.load_flat(flat)
+
 Contract
 --------
 * Inputs are rain rates in mm/h, shape ``(B, T_lead, H, W)`` (or ``(B, T_lead, 1, H, W)``),
-  numpy or torch. A pixel is counted only where both forecast and observation are finite:
-  NaN in either one is no data, never "no rain".
+  numpy or torch. A pixel is counted only where both forecast and observation are finite (and
+  ``mask``, if given, is True): NaN in either one is no data, never "no rain".
+* Storage follows the input: numpy inputs keep numpy sums (torch is imported to count them);
+  torch inputs move the sums to the inputs' device, where they stay until :meth:`to_state`,
+  :meth:`load_flat` or a score brings them to the host. Differences are computed in the
+  inputs' dtype, sums are float64, counts int64.
 * Events use ``>=``: a pixel is an event at threshold ``thr`` when its rain rate is
   ``>= thr`` mm/h, as in the HKO-7 benchmark. pysteps' ``det_cat_fct`` uses a strict ``>``;
   the two agree whenever no value equals a threshold exactly.
@@ -25,16 +33,26 @@ Contract
   CSI = a/(a+b+c), POD = a/(a+c), FAR = b/(a+b),
   HSS = 2(ad − bc) / ((a+c)(c+d) + (a+b)(b+d))  (Heidke; same as pysteps).
 * Continuous scores per lead (float64 sums): MSE, MAE, balanced MSE with the HKO-7 weights
-  w(obs) = 1 below 2 mm/h, 2 for [2, 5), 5 for [5, 10), 10 for [10, 30), 30 for >= 30 mm/h,
-  reported as the mean of ``w · (f − o)²`` over counted pixels (a per-pixel mean, so it does
-  not depend on the image size), and the Pearson correlation from the sums of x, y, x², y²,
-  xy and n.
+  (``models.losses.hko7_weights``: 1 below 2 mm/h, 2 for [2, 5), 5 for [5, 10), 10 for [10, 30),
+  30 for >= 30 mm/h), reported as the mean of ``w · (f − o)²`` over counted pixels (a per-pixel
+  mean, so it does not depend on the image size), and the Pearson correlation from the sums of
+  x, y, x², y², xy and n.
 * A score whose denominator is zero (no events, no pixels, constant field) is NaN.
+
+Metric names
+------------
+One rule names a score wherever it is logged (MLflow runs of ``train``, ``tune`` and
+``evaluate``; Ray/Tune reports; ``run.checkpoint_metric`` / ``search.metric``):
+:func:`metric_key` = ``[<scope>_][<method>_]<score>[_<thr>mmh]``. ``scope`` names the windows
+scored (``val`` during training and in every Tune trial, ``test`` for the test split, ``evaluate``
+uses its split or ``eval``), ``method`` is empty for the model itself and the baseline's name
+otherwise (``persistence``). :func:`skill_metrics` gives the scores pooled over lead times
+under these names (:data:`SUMMARY_SCORES`): ``val_csi_2mmh``, ``val_persistence_mse``, …
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -45,23 +63,73 @@ DEFAULT_THRESHOLDS_MMH = SKILL_THRESHOLDS_MMH  # the thresholds of validation du
 
 _COUNTS = ("hits", "misses", "false_alarms", "correct_negatives")
 _SUMS = ("n", "sum_se", "sum_ae", "sum_wse", "sum_x", "sum_y", "sum_xx", "sum_yy", "sum_xy")
-ROW_KEYS = ("lead_index", "threshold_mmh", "csi", "pod", "far", "hss", "mse", "mae", "bmse", "corr", "n")
+ROW_KEYS = ("lead_index", "threshold_mmh", "csi", "pod", "far", "hss", "mse", "mae", "bmse", "corr", "n") + _COUNTS
+_MAX_CHUNK = 1 << 24  # elements per counting pass (leads are counted in chunks below this size)
+
+# Scores pooled over lead times that :func:`skill_metrics` reports: (per-lead scores, per-threshold
+# scores) for the model itself (method None) and for a reference method (a baseline).
+SUMMARY_SCORES = {
+    "model": (("mse", "mae", "bmse"), ("pod", "far", "csi")),
+    "reference": (("mse", "mae"), ("csi",)),
+}
 
 
 def bmse_weights(obs_mmh: np.ndarray) -> np.ndarray:
-    """HKO-7 balancing weights for observed rain rates in mm/h (NaN gets weight 1): the numpy twin of
-    ``models.losses.hko7_weights``, from the same table (weight 1 below the first edge, then the
-    weight of the highest edge reached)."""
-    from convlstm_dist.models.losses import HKO7_THRESHOLDS_MMH, HKO7_WEIGHTS  # torch only when scoring
+    """HKO-7 balancing weights (NaN gets weight 1): ``models.losses.hko7_weights``, the one weight
+    function, for numpy input (float64 out); imported on use, so that this module stays torch-free."""
+    from convlstm_dist.models.losses import hko7_weights
 
-    w = np.full(np.shape(obs_mmh), HKO7_WEIGHTS[0])
-    with np.errstate(invalid="ignore"):
-        for edge, weight in zip(HKO7_THRESHOLDS_MMH, HKO7_WEIGHTS[1:]):
-            w[obs_mmh >= edge] = weight
-    return w
+    return hko7_weights(np.asarray(obs_mmh))
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def metric_key(score: str, threshold: float | None = None, method: str | None = None,
+               scope: str | None = None) -> str:
+    """The name of a score in every metric log: ``[<scope>_][<method>_]<score>[_<thr>mmh]``.
+
+    ``metric_key("csi", 2.0, scope="val") == "val_csi_2mmh"``;
+    ``metric_key("mse", method="persistence", scope="val") == "val_persistence_mse"``;
+    ``metric_key("csi", 0.5, method="persistence") == "persistence_csi_0.5mmh"`` (evaluate's per-lead series).
+    """
+    name = "_".join(p for p in (scope, method, score) if p)
+    return name if threshold is None else f"{name}_{float(threshold):g}mmh"
+
+
+def _summary_layout(thresholds: Iterable[float], method: str | None) -> list[tuple[str, float | None]]:
+    per_lead, per_thr = SUMMARY_SCORES["model" if method is None else "reference"]
+    return [(s, None) for s in per_lead] + [(s, float(t)) for t in thresholds for s in per_thr]
+
+
+def skill_metric_names(scope: str, method: str | None = None,
+                       thresholds: Iterable[float] = DEFAULT_THRESHOLDS_MMH) -> tuple[str, ...]:
+    """The names :func:`skill_metrics` gives (config validation checks metric names against these)."""
+    return tuple(metric_key(s, t, method, scope) for s, t in _summary_layout(thresholds, method))
+
+
+def skill_metrics(rows: Sequence[dict], scope: str, method: str | None = None) -> dict[str, float]:
+    """Scores of one method pooled over its lead times, from its :meth:`SkillAccumulator.compute`
+    rows: contingency counts summed over leads (so CSI at 2 mm/h is that of all leads together),
+    MSE/MAE/B-MSE weighted by each lead's pixels. Named by :func:`metric_key`; which scores:
+    :data:`SUMMARY_SCORES` (the model, ``method=None``, or a reference method)."""
+    thresholds = list(dict.fromkeys(float(r["threshold_mmh"]) for r in rows))
+    by_lead = {int(r["lead_index"]): r for r in rows}  # lead-only scores repeat per threshold
+    n = np.array([float(r["n"]) for r in by_lead.values()])
+    counts = {k: np.array([[sum(float(r[c]) for r in rows if float(r["threshold_mmh"]) == t)
+                            for t in thresholds]]) for k, c in zip("abcd", ("hits", "false_alarms", "misses",
+                                                                          "correct_negatives"))}
+    cat = _categorical(counts["a"], counts["b"], counts["c"], counts["d"])
+    out = {}
+    for score, thr in _summary_layout(thresholds, method):
+        if thr is None:
+            v = np.array([float(r[score]) for r in by_lead.values()])
+            ok = n > 0
+            value = float(_ratio((v[ok] * n[ok]).sum(), n[ok].sum()))
+        else:
+            value = float(cat[score][0, thresholds.index(thr)])
+        out[metric_key(score, thr, method, scope)] = value
+    return out
+
+
+def _ratio(num, den) -> np.ndarray:
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)
     out = np.full(np.broadcast(num, den).shape, np.nan)
@@ -69,10 +137,66 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
+def _categorical(a, b, c, d) -> dict[str, np.ndarray]:
+    a, b, c, d = (np.asarray(v, dtype=np.float64) for v in (a, b, c, d))
+    return {
+        "csi": _ratio(a, a + b + c),
+        "pod": _ratio(a, a + c),
+        "far": _ratio(b, a + b),
+        "hss": _ratio(2.0 * (a * d - b * c), (a + c) * (c + d) + (a + b) * (b + d)),
+    }
+
+
+def _is_torch(x) -> bool:
+    return hasattr(x, "detach") and hasattr(x, "device")  # torch.Tensor, without importing torch
+
+
+def _torch_bthw(x, name: str):
+    if x.ndim == 5 and x.shape[2] == 1:
+        x = x[:, :, 0]
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have shape (B, T, H, W) or (B, T, 1, H, W), got {tuple(x.shape)}")
+    return x.detach()
+
+
+def _host(v) -> np.ndarray:
+    return v.detach().cpu().numpy() if _is_torch(v) else v
+
+
+def _batch_sums(f, o, valid, thresholds) -> dict:
+    """Counts and sums of one chunk ``(B, Tc, H, W)`` per lead (torch tensors of shape ``(Tc[, K])``)."""
+    import torch
+
+    from convlstm_dist.models.losses import hko7_weights
+
+    dims = (0, 2, 3)
+    n = valid.sum(dims)
+    cols = {k: [] for k in _COUNTS}
+    for thr in thresholds:
+        fe, oe = (f >= thr) & valid, (o >= thr) & valid
+        hits, n_fe, n_oe = (fe & oe).sum(dims), fe.sum(dims), oe.sum(dims)
+        cols["hits"].append(hits)
+        cols["false_alarms"].append(n_fe - hits)
+        cols["misses"].append(n_oe - hits)
+        cols["correct_negatives"].append(n - n_fe - n_oe + hits)
+    out = {k: torch.stack(v, dim=1) for k, v in cols.items()}
+    zero = torch.zeros((), dtype=f.dtype, device=f.device)
+    fv, ov = torch.where(valid, f, zero), torch.where(valid, o, zero)
+    err = fv - ov
+    se = err * err
+
+    def total(x):
+        return x.sum(dims, dtype=torch.float64)
+
+    out.update(n=n, sum_se=total(se), sum_ae=total(err.abs()), sum_wse=total(hko7_weights(ov) * se),
+               sum_x=total(fv), sum_y=total(ov), sum_xx=total(fv * fv), sum_yy=total(ov * ov), sum_xy=total(fv * ov))
+    return out
+
+
 class SkillAccumulator:
     """Partial sums of categorical and continuous scores, per lead time (and threshold)."""
 
-    def __init__(self, thresholds_mmh: Sequence[float] = DEFAULT_THRESHOLDS_MMH, n_leads: int = 1):
+    def __init__(self, thresholds_mmh: Sequence[float] = DEFAULT_THRESHOLDS_MMH, n_leads: int = 1, device=None):
         thr = np.asarray(thresholds_mmh, dtype=np.float64).reshape(-1)
         if thr.size == 0 or not np.all(np.isfinite(thr)):
             raise ValueError(f"thresholds_mmh must be finite numbers, got {thresholds_mmh!r}")
@@ -80,48 +204,61 @@ class SkillAccumulator:
             raise ValueError(f"n_leads must be >= 1, got {n_leads}")
         self.thresholds_mmh = thr
         self.n_leads = int(n_leads)
+        self.device = None  # None: numpy sums on the host; else the torch device of the sums
         shape = (self.n_leads, thr.size)
         for key in _COUNTS:
             setattr(self, key, np.zeros(shape, dtype=np.int64))
         self.n = np.zeros(self.n_leads, dtype=np.int64)
         for key in _SUMS[1:]:
             setattr(self, key, np.zeros(self.n_leads, dtype=np.float64))
+        if device is not None:
+            self.to(device)
 
-    # -- accumulate -------------------------------------------------------------------------
-    def accumulate(self, fcst, obs) -> "SkillAccumulator":
-        """Add a batch: ``fcst`` and ``obs`` in mm/h, shape ``(B, T_lead, H, W)``; returns self."""
-        f = as_bthw(fcst, "fcst")
-        o = as_bthw(obs, "obs")
-        if f.shape != o.shape:
-            raise ValueError(f"fcst and obs shapes differ: {f.shape} vs {o.shape}")
-        if f.shape[1] != self.n_leads:
-            raise ValueError(f"got {f.shape[1]} lead times, the accumulator has n_leads={self.n_leads}")
-        for t in range(self.n_leads):  # one lead at a time keeps temporaries small
-            self._accumulate_lead(t, f[:, t], o[:, t])
+    def to(self, device) -> "SkillAccumulator":
+        """Keep the sums as torch tensors on ``device`` (``None``: numpy on the host); returns self."""
+        if device is None:
+            for key in _COUNTS + _SUMS:
+                setattr(self, key, np.array(_host(getattr(self, key)), copy=True))
+            self.device = None
+            return self
+        import torch
+
+        device = torch.device(device)
+        for key in _COUNTS + _SUMS:
+            setattr(self, key, torch.as_tensor(getattr(self, key)).to(device))
+        self.device = device
         return self
 
-    def _accumulate_lead(self, t: int, f: np.ndarray, o: np.ndarray) -> None:
-        valid = np.isfinite(f) & np.isfinite(o)
-        fv, ov = f[valid], o[valid]
-        for k, thr in enumerate(self.thresholds_mmh):
-            fe, oe = fv >= thr, ov >= thr
-            hits = np.count_nonzero(fe & oe)
-            n_fe, n_oe = np.count_nonzero(fe), np.count_nonzero(oe)
-            self.hits[t, k] += hits
-            self.false_alarms[t, k] += n_fe - hits
-            self.misses[t, k] += n_oe - hits
-            self.correct_negatives[t, k] += fv.size - n_fe - n_oe + hits
-        err = fv - ov
-        se = err * err
-        self.n[t] += fv.size
-        self.sum_se[t] += se.sum()
-        self.sum_ae[t] += np.abs(err).sum()
-        self.sum_wse[t] += (bmse_weights(ov) * se).sum()
-        self.sum_x[t] += fv.sum()
-        self.sum_y[t] += ov.sum()
-        self.sum_xx[t] += (fv * fv).sum()
-        self.sum_yy[t] += (ov * ov).sum()
-        self.sum_xy[t] += (fv * ov).sum()
+    # -- accumulate -------------------------------------------------------------------------
+    def accumulate(self, fcst, obs, mask=None) -> "SkillAccumulator":
+        """Add a batch: ``fcst`` and ``obs`` in mm/h, shape ``(B, T_lead, H, W)`` (or with a channel
+        of 1); ``mask`` (same shape, True = valid) removes more pixels. Returns self."""
+        import torch
+
+        if _is_torch(fcst) or _is_torch(obs):
+            f, o = _torch_bthw(torch.as_tensor(fcst), "fcst"), _torch_bthw(torch.as_tensor(obs), "obs")
+            o = o.to(f.device)
+        else:
+            f, o = torch.from_numpy(as_bthw(fcst, "fcst")), torch.from_numpy(as_bthw(obs, "obs"))
+        if f.shape != o.shape:
+            raise ValueError(f"fcst and obs shapes differ: {tuple(f.shape)} vs {tuple(o.shape)}")
+        if f.shape[1] != self.n_leads:
+            raise ValueError(f"got {f.shape[1]} lead times, the accumulator has n_leads={self.n_leads}")
+        valid = torch.isfinite(f) & torch.isfinite(o)
+        if mask is not None:
+            m = _torch_bthw(torch.as_tensor(mask), "mask").to(device=f.device)
+            valid = valid & (m if m.dtype == torch.bool else m > 0.5)
+        if _is_torch(fcst) and self.device != f.device:
+            self.to(f.device)
+        per_lead = max(1, f[:, 0].numel())
+        step = max(1, min(self.n_leads, _MAX_CHUNK // per_lead))  # big grids: a few leads at a time
+        thresholds = self.thresholds_mmh.tolist()
+        for t0 in range(0, self.n_leads, step):
+            sl = slice(t0, t0 + step)
+            for key, value in _batch_sums(f[:, sl], o[:, sl], valid[:, sl], thresholds).items():
+                target = getattr(self, key)
+                target[sl] += value.to(target.device) if _is_torch(target) else value.cpu().numpy()
+        return self
 
     # -- merge / state ----------------------------------------------------------------------
     def merge(self, other: "SkillAccumulator") -> "SkillAccumulator":
@@ -136,12 +273,18 @@ class SkillAccumulator:
                 f"{self.thresholds_mmh.tolist()} vs {other.thresholds_mmh.tolist()}"
             )
         for key in _COUNTS + _SUMS:
-            getattr(self, key)[...] += getattr(other, key)
+            mine, theirs = getattr(self, key), getattr(other, key)
+            if _is_torch(mine):
+                import torch
+
+                mine += torch.as_tensor(theirs).to(mine.device)
+            else:
+                mine[...] += _host(theirs)
         return self
 
     def to_state(self) -> dict[str, np.ndarray]:
         """All sums as a plain dict of numpy arrays (copies), safe to send through Ray."""
-        state = {key: getattr(self, key).copy() for key in _COUNTS + _SUMS}
+        state = {key: np.array(_host(getattr(self, key)), copy=True) for key in _COUNTS + _SUMS}
         state["thresholds_mmh"] = self.thresholds_mmh.copy()
         state["n_leads"] = np.asarray(self.n_leads, dtype=np.int64)
         return state
@@ -160,44 +303,71 @@ class SkillAccumulator:
             setattr(acc, key, value.copy())
         return acc
 
+    @property
+    def flat_size(self) -> int:
+        """Length of :meth:`flat`."""
+        return self.n_leads * (self.thresholds_mmh.size * len(_COUNTS) + len(_SUMS))
+
+    def flat(self, device=None):
+        """Every count and sum in one float64 torch tensor (on ``device``, default the sums' own), to
+        be summed over ranks with ``all_reduce``; counts stay exact up to 2**53. See :meth:`load_flat`."""
+        import torch
+
+        device = device if device is not None else (self.device or "cpu")
+        return torch.cat([torch.as_tensor(getattr(self, key)).to(device=device, dtype=torch.float64).reshape(-1)
+                          for key in _COUNTS + _SUMS])
+
+    def load_flat(self, flat) -> "SkillAccumulator":
+        """Replace every count and sum with those of a :meth:`flat` tensor (e.g. after ``all_reduce``);
+        the sums come to the host as numpy (one copy). Returns self."""
+        values = np.asarray(_host(flat), dtype=np.float64).reshape(-1)
+        if values.size != self.flat_size:
+            raise ValueError(f"flat state has {values.size} values, expected {self.flat_size}")
+        self.device = None
+        offset = 0
+        for key in _COUNTS + _SUMS:
+            shape = (self.n_leads, self.thresholds_mmh.size) if key in _COUNTS else (self.n_leads,)
+            size = int(np.prod(shape))
+            part = values[offset:offset + size].reshape(shape)
+            offset += size
+            setattr(self, key, np.rint(part).astype(np.int64) if key in _COUNTS or key == "n" else part.copy())
+        return self
+
     # -- compute ----------------------------------------------------------------------------
     def categorical(self) -> dict[str, np.ndarray]:
         """CSI, POD, FAR, HSS as arrays of shape ``(n_leads, n_thresholds)`` (NaN if undefined)."""
-        a = self.hits.astype(np.float64)
-        b = self.false_alarms.astype(np.float64)
-        c = self.misses.astype(np.float64)
-        d = self.correct_negatives.astype(np.float64)
-        return {
-            "csi": _ratio(a, a + b + c),
-            "pod": _ratio(a, a + c),
-            "far": _ratio(b, a + b),
-            "hss": _ratio(2.0 * (a * d - b * c), (a + c) * (c + d) + (a + b) * (b + d)),
-        }
+        return _categorical(_host(self.hits), _host(self.false_alarms), _host(self.misses),
+                            _host(self.correct_negatives))
 
     def continuous(self) -> dict[str, np.ndarray]:
         """MSE, MAE, B-MSE, Pearson correlation as arrays of shape ``(n_leads,)``."""
-        n = self.n.astype(np.float64)
-        cov = self.sum_xy - _ratio(self.sum_x * self.sum_y, n)
-        var_x = self.sum_xx - _ratio(self.sum_x**2, n)
-        var_y = self.sum_yy - _ratio(self.sum_y**2, n)
+        n = _host(self.n).astype(np.float64)
+        sx, sy, sxx, syy, sxy = (_host(getattr(self, k)) for k in ("sum_x", "sum_y", "sum_xx", "sum_yy", "sum_xy"))
+        cov = sxy - _ratio(sx * sy, n)
+        var_x = sxx - _ratio(sx**2, n)
+        var_y = syy - _ratio(sy**2, n)
         den = np.sqrt(np.clip(var_x, 0.0, None) * np.clip(var_y, 0.0, None))
         return {
-            "mse": _ratio(self.sum_se, n),
-            "mae": _ratio(self.sum_ae, n),
-            "bmse": _ratio(self.sum_wse, n),
+            "mse": _ratio(_host(self.sum_se), n),
+            "mae": _ratio(_host(self.sum_ae), n),
+            "bmse": _ratio(_host(self.sum_wse), n),
             "corr": np.clip(_ratio(cov, den), -1.0, 1.0),
         }
 
     def compute(self) -> list[dict]:
-        """One row per (lead, threshold) with keys :data:`ROW_KEYS`; lead-only scores repeat."""
+        """One row per (lead, threshold) with keys :data:`ROW_KEYS`; lead-only scores repeat.
+        The contingency counts are in the rows too, so that rows pool exactly (:func:`skill_metrics`)."""
         cat, cont = self.categorical(), self.continuous()
+        n = _host(self.n)
+        counts = {key: _host(getattr(self, key)) for key in _COUNTS}
         rows = []
         for t in range(self.n_leads):
             for k, thr in enumerate(self.thresholds_mmh):
                 row = {"lead_index": t, "threshold_mmh": float(thr)}
                 row.update({key: float(cat[key][t, k]) for key in ("csi", "pod", "far", "hss")})
                 row.update({key: float(cont[key][t]) for key in ("mse", "mae", "bmse", "corr")})
-                row["n"] = int(self.n[t])
+                row["n"] = int(n[t])
+                row.update({key: int(counts[key][t, k]) for key in _COUNTS})
                 rows.append(row)
         return rows
 
@@ -214,5 +384,6 @@ class SkillAccumulator:
         return rows
 
     def __repr__(self) -> str:
+        where = "" if self.device is None else f", device={self.device}"
         return (f"SkillAccumulator(thresholds_mmh={self.thresholds_mmh.tolist()}, "
-                f"n_leads={self.n_leads}, pixels={int(self.n.sum())})")
+                f"n_leads={self.n_leads}, pixels={int(_host(self.n).sum())}{where})")

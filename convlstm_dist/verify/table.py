@@ -1,7 +1,9 @@
 """Skill tables for people: a text table for stdout, a CSV file and a skill-vs-lead plot.
 
-Input rows are :meth:`SkillAccumulator.compute` rows labelled with the method that made the
-forecast and the lead time in minutes (:func:`label_rows` adds both)::
+The one skill writer: ``evaluate``, ``skill-report`` and the end of every training run
+(``train/report.py``, ``skill.csv``/``skill.png``) write through it. Input rows are
+:meth:`SkillAccumulator.compute` rows labelled with the method that made the forecast and the
+lead time in minutes (:func:`label_rows` adds both)::
 
     rows = label_rows(acc_model.compute(), "convlstm", lead_step_min=6) \
          + label_rows(acc_persist.compute(), "persistence", lead_step_min=6)
@@ -111,7 +113,8 @@ def plot_skill(rows: Sequence[dict], path: str | Path, methods: Sequence[str] | 
     for ax, thr in zip(axes, thresholds):
         ax.set(title=f"CSI, >= {thr:g} mm/h", xlabel="lead time (min)", ylim=(0, 1))
     axes[-1].set(title="MSE, (mm/h)²", xlabel="lead time (min)")
-    axes[0].legend(fontsize="small")
+    if methods:  # an empty table (a checkpoint without one) still gets its empty panel
+        axes[0].legend(fontsize="small")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

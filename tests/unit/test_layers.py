@@ -265,7 +265,6 @@ NOT_IN_ALL: dict[tuple[str, str], str] = {
     ("data", "ingest"): "the function has its module's name (data/ingest.py), which would shadow it in the package",
     ("models", "human"): "a formatting helper of models/flops.py (describe prints FLOPs with it), too generic a "
                          "name for the package's surface",
-    ("models", "hko7_weights"): "HKO-7 weights are being made one (scores vs losses); export the one that stays",
 }
 
 

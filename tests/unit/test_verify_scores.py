@@ -179,3 +179,70 @@ def test_rows_and_summary():
     assert summary[1]["csi"] == pytest.approx(csi[:, 1].mean())
     empty = SkillAccumulator((1000.0,), n_leads=2).accumulate(f[:, :2], o[:, :2]).summary()
     assert math.isnan(empty[0]["csi"]) and math.isnan(empty[0]["hss"])
+
+
+# --------------------------------------------------------------------------- torch on the device, flat state
+
+
+def test_torch_input_keeps_the_sums_on_its_device_and_matches_numpy():
+    torch = pytest.importorskip("torch")
+    f, o = random_pair(5)
+    ref = SkillAccumulator(n_leads=4).accumulate(f, o)
+    acc = SkillAccumulator(n_leads=4)
+    for i in range(0, 6, 2):  # several batches, no host copy in between
+        acc.accumulate(torch.from_numpy(f[i:i + 2]).float(), torch.from_numpy(o[i:i + 2]).float())
+    assert acc.device == torch.device("cpu") and isinstance(acc.hits, torch.Tensor)
+    got, want = acc.to_state(), ref.to_state()
+    for key in ("hits", "misses", "false_alarms", "correct_negatives", "n"):
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    for key in ("sum_se", "sum_ae", "sum_wse", "sum_xy"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
+
+
+def test_mask_removes_pixels_like_nan():
+    torch = pytest.importorskip("torch")
+    f, o = random_pair(6)
+    o_nan = o.copy()
+    o_nan[:, :, :2] = NAN
+    mask = np.ones(o.shape, dtype=bool)
+    mask[:, :, :2] = False
+    by_nan = SkillAccumulator(n_leads=4).accumulate(f, o_nan).to_state()
+    by_mask = SkillAccumulator(n_leads=4).accumulate(torch.from_numpy(f), torch.from_numpy(o),
+                                                     torch.from_numpy(mask)).to_state()
+    assert_same_state(by_nan, by_mask)
+
+
+def test_flat_state_sums_like_merge_and_loads_back():
+    f, o = random_pair(7)
+    a = SkillAccumulator(n_leads=4).accumulate(f[:3], o[:3])
+    b = SkillAccumulator(n_leads=4).accumulate(f[3:], o[3:])
+    flat = a.flat() + b.flat()  # what all_reduce does over two ranks
+    assert flat.shape == (a.flat_size,)
+    total = SkillAccumulator(n_leads=4).load_flat(flat)
+    assert_same_state(total.to_state(), a.merge(b).to_state())
+    with pytest.raises(ValueError, match="expected"):
+        SkillAccumulator(n_leads=3).load_flat(flat)
+
+
+def test_big_grids_are_counted_a_few_leads_at_a_time(monkeypatch):
+    import convlstm_dist.verify.scores as scores
+
+    f, o = random_pair(8)
+    whole = SkillAccumulator(n_leads=4).accumulate(f, o).to_state()
+    monkeypatch.setattr(scores, "_MAX_CHUNK", 6 * 12 * 10)  # one lead per pass
+    assert_same_state(SkillAccumulator(n_leads=4).accumulate(f, o).to_state(), whole)
+
+
+def test_skill_metrics_pool_counts_over_leads():
+    from convlstm_dist.verify.scores import skill_metric_names, skill_metrics
+
+    f, o = random_pair(9)
+    acc = SkillAccumulator((0.5, 5.0), n_leads=4).accumulate(f, o)
+    got = skill_metrics(acc.compute(), "val")
+    assert tuple(got) == skill_metric_names("val", None, (0.5, 5.0))
+    a, b, c = acc.hits[:, 1].sum(), acc.false_alarms[:, 1].sum(), acc.misses[:, 1].sum()
+    assert got["val_csi_5mmh"] == pytest.approx(a / (a + b + c))
+    assert got["val_mse"] == pytest.approx(acc.sum_se.sum() / acc.n.sum())
+    ref = skill_metrics(acc.compute(), "test", "persistence")
+    assert set(ref) == {"test_persistence_mse", "test_persistence_mae", "test_persistence_csi_0.5mmh",
+                        "test_persistence_csi_5mmh"}

@@ -55,3 +55,31 @@ def test_format_table_shows_each_method_and_threshold(rows):
 def test_plot_file_is_written(rows, tmp_path):
     path = plot_skill(rows, tmp_path / "skill.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_training_skill_outputs_use_the_same_writer(tmp_path):
+    """train's skill.csv/png (a checkpoint's lead_table) come from this module, with evaluate's columns;
+    a lead_table of an older checkpoint (fewer keys) still writes its columns."""
+    import torch
+
+    from convlstm_dist.train.report import skill_outputs
+    from convlstm_dist.train.validation import ValAccumulator
+
+    acc = ValAccumulator(out_len=2, quantity="rain_norm", loss_name="mse")
+    y = torch.rand(2, 2, 1, 8, 8)
+    acc.add(torch.rand(2, 2, 1, 8, 8), y, torch.rand(2, 3, 1, 8, 8), torch.ones_like(y, dtype=torch.bool))
+    acc.merge(torch.device("cpu"))
+    csv_path, png = skill_outputs(acc.lead_table(), 2, 300, tmp_path / "new")
+    with csv_path.open() as fh:
+        got = list(csv.DictReader(fh))
+    assert tuple(got[0]) == CSV_COLUMNS and {r["method"] for r in got} == {"model", "persistence"}
+    assert sorted({float(r["lead_min"]) for r in got}) == [5.0, 10.0]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    old = [{"method": "model", "lead": 1, "threshold_mmh": 0.5, "csi": 0.5, "pod": 0.6, "far": 0.2, "hss": 0.4,
+            "mse": 1.0}]
+    csv_path, _ = skill_outputs(old, 1, 300, tmp_path / "old")
+    with csv_path.open() as fh:
+        assert tuple(csv.DictReader(fh).fieldnames) == ("method", "lead_min", "threshold_mmh", "csi", "pod", "far",
+                                                          "hss", "mse")
+    empty_csv, empty_png = skill_outputs([], 1, 300, tmp_path / "empty")
+    assert empty_csv.exists() and empty_png.exists()
