@@ -14,6 +14,9 @@ Contract:
   (``Archive.to_rain_mmh``), the model output with ``from_model``; so a model trained on mm/h can
   be scored on a dBZ archive and vice versa. Moving MNIST models are scored in intensity.
   NaN in the observation is no data (not counted); NaN input is 0 for the model.
+* **Same pixels.** Every method is scored on one sample: the pixels where the observation is valid
+  and *every* method has a forecast. Optical flow has none where its trajectory starts outside the
+  grid (its inflow border grows with the lead time); those pixels count for no method.
 * **Distribution.** Windows are cut into contiguous chunks; one Ray task per chunk reads its frames
   once per batch, runs the model and the baselines and returns ``SkillAccumulator.to_state()`` per
   method; the driver merges them. A local Ray (``num_cpus=workers``) is started if none is running.
@@ -32,6 +35,7 @@ from convlstm_dist.errors import UserError
 
 BATCH = 4
 PM_SUFFIX = "_pm"  # method label suffix: the model's forecast after probability matching
+EVAL_SCOPE = "eval"  # metric-name scope of windows chosen by time range, not by a split
 
 
 @dataclass
@@ -137,12 +141,20 @@ def score_chunk(nc, archive, starts, in_len: int, n_out: int, crop, seed: int, m
             ys.append(block[in_len:])
         x, obs = np.stack(xs), np.stack(ys)
         fcst = nc.predict_batch(x, n_out, model_variable)
-        accs[methods[0]].accumulate(fcst, obs)
+        fcsts = {methods[0]: fcst}
         for m in methods[1:]:
             if m.endswith(PM_SUFFIX):  # the same forecast, probability-matched to the last input frame
-                accs[m].accumulate(probability_match(fcst, x[:, -1]), obs)
+                fcsts[m] = probability_match(fcst, x[:, -1])
             else:
-                accs[m].accumulate(run_baseline(m, x, n_out), obs)
+                fcsts[m] = run_baseline(m, x, n_out)
+        # one verification sample: the pixels where every method forecasts (optical flow has none
+        # where its trajectory starts outside the grid) and the observation is valid
+        common = np.isfinite(obs)
+        for f in fcsts.values():
+            common &= np.isfinite(f)
+        obs = np.where(common, obs, np.nan)
+        for m, f in fcsts.items():
+            accs[m].accumulate(f, obs)
     return {m: acc.to_state() for m, acc in accs.items()}
 
 
@@ -197,7 +209,7 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persisten
     import ray
 
     from convlstm_dist.data.quantity import quantity_of_variable
-    from convlstm_dist.verify import SkillAccumulator, available_baselines, label_rows
+    from convlstm_dist.verify import SkillAccumulator, available_baselines
 
     unknown = [b for b in baselines if b not in available_baselines()]
     if unknown:
@@ -252,12 +264,12 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persisten
         if started:
             ray.shutdown()
     step_min = archive.timestep_s / 60.0
-    rows = []
+    totals = {}
     for m in methods:
-        total = SkillAccumulator.from_state(states[0][m])
+        totals[m] = SkillAccumulator.from_state(states[0][m])
         for st in states[1:]:
-            total.merge(SkillAccumulator.from_state(st[m]))
-        rows += label_rows(total.compute(), m, step_min)
+            totals[m].merge(SkillAccumulator.from_state(st[m]))
+    rows = evaluation_rows(totals, model_label, step_min, sel.record.get("split") or EVAL_SCOPE)
     record = {**sel.record, "methods": methods, "crop": f"{h}x{w}", "full_grid": crop is None,
               "model_grid": "{}x{}".format(*nc.model_grid(h, w)),
               "archive": archive.url, "variable": archive.variable, "tasks": len(states),
@@ -265,18 +277,47 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persisten
     return rows, record
 
 
+def evaluation_rows(totals: dict, model_label: str, lead_step_min: float, scope: str) -> list[dict]:
+    """The rows of :func:`run_evaluation`: per method (``totals``: label -> merged ``SkillAccumulator``,
+    the model's label ``model_label``), ``verify.table.label_rows`` of its ``compute()`` rows, each
+    with the ``scope`` of the windows (the split, or ``eval`` for a time range) and the ``model``
+    label, which :func:`metrics_from_rows` names the lead-pooled metrics by."""
+    from convlstm_dist.verify import label_rows
+
+    return [{**r, "scope": scope, "model": model_label}
+            for m, acc in totals.items() for r in label_rows(acc.compute(), m, lead_step_min)]
+
+
 def metrics_from_rows(rows: list[dict]) -> list[tuple[str, float, int]]:
-    """``(key, value, step=lead_min)`` for MLflow: ``<method>_mse`` and ``<method>_csi_<thr>mmh`` per lead."""
+    """``(key, value, step)`` for MLflow, named by the one rule of training and tuning
+    (``verify.scores.metric_key``):
+
+    * per lead, ``step`` = lead time in minutes: ``<method>_csi_<thr>mmh``, ``<method>_hss_<thr>mmh``,
+      ``<method>_mse``, ``<method>_mae`` (``method``: the row's label, e.g. ``convlstm``, ``persistence``);
+    * pooled over the lead times, ``step`` 0, for rows of :func:`run_evaluation` (which carry the
+      ``scope`` of the windows, the split or ``eval``, and the ``model`` label): the names training
+      reports for the same scores (``verify.scores.skill_metrics``), e.g. ``val_csi_2mmh`` for the
+      model and ``val_persistence_mse`` for persistence when ``--split val`` is scored.
+    """
+    from convlstm_dist.verify.scores import metric_key, skill_metrics
+
     out = []
     for r in rows:
         step = int(round(r["lead_min"]))
-        out.append((f"{r['method']}_csi_{r['threshold_mmh']:g}mmh", r["csi"], step))
-        out.append((f"{r['method']}_hss_{r['threshold_mmh']:g}mmh", r["hss"], step))
+        out.append((metric_key("csi", r["threshold_mmh"], r["method"]), r["csi"], step))
+        out.append((metric_key("hss", r["threshold_mmh"], r["method"]), r["hss"], step))
     seen = set()
     for r in rows:
         key = (r["method"], r["lead_min"])
         if key not in seen:
             seen.add(key)
             step = int(round(r["lead_min"]))
-            out += [(f"{r['method']}_mse", r["mse"], step), (f"{r['method']}_mae", r["mae"], step)]
+            out += [(metric_key(s, None, r["method"]), r[s], step) for s in ("mse", "mae")]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("scope"):
+            groups.setdefault((r["scope"], r["method"], r.get("model")), []).append(r)
+    for (scope, method, model), mine in groups.items():
+        pooled = skill_metrics(mine, scope, None if method == model else method)
+        out += [(k, v, 0) for k, v in pooled.items()]
     return [(k, v, s) for k, v, s in out if v is not None and math.isfinite(v)]

@@ -36,15 +36,23 @@ def archive(tmp_path_factory):
     return str(url), frames
 
 
-def persistence_mse(frames):
-    """Independent numpy MSE of persistence per lead over every window of the archive (no gaps)."""
+def persistence_mse(frames, with_flow: bool = False):
+    """Independent numpy MSE of persistence per lead over every window of the archive (no gaps).
+
+    ``with_flow``: optical flow is scored too, so every method is scored only where optical flow
+    also has a forecast (one verification sample for all methods)."""
+    from convlstm_dist.verify import run_baseline
+
     length = IN_LEN + OUT_LEN
     se, n = np.zeros(OUT_LEN), np.zeros(OUT_LEN)
     for t0 in range(len(frames) - length + 1):
         last = frames[t0 + IN_LEN - 1]
+        flow = run_baseline("optical_flow", frames[None, t0:t0 + IN_LEN], OUT_LEN)[0] if with_flow else None
         for k in range(OUT_LEN):
             obs = frames[t0 + IN_LEN + k]
             ok = np.isfinite(obs) & np.isfinite(last)
+            if flow is not None:
+                ok &= np.isfinite(flow[k])
             se[k] += ((last[ok].astype(np.float64) - obs[ok]) ** 2).sum()
             n[k] += ok.sum()
     return se / n
@@ -75,7 +83,7 @@ def test_evaluate_local(ray_local, ckpt, archive, tmp_path, capsys):
                     for k in range(OUT_LEN) for t in THRESHOLDS}
     assert out.with_suffix(".png").stat().st_size > 1000
     mse = {float(r["lead_min"]): float(r["mse"]) for r in rows if r["method"] == "persistence"}
-    np.testing.assert_allclose([mse[5.0], mse[10.0]], persistence_mse(frames), rtol=1e-5)
+    np.testing.assert_allclose([mse[5.0], mse[10.0]], persistence_mse(frames, with_flow=True), rtol=1e-5)
 
     import mlflow
 

@@ -93,6 +93,15 @@ def test_fold_recipes_contain_exactly_the_training_events(cfg, events, holdout):
     assert len(run_names) == len(folds)  # folds never share (resume) a run
 
 
+def test_a_changed_recipe_never_resumes_another_recipes_fold(cfg, events):
+    fold = plan_folds(events, ["mch-20160711"])[0]
+    name = fold_config(cfg, fold, budget_s=10).run.name
+    assert fold_config(cfg, fold, budget_s=10).run.name == name  # the same command resumes its own fold
+    other = load_config(RECIPE, ["model.frame=lagrangian"])
+    assert fold_config(other, fold, budget_s=10).run.name != name
+    assert fold_config(cfg, fold, budget_s=20).run.name != name
+
+
 def test_fold_without_validation_windows_is_refused(cfg, events):
     only_whole_train = [e for e in events if e.name in ("fmi-20160928", "mch-20150515")]
     f = Fold(1, only_whole_train, [events[0]])
