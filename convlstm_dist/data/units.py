@@ -24,6 +24,8 @@ from convlstm_dist.errors import UserError
 UNITS = {"rain_mmh": "mm/h", "refl_dbz": "dBZ", "intensity": "1"}
 WET_THRESHOLDS_MMH = (0.1, 0.5, 2.0, 5.0, 10.0)
 WET_THRESHOLDS_INTENSITY = (0.1, 0.3, 0.5, 0.7, 0.9)
+# the wet-fraction thresholds stored with each archive variable (rain in mm/h; dBZ archives convert them)
+WET_THRESHOLDS = {"rain_mmh": WET_THRESHOLDS_MMH, "refl_dbz": WET_THRESHOLDS_MMH, "intensity": WET_THRESHOLDS_INTENSITY}
 
 
 def units_of(variable: str) -> str:
@@ -62,8 +64,7 @@ def to_rain_mmh(arr: np.ndarray, variable: str, zr_a: float | None, zr_b: float 
 def wet_thresholds(variable: str) -> np.ndarray:
     """Threshold coordinate values stored in the archive (mm/h, or intensity for `intensity`)."""
     units_of(variable)
-    src = WET_THRESHOLDS_INTENSITY if variable == "intensity" else WET_THRESHOLDS_MMH
-    return np.asarray(src, dtype=np.float64)
+    return np.asarray(WET_THRESHOLDS[variable], dtype=np.float64)
 
 
 def thresholds_in_unit(variable: str, zr_a: float | None, zr_b: float | None) -> np.ndarray:

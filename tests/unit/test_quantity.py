@@ -107,10 +107,10 @@ def test_one_hko7_table_numpy_equals_torch():
 
 # -------------------------------------------------------------------------- no string branches
 
-# The registry is where quantity names are compared. ``data/units.py`` and ``data/readers.py`` name
-# *archive variables* (``rain_mmh``, ``refl_dbz``, ``intensity``) to pick units and Z–R conversions
-# of the stored values: that is about an archive's units, not about what a model predicts.
-ALLOWED = {"data/quantity.py", "data/units.py", "data/readers.py"}
+# The registry is the one place where quantity names are compared. (``data/units.py`` names the
+# *archive variables* ``rain_mmh``, ``refl_dbz``, ``intensity`` in lookup tables of units and wet
+# thresholds, never in a comparison.)
+ALLOWED = {"data/quantity.py"}
 NAMES = {"intensity", "rain_norm"}
 
 
