@@ -9,8 +9,9 @@ forecast is carried forward along the motion.
   whose inverse FFT peaks at their displacement), summed over the consecutive pairs of the inputs,
   in overlapping tiles (``tile`` pixels, half-tile stride) with a sub-pixel peak. Tiles with too
   little signal take the motion of the whole frame; the tile motions are smoothed and interpolated
-  to every pixel. A frame no bigger than one tile (a training crop, a scored crop) has one motion
-  vector, refined by Gauss–Newton on the frames' differences to a few hundredths of a pixel.
+  to every pixel. Every tile's vector is refined by Gauss–Newton on the frames' differences (to a
+  few hundredths of a pixel on a translation). A frame no bigger than one tile (a training crop, a
+  scored crop) has one motion vector.
 * :func:`advect` — semi-Lagrangian: ``out(p) = field(p - k·v(p))``, bilinear, zero (= dry) where the
   trajectory starts outside the grid.
 
@@ -100,6 +101,10 @@ def estimate_motion(frames: torch.Tensor, tile: int = TILE, pairs: int = 4) -> t
         v = v_all[:, :, None, None]
     else:
         v_t = _peak(r_tiles, max_shift)  # (B, nh, nw, 2)
+        sh, sw = size  # each tile's vector refined on the tile's own frames
+        per_tile = lambda t: t.reshape(B, k, nh, nw, sh, sw).permute(0, 2, 3, 1, 4, 5).reshape(-1, k, sh, sw)  # noqa: E731
+        v_t = _refine(per_tile(_tiles(a.flatten(0, 1), size)[0]), per_tile(_tiles(b.flatten(0, 1), size)[0]),
+                      v_t.reshape(-1, 2)).reshape(B, nh, nw, 2)
         v_t = torch.where((wet >= MIN_SIGNAL)[..., None], v_t, v_all[:, None, None, :])
         v = v_t.permute(0, 3, 1, 2)
         v = F.avg_pool2d(F.pad(v, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
