@@ -303,13 +303,13 @@ class DataPlan:
                     out.append(archive_version(arc))
         return out
 
-    def memory_bytes(self) -> int:
+    def memory_bytes(self, splits=SPLITS) -> int:
         """Bytes :meth:`memory_splits` will hold (float32 values + validity of every split's frame span)."""
         from convlstm_dist.data.memory import MemorySplit
 
         length = self.in_len + self.out_len
         return sum(MemorySplit.nbytes(src.archives[s], src.starts[s], length)
-                   for src in self.sources for s in SPLITS if len(src.starts.get(s, ())))
+                   for src in self.sources for s in splits if len(src.starts.get(s, ())))
 
     def memory_splits(self, splits=SPLITS) -> dict:
         """Split -> :class:`convlstm_dist.data.memory.MultiMemorySplit` (frames read into memory once, one

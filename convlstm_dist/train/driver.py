@@ -258,4 +258,5 @@ def _final_report(cfg, plan, ckpt, tracker, out: TrainOutcome, workdir: Path, pr
         model, _, payload = load_model(d)
     out.metrics.setdefault("best_epoch", payload["train"].get("epoch"))
     report_dir = Path(tempfile.mkdtemp(prefix="report-", dir=workdir))
-    _, out.model_uri = final_report(cfg, plan, model, payload, report_dir, tracker, print if progress else None)
+    _, out.model_uri, test = final_report(cfg, plan, model, payload, report_dir, tracker, print if progress else None)
+    out.metrics.update(test)

@@ -158,7 +158,7 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
         raise UserError("--cuda-graph needs a CUDA device")
     engine = None if cuda_graph is None else ("graph" if cuda_graph else "eager")
     t_load = time.perf_counter()
-    splits = plan.memory_splits()
+    splits = plan.memory_splits(("train", "val"))  # the test split is read by the final report
     say(f"[local] run '{run_name}' on {dev}: windows per split {plan.counts()}, crop {plan.crop[0]}x{plan.crop[1]}, "
         f"frames loaded in {time.perf_counter() - t_load:.1f} s ({need / 2**30:.2f} GiB)")
     d, t = cfg.data, cfg.train
@@ -186,7 +186,7 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
                        history=backend.history, stopped=r.stopped, graph=r.graph, engine=r.engine)
     try:
         if out.checkpoint is not None:
-            _final_report(cfg, res, plan, splits, out, dev, r.choice.amp_dtype, say, tracker)
+            _final_report(cfg, res, plan, out, dev, r.choice.amp_dtype, say, tracker)
     except BaseException:
         if tracker is not None:
             tracker.end("FAILED")
@@ -196,19 +196,13 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
     return out
 
 
-def _final_report(cfg, res: Resolved, plan, splits, out: LocalOutcome, dev, amp_dtype, say, tracker=None) -> None:
+def _final_report(cfg, res: Resolved, plan, out: LocalOutcome, dev, amp_dtype, say, tracker=None) -> None:
     from convlstm_dist.checkpoint import load_model
-    from convlstm_dist.data.quantity import quantity_of_variable
     from convlstm_dist.train.report import final_report
-    from convlstm_dist.train.validation import evaluate_val
 
     model, _, payload = load_model(out.checkpoint, dev)
-    files, out.model_uri = final_report(cfg, plan, model, payload, out.out_dir, tracker)
-    model.to(dev)
-    if "test" in splits:
-        acc = evaluate_val(model, prefetch(splits["test"].batches(EVAL_BATCH, cfg.data.seed + 20_000, 0, False), dev),
-                           cfg, quantity_of_variable(plan.variable).name, dev, 0, 1, amp_dtype)
-        out.test_metrics = {k.replace("val_", "test_", 1): v for k, v in acc.metrics().items()}
+    files, out.model_uri, out.test_metrics = final_report(cfg, plan, model, payload, out.out_dir, tracker,
+                                                          device=dev, amp_dtype=amp_dtype)
     summary = {"run": out.run_name, "best_epoch": payload["train"].get("epoch"), "stopped": out.stopped,
                "cuda_graph": out.graph, "engine": out.engine, "last": out.metrics, "test": out.test_metrics,
                "windows": plan.counts(), "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
@@ -216,8 +210,6 @@ def _final_report(cfg, res: Resolved, plan, splits, out: LocalOutcome, dev, amp_
                "model_uri": out.model_uri}
     (out.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     if tracker is not None:
-        if out.test_metrics:
-            tracker.log_metrics(out.test_metrics, step=int(out.history[-1]["epoch"]) if out.history else 0)
         for f in (out.out_dir / "curves.png", out.out_dir / "history.csv", out.out_dir / "summary.json"):
             if f.exists():
                 tracker.log_artifact(f)

@@ -60,24 +60,58 @@ def forecast_figure(model, plan, quantity: str, loss: str, out_dir: Path, case: 
     return path
 
 
-def final_report(cfg, plan, model, payload: dict, out_dir: Path, tracker=None, say=None) -> tuple[list[Path], str | None]:
+def score_test_split(cfg, plan, model, device=None, amp_dtype=None, say=None, batch: int = 64) -> dict[str, float]:
+    """``test_*`` metrics (the validation metrics' names with scope ``test``) of ``model`` on the
+    plan's test split, read into memory once; {} when the split has no windows, or (said) when its
+    frames exceed ``data.memory_limit_gb``."""
+    import torch
+
+    from convlstm_dist.data.quantity import quantity_of_variable
+    from convlstm_dist.train.feed import prefetch
+    from convlstm_dist.train.validation import evaluate_val
+
+    if not plan.counts().get("test"):
+        return {}
+    need = plan.memory_bytes(("test",)) / 2**30
+    if need > cfg.data.memory_limit_gb:
+        if say is not None:
+            say(f"[convlstm-dist] test split not scored here: its frames take {need:.1f} GiB > data.memory_limit_gb="
+                f"{cfg.data.memory_limit_gb:g}; score it with convlstm-dist evaluate --split test")
+        return {}
+    device = device or torch.device("cpu")
+    split = plan.memory_splits(("test",))["test"]
+    acc = evaluate_val(model.to(device), prefetch(split.batches(batch, cfg.data.seed + 20_000, 0, False), device),
+                       cfg, quantity_of_variable(plan.variable).name, device, 0, 1, amp_dtype)
+    return acc.metrics("test")
+
+
+def final_report(cfg, plan, model, payload: dict, out_dir: Path, tracker=None, say=None, device=None,
+                 amp_dtype=None) -> tuple[list[Path], str | None, dict[str, float]]:
     """The end of every training run (both backends), for its best checkpoint (``model`` and its
-    ``payload``): ``skill.csv``/``skill.png`` and ``forecast.png`` in ``out_dir``; with a tracker,
-    those files as artifacts and the model logged and registered (``tracking.register_model`` or the
-    recipe name). Returns (files, model URI or None)."""
+    ``payload``): ``skill.csv``/``skill.png`` and ``forecast.png`` in ``out_dir``, the test split
+    scored (:func:`score_test_split`, on ``device``); with a tracker, those files as artifacts, the
+    test metrics, and the model logged and registered (``tracking.register_model`` or the recipe
+    name). Returns (files, model URI or None, test metrics)."""
     from convlstm_dist.checkpoint import slim_checkpoint
 
     out_dir = Path(out_dir)
     files = skill_outputs(payload["train"].get("lead_table", []), cfg.data.out_len,
                           plan.record.get("timestep_s", 300), out_dir)
     files.append(forecast_figure(model.cpu(), plan, payload["quantity"], cfg.train.loss, out_dir))
+    test = score_test_split(cfg, plan, model, device, amp_dtype, say)
     model_uri = None
     if tracker is not None:
         for f in files:
             tracker.log_artifact(f)
+        if test:
+            tracker.log_metrics(test, step=int(payload["train"].get("epoch") or 0))
         best_dir = slim_checkpoint(payload, out_dir / "best-model").parent
         model_uri = tracker.log_model(best_dir, cfg.tracking.register_model or cfg.name)
     if say is not None:
         for f in files:
             say(f"[convlstm-dist] wrote {f}")
-    return files, model_uri
+        if test:
+            key = "test_cross_entropy" if "test_cross_entropy" in test else "test_mse"
+            say(f"[convlstm-dist] test split ({plan.counts().get('test')} windows, best checkpoint): "
+                f"{key} {test[key]:.4f}")
+    return files, model_uri, test

@@ -8,6 +8,7 @@ import threading
 import time
 
 import psutil
+import numpy as np
 import pytest
 
 from convlstm_dist.config import load_config
@@ -64,7 +65,9 @@ def _history(uri, run_id, key="val_loss"):
 def test_train_on_s3_then_resume_with_fresh_driver(s3_env, mlflow_server, ray_local, tmp_path):
     server, archive = s3_env
     storage = f"s3://{server.bucket}/runs"
-    cfg = _cfg("it-resume", archive, storage, mlflow_server.uri, "train.epochs=3", "data.loader=stream")
+    # blocks of 2 h: train, val, train, test (the last block: the driver's final report scores it)
+    cfg = _cfg("it-resume", archive, storage, mlflow_server.uri, "train.epochs=3", "data.loader=stream",
+               "data.split.test_every=4")
     out = run_training(cfg, tmp_path, progress=False)
     hist = _history(mlflow_server.uri, out.run_id)
     assert [s for s, _ in hist] == [1, 2, 3]
@@ -74,11 +77,15 @@ def test_train_on_s3_then_resume_with_fresh_driver(s3_env, mlflow_server, ray_lo
     assert any(o["Key"].endswith("checkpoint.pt") for o in objs.get("Contents", []))
 
     # a fresh driver with the same command (2 more epochs): same Ray run, same MLflow run
-    cfg2 = _cfg("it-resume", archive, storage, mlflow_server.uri, "train.epochs=5", "data.loader=stream")
+    cfg2 = _cfg("it-resume", archive, storage, mlflow_server.uri, "train.epochs=5", "data.loader=stream",
+                "data.split.test_every=4")
     out2 = run_training(cfg2, tmp_path, progress=False)
     assert out2.run_id == out.run_id
     assert [s for s, _ in _history(mlflow_server.uri, out.run_id)] == [1, 2, 3, 4, 5]
     assert out2.metrics["epoch"] == 5
+    # the test split, scored once at the end with the best checkpoint, the same names as training's val_*
+    assert np.isfinite(out2.metrics["test_mse"]) and "test_persistence_mse" in out2.metrics
+    assert [v for _, v in _history(mlflow_server.uri, out.run_id, "test_mse")][-1] == pytest.approx(out2.metrics["test_mse"])
 
 
 def _train_workers():
