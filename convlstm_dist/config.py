@@ -171,8 +171,9 @@ class TrainConfig(_Strict):
     early_stopping_patience: int | None = Field(None, ge=1)
     engine: Literal["auto", "eager", "compiled", "graph"] = Field(
         "auto", description="training step: eager; compiled (gates fused by torch.compile, CUDA); graph (the whole "
-                            "step as one CUDA graph, one process); auto = graph on one CUDA device, compiled on "
-                            "CUDA otherwise, eager on CPU. Both `train` and `train --local` run it")
+                            "step as CUDA graphs; under DDP two graphs around one flat gradient all-reduce); auto = "
+                            "graph on one CUDA device, compiled on CUDA otherwise, eager on CPU. Both `train` and "
+                            "`train --local` run it")
     channels_last: bool = Field(False, description="NHWC activations and weights (CUDA tensor cores)")
     time_budget_s: float | None = Field(None, ge=0, description="stop training after this many seconds, at a "
                                         "step boundary; the partial epoch is validated and checkpointed")

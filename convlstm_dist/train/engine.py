@@ -11,8 +11,9 @@ Modes (``train.engine`` in the recipe):
   SGD) and no fp16 scaler. Under DDP (several workers) the model is not DDP-wrapped (its reducer
   is not capturable): every rank starts from rank 0's parameters, and the step is two graphs with
   one all-reduce of a flat gradient buffer between them (``graph_step.FlatGrads``).
-* ``auto`` (default): ``graph`` on CUDA when it applies, ``compiled`` on CUDA otherwise, ``eager``
-  on CPU.
+* ``auto`` (default): ``graph`` on one CUDA device when it applies, ``compiled`` on CUDA otherwise
+  (several DDP workers included, until the graph step under DDP has been measured on GPUs:
+  ``benchmarks/bench_ddp_graph.py``; ask for ``graph`` to use it), ``eager`` on CPU.
 
 ``train.channels_last`` stores convolution activations and weights NHWC (CUDA tensor cores).
 
@@ -45,8 +46,8 @@ def resolve_mode(requested: str, device: torch.device, *, impl: str, optimizer: 
     """``(mode that runs, why it differs from the request or None)``."""
     cuda = device.type == "cuda"
     graph_ok = cuda and impl == "fast" and optimizer != "sgd" and precision != "fp16"
-    if requested == "auto":
-        return ("graph" if graph_ok else "compiled" if cuda else "eager"), None
+    if requested == "auto":  # graph under DDP is reachable (train.engine: graph) but not yet measured on GPUs
+        return ("graph" if graph_ok and world == 1 else "compiled" if cuda else "eager"), None
     if requested == "graph" and not graph_ok:
         why = ("a CUDA device" if not cuda else "model.impl=fast" if impl != "fast" else
                "a capturable optimizer (not SGD)" if optimizer == "sgd" else "bf16/fp32 (fp16 needs a GradScaler)")

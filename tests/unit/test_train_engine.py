@@ -91,9 +91,11 @@ def test_modes_resolve_as_documented():
     kw = dict(impl="fast", optimizer="adam", precision="bf16", world=1)
     assert resolve_mode("auto", cpu, **kw) == ("eager", None)
     assert resolve_mode("auto", cuda, **kw) == ("graph", None)
-    # several DDP workers: graph too (two graphs around one flat all-reduce, tests/unit/test_flat_grads.py)
-    assert resolve_mode("auto", cuda, **{**kw, "world": 2}) == ("graph", None)
-    assert resolve_mode("auto", cuda, **{**kw, "world": 2, "precision": "fp16"}) == ("compiled", None)
+    # several DDP workers: auto stays compiled until measured; graph on request (two graphs around one
+    # flat all-reduce, tests/unit/test_flat_grads.py)
+    assert resolve_mode("auto", cuda, **{**kw, "world": 2}) == ("compiled", None)
+    assert resolve_mode("graph", cuda, **{**kw, "world": 2}) == ("graph", None)
+    assert resolve_mode("graph", cuda, **{**kw, "world": 2, "precision": "fp16"})[0] == "compiled"
     mode, why = resolve_mode("graph", cuda, **{**kw, "optimizer": "sgd"})
     assert mode == "compiled" and "SGD" in why
     mode, why = resolve_mode("graph", cpu, **kw)
