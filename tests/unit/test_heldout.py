@@ -97,7 +97,7 @@ def test_a_changed_recipe_never_resumes_another_recipes_fold(cfg, events):
     fold = plan_folds(events, ["mch-20160711"])[0]
     name = fold_config(cfg, fold, budget_s=10).run.name
     assert fold_config(cfg, fold, budget_s=10).run.name == name  # the same command resumes its own fold
-    other = load_config(RECIPE, ["model.frame=lagrangian"])
+    other = load_config(RECIPE, ["model.hidden=[16,16]"])
     assert fold_config(other, fold, budget_s=10).run.name != name
     assert fold_config(cfg, fold, budget_s=20).run.name != name
 
