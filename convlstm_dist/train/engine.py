@@ -117,10 +117,17 @@ def forward_loss(model, x, y, m, out_len: int, loss_fn, amp_dtype) -> torch.Tens
     return loss_fn(pred.float(), y, m)
 
 
-def apply_gradients(loss, params, opt, scaler, grad_clip: float | None) -> None:
-    """Backward (scaled for fp16), optional gradient clipping, optimizer step."""
-    opt.zero_grad(set_to_none=True)
+def apply_gradients(loss, params, opt, scaler, grad_clip: float | None, flat=None, world: int = 1) -> None:
+    """Backward (scaled for fp16), optional gradient clipping, optimizer step. ``flat``
+    (``graph_step.FlatGrads``, several processes without a DDP wrapper): the gradients are views of
+    one buffer, zeroed before the backward and all-reduced after it."""
+    if flat is None:
+        opt.zero_grad(set_to_none=True)
+    else:
+        flat.zero()
     scaler.scale(loss).backward()
+    if flat is not None:
+        flat.allreduce_mean(world)
     if grad_clip:
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -181,17 +188,10 @@ class StepEngine:
             self.capture(x, y, m)
         if self.graph is not None and x.shape == self.graph.static_x.shape:
             loss = self.graph.step(x, y, m)
-        elif self.flat is not None:  # DDP without a wrapper (graph mode's fallback): one flat all-reduce
-            self.flat.zero()
-            loss = forward_loss(self.model, x, y, m, self.out_len, self.loss_fn, self.amp_dtype)
-            loss.backward()
-            self.flat.allreduce_mean(self.world)
-            if self.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            self.opt.step()
-        else:  # eager / compiled, or the last, smaller batch of an epoch in graph mode
+        else:  # eager / compiled, or graph mode's eager fallback (under DDP: the flat all-reduce)
             loss = forward_loss(self.train_model, x, y, m, self.out_len, self.loss_fn, self.amp_dtype)
-            apply_gradients(loss, self.model.parameters(), self.opt, self.scaler, self.grad_clip)
+            apply_gradients(loss, self.model.parameters(), self.opt, self.scaler, self.grad_clip, self.flat,
+                            self.world)
         finite = torch.isfinite(loss.detach())
         self.first_bad.copy_(torch.where((self.first_bad < 0) & ~finite, self._step_t, self.first_bad))
         self._step_t += 1

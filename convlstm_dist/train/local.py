@@ -37,8 +37,8 @@ from convlstm_dist.train.driver import Resolved, resolve
 from convlstm_dist.train.engine import choose_engine
 from convlstm_dist.train.feed import prefetch
 from convlstm_dist.train.fit import Backend, FitOptions, fault_nan_at, fit
+from convlstm_dist.train.validation import EVAL_BATCH
 
-EVAL_BATCH = 64
 
 
 @dataclass
@@ -201,8 +201,8 @@ def _final_report(cfg, res: Resolved, plan, out: LocalOutcome, dev, amp_dtype, s
     from convlstm_dist.train.report import final_report
 
     model, _, payload = load_model(out.checkpoint, dev)
-    files, out.model_uri, out.test_metrics = final_report(cfg, plan, model, payload, out.out_dir, tracker,
-                                                          device=dev, amp_dtype=amp_dtype)
+    _, out.model_uri, out.test_metrics = final_report(cfg, plan, model, payload, out.out_dir, tracker, say,
+                                                      device=dev, amp_dtype=amp_dtype)
     summary = {"run": out.run_name, "best_epoch": payload["train"].get("epoch"), "stopped": out.stopped,
                "cuda_graph": out.graph, "engine": out.engine, "last": out.metrics, "test": out.test_metrics,
                "windows": plan.counts(), "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
@@ -213,11 +213,8 @@ def _final_report(cfg, res: Resolved, plan, out: LocalOutcome, dev, amp_dtype, s
         for f in (out.out_dir / "curves.png", out.out_dir / "history.csv", out.out_dir / "summary.json"):
             if f.exists():
                 tracker.log_artifact(f)
-    for f in [*files, out.out_dir / "curves.png", out.out_dir / "summary.json"]:
+    for f in (out.out_dir / "curves.png", out.out_dir / "summary.json"):
         say(f"[local] wrote {f}")
-    if out.test_metrics:
-        key = "test_cross_entropy" if "test_cross_entropy" in out.test_metrics else "test_mse"
-        say(f"[local] test split ({plan.counts().get('test')} windows, best checkpoint): {key} {out.test_metrics[key]:.4f}")
 
 
 def _open_tracker(cfg, res: Resolved, run_name: str):

@@ -60,7 +60,7 @@ def forecast_figure(model, plan, quantity: str, loss: str, out_dir: Path, case: 
     return path
 
 
-def score_test_split(cfg, plan, model, device=None, amp_dtype=None, say=None, batch: int = 64) -> dict[str, float]:
+def score_test_split(cfg, plan, model, device=None, amp_dtype=None, say=None) -> dict[str, float]:
     """``test_*`` metrics (the validation metrics' names with scope ``test``) of ``model`` on the
     plan's test split, read into memory once; {} when the split has no windows, or (said) when its
     frames exceed ``data.memory_limit_gb``."""
@@ -68,7 +68,7 @@ def score_test_split(cfg, plan, model, device=None, amp_dtype=None, say=None, ba
 
     from convlstm_dist.data.quantity import quantity_of_variable
     from convlstm_dist.train.feed import prefetch
-    from convlstm_dist.train.validation import evaluate_val
+    from convlstm_dist.train.validation import EVAL_BATCH, evaluate_val
 
     if not plan.counts().get("test"):
         return {}
@@ -80,7 +80,7 @@ def score_test_split(cfg, plan, model, device=None, amp_dtype=None, say=None, ba
         return {}
     device = device or torch.device("cpu")
     split = plan.memory_splits(("test",))["test"]
-    acc = evaluate_val(model.to(device), prefetch(split.batches(batch, cfg.data.seed + 20_000, 0, False), device),
+    acc = evaluate_val(model.to(device), prefetch(split.batches(EVAL_BATCH, cfg.data.seed + 20_000, 0, False), device),
                        cfg, quantity_of_variable(plan.variable).name, device, 0, 1, amp_dtype)
     return acc.metrics("test")
 

@@ -19,6 +19,7 @@ from convlstm_dist.train.optim import training_loss
 from convlstm_dist.verify.scores import SkillAccumulator, metric_key, skill_metrics
 
 _TRAIN_SUMS = ("loss", "loss_n", "bce_sum", "seqs")  # what only training has (model space)
+EVAL_BATCH = 64  # windows per batch when validation / test windows are cut from memory
 
 
 class ValAccumulator:
