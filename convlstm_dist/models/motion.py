@@ -82,11 +82,11 @@ def estimate_motion(frames: torch.Tensor, tile: int = TILE, pairs: int = 4) -> t
                       torch.hann_window(size[1], periodic=False, device=x.device))
     k = min(pairs, T - 1)
     a, b = x[:, T - 1 - k:T - 1], x[:, T - k:]  # (B, k, H, W) consecutive pairs
-    ta, nh, nw = _tiles(a.flatten(0, 1), size)
-    tb, _, _ = _tiles(b.flatten(0, 1), size)
-    wet = torch.minimum((ta > 0).float().mean((-2, -1)), (tb > 0).float().mean((-2, -1)))  # (B*k, nh, nw)
-    ta = (ta - ta.mean((-2, -1), keepdim=True)) * win
-    tb = (tb - tb.mean((-2, -1), keepdim=True)) * win
+    ra, nh, nw = _tiles(a.flatten(0, 1), size)  # (B*k, nh, nw, sh, sw) views of the frames
+    rb, _, _ = _tiles(b.flatten(0, 1), size)
+    wet = torch.minimum((ra > 0).float().mean((-2, -1)), (rb > 0).float().mean((-2, -1)))  # (B*k, nh, nw)
+    ta = (ra - ra.mean((-2, -1), keepdim=True)) * win
+    tb = (rb - rb.mean((-2, -1), keepdim=True)) * win
     cross = torch.conj(torch.fft.rfft2(ta)) * torch.fft.rfft2(tb)
     cross = cross / (cross.abs() + 1e-6 * cross.abs().amax((-2, -1), keepdim=True) + 1e-12)
     cross = cross.reshape(B, k, nh, nw, *cross.shape[-2:])
@@ -103,13 +103,11 @@ def estimate_motion(frames: torch.Tensor, tile: int = TILE, pairs: int = 4) -> t
         v_t = _peak(r_tiles, max_shift)  # (B, nh, nw, 2)
         sh, sw = size  # each tile's vector refined on the tile's own frames
         per_tile = lambda t: t.reshape(B, k, nh, nw, sh, sw).permute(0, 2, 3, 1, 4, 5).reshape(-1, k, sh, sw)  # noqa: E731
-        v_t = _refine(per_tile(_tiles(a.flatten(0, 1), size)[0]), per_tile(_tiles(b.flatten(0, 1), size)[0]),
-                      v_t.reshape(-1, 2)).reshape(B, nh, nw, 2)
+        v_t = _refine(per_tile(ra), per_tile(rb), v_t.reshape(-1, 2)).reshape(B, nh, nw, 2)
         v_t = torch.where((wet >= MIN_SIGNAL)[..., None], v_t, v_all[:, None, None, :])
         v = v_t.permute(0, 3, 1, 2)
         v = F.avg_pool2d(F.pad(v, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    return F.interpolate(v, size=(H, W), mode="bilinear", align_corners=True) if v.shape[-2:] != (H, W) \
-        else v.expand(B, 2, H, W).contiguous()
+    return F.interpolate(v, size=(H, W), mode="bilinear", align_corners=True)
 
 
 def _refine(a: torch.Tensor, b: torch.Tensor, v: torch.Tensor, iters: int = 3) -> torch.Tensor:
