@@ -127,3 +127,91 @@ def test_ingest_with_a_pysteps_reader(tmp_path):
     assert arc.variable == "rain_mmh" and arc.timestep_s == 300 and arc.attrs["source"] == "MeteoSwiss"
     assert "MeteoSwiss" in arc.attrs["attribution"]
     assert str(arc.times[0]) == "2015-05-15T15:45:00"
+
+
+# -- importers of the `radar` extra (pyproj, netCDF4): .[radar] --------------------------------------
+FMI = DATA / "fmi" / "20160928"
+OPERA = DATA / "opera" / "20180824"
+
+
+@pytest.mark.skipif(not FMI.is_dir(), reason="shared FMI data not present")
+def test_pysteps_fmi_pgm_reads_reflectivity_on_its_stereographic_grid():
+    pytest.importorskip("pyproj", reason="the radar extra is not installed: pip install -e '.[radar]'")
+    files = sorted(FMI.glob("*_fmi.radar.composite.lowest_FIN_SUOMI1.pgm.gz"))[:2]
+    reader = pickle.loads(pickle.dumps(get_reader("pysteps:fmi_pgm")))
+    (a, ma), (_, mb) = reader.read(files[0]), reader.read(files[1])
+    assert a.shape == (1226, 760) == ma["shape"] and a.dtype == np.float32
+    assert ma["variable"] == "refl_dbz" and ma["units"] == "dBZ" and ma["source"] == "FMI"
+    assert ma["time"] == np.datetime64("2016-09-28T14:45:00") and mb["time"] - ma["time"] == np.timedelta64(300, "s")
+    assert "+proj=stere" in ma["projection"] and abs(ma["pixel_size_m"] - 1000.0) < 1.0
+    assert 0.2 < np.isnan(a).mean() < 0.3  # about 24 % of the composite lies outside radar coverage
+    assert 20.0 < np.nanmax(a) < 70.0
+    assert ma["y"][0] > ma["y"][1] and ma["x"][1] > ma["x"][0]  # row 0 north, columns eastwards
+    # the same pixels as the native reader
+    b, mn = get_reader("fmi_pgm").read(files[0])
+    np.testing.assert_allclose(a, b, atol=1e-4, equal_nan=True)
+    assert mn["time"] == ma["time"]
+
+
+@pytest.mark.skipif(not OPERA.is_dir(), reason="shared OPERA data not present")
+def test_pysteps_opera_hdf5_reads_rain_rate_on_the_laea_grid():
+    pytest.importorskip("pyproj", reason="the radar extra is not installed: pip install -e '.[radar]'")
+    path = OPERA / "T_PAAH21_C_EUOC_20180824180000.hdf"
+    # pysteps' data-source table has no OPERA file name pattern: give it
+    reader = get_reader("pysteps:opera_hdf5", parse_reader_options(
+        ["fn_pattern=T_PAAH21_C_EUOC_%Y%m%d%H%M%S", "timestep_s=900"]))
+    data, meta = reader.read(path)
+    assert data.shape == (2200, 1900) == meta["shape"] and data.dtype == np.float32
+    assert meta["variable"] == "rain_mmh" and meta["units"] == "mm/h" and meta["timestep_s"] == 900
+    assert meta["time"] == np.datetime64("2018-08-24T18:00:00")
+    assert "+proj=laea" in meta["projection"] and meta["pixel_size_m"] == 2000.0
+    assert 0.3 < np.isnan(data).mean() < 0.7 and np.nanmin(data) >= 0.0
+    assert np.nanpercentile(data, 99) > 0.1  # it rains somewhere over Europe
+
+
+def _write_rf3(path: Path, rain: np.ndarray) -> None:
+    """A file in the BoM Rainfields3 layout ``import_bom_rf3`` reads (precipitation in mm over 10 min,
+    an Albers grid in km, valid/start time): no BoM file is in the shared data."""
+    import netCDF4
+
+    ny, nx = rain.shape
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("y", ny)
+        ds.createDimension("x", nx)
+        proj = ds.createVariable("proj", "i4")
+        proj.grid_mapping_name = "albers_conical_equal_area"
+        proj.longitude_of_central_meridian = 144.752
+        proj.latitude_of_projection_origin = -37.852
+        proj.standard_parallel = [-18.0, -36.0]
+        x = ds.createVariable("x", "f8", ("x",))
+        x.units = "km"
+        x[:] = np.arange(nx) * 0.5 - nx / 4
+        y = ds.createVariable("y", "f8", ("y",))
+        y.units = "km"
+        y[:] = ny / 4 - np.arange(ny) * 0.5
+        for name, minutes in (("valid_time", 10), ("start_time", 0)):
+            v = ds.createVariable(name, "i8")
+            v.units = "seconds since 1970-01-01 00:00:00"
+            v[:] = int(np.datetime64("2018-06-16T10:00:00", "s").astype(np.int64)) + 60 * minutes
+        p = ds.createVariable("precipitation", "f4", ("y", "x"), fill_value=-1.0)
+        p.units = "mm"
+        p[:] = rain
+
+
+def test_pysteps_bom_rf3_needs_the_current_file_name_pattern(tmp_path):
+    pytest.importorskip("netCDF4", reason="the radar extra is not installed: pip install -e '.[radar]'")
+    rain = np.zeros((8, 6), np.float32)
+    rain[2:4, 1:3] = 0.5  # mm in 10 min = 3 mm/h
+    rain[0, 0] = np.nan   # no data
+    path = tmp_path / "66_20180616_101000.prcp-c10.nc"
+    _write_rf3(path, np.ma.masked_invalid(rain))
+    # pysteps' default pattern is the older ``2_%Y%m%d_%H%M00.prcp-cscn`` naming: the error says what to set
+    with pytest.raises(ReadError, match="fn_pattern"):
+        get_reader("pysteps:bom_rf3").read(path)
+    reader = get_reader("pysteps:bom_rf3", {"fn_pattern": "66_%Y%m%d_%H%M00.prcp-c10", "timestep_s": 600})
+    data, meta = reader.read(path)
+    assert meta["time"] == np.datetime64("2018-06-16T10:10:00") and meta["timestep_s"] == 600
+    assert meta["variable"] == "rain_mmh" and "+proj=aea" in meta["projection"] and meta["pixel_size_m"] == 500.0
+    assert data.shape == (8, 6) and np.isnan(data[0, 0])
+    np.testing.assert_allclose(data[2:4, 1:3], 3.0, rtol=1e-6)  # mm per 10 min -> mm/h
+    assert np.nansum(data) == pytest.approx(4 * 3.0)
