@@ -91,6 +91,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         say=lambda m: print(m, flush=True))
     print(ev.table)
     print(f"\n[evaluate] CSV {ev.csv_path}\n[evaluate] plot {ev.png_path}")
+    if ev.case_png:
+        print(f"[evaluate] forecast figure (wettest window) {ev.case_png}")
     uri = None if args.no_mlflow else evaluation_tracking_uri(ev.nowcaster, args.tracking_uri, args.workdir)
     if uri:
         run_id = log_evaluation(uri, ev, args.model)

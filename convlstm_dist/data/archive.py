@@ -318,6 +318,14 @@ class Archive:
         return np.asarray(self._g["x"][:])
 
     @property
+    def coords_m(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(x, y)`` pixel centres in metres, or None for an archive written without coordinates
+        (its ``x``/``y`` are pixel indices, units ``1``)."""
+        if self._g["x"].attrs.get("units") != "m" or self._g["y"].attrs.get("units") != "m":
+            return None
+        return self.x, self.y
+
+    @property
     def stats(self) -> dict[str, np.ndarray]:
         if "stats" not in self._cache:
             T = len(self.times)

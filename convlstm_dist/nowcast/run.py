@@ -3,7 +3,8 @@
 * :func:`evaluate_on_archive` — which windows (the model's own test split on an archive it trained
   on, at the frames its run was pinned to; all gap-free windows on any other archive; or a time
   range), the model and baselines on them over Ray tasks (:func:`.evaluation.run_evaluation`),
-  skill CSV + skill-vs-lead PNG. :func:`log_evaluation` puts it in an MLflow run.
+  skill CSV + skill-vs-lead PNG + the forecast figure of the wettest window (:mod:`.figures`).
+  :func:`log_evaluation` puts it in an MLflow run.
 * :func:`nowcast_from_archive` — the ``in_len`` frames up to an analysis time (default the last
   frame), a centred crop, the forecast as ``forecast.zarr`` + ``forecast.png`` (+ ``forecast.gif``).
 
@@ -82,6 +83,7 @@ class Evaluation:
     table: str              # the skill table as text
     csv_path: Path
     png_path: Path
+    case_png: Path | None = None  # forecast figure of the wettest window (:func:`.figures.case_figure`)
 
 
 def evaluate_on_archive(model: str, archive_url: str, *, split: str | None = None, start: str | None = None,
@@ -92,9 +94,10 @@ def evaluate_on_archive(model: str, archive_url: str, *, split: str | None = Non
                         tracking_uri: str | None = None, endpoint_url: str | None = None, trust: bool = False,
                         say=print) -> Evaluation:
     """Score ``model`` and ``baselines`` on the same windows of ``archive_url``; write the CSV (``out``,
-    default ``WORKDIR/evaluate/<model>-<windows>.csv``) and the PNG beside it. ``split=None`` with no
-    time range: ``test`` on an archive the model trained on, ``all`` on any other."""
+    default ``WORKDIR/evaluate/<model>-<windows>.csv``), the skill PNG and ``<out>-case.png`` beside it.
+    ``split=None`` with no time range: ``test`` on an archive the model trained on, ``all`` on any other."""
     from convlstm_dist.nowcast.evaluation import run_evaluation, select_windows
+    from convlstm_dist.nowcast.figures import case_figure
     from convlstm_dist.nowcast.nowcaster import Nowcaster
     from convlstm_dist.verify import format_table, plot_skill, write_csv
 
@@ -117,7 +120,8 @@ def evaluate_on_archive(model: str, archive_url: str, *, split: str | None = Non
     out = Path(out) if out else Path(workdir) / "evaluate" / f"{nc.name}-{safe_label}.csv"
     csv_path = write_csv(rows, out)
     png_path = plot_skill(rows, out.with_suffix(".png"))
-    return Evaluation(nc, archive_url, rows, record, format_table(rows), csv_path, png_path)
+    case_png = case_figure(out.with_name(out.stem + "-case.png"), nc, archive, sel, crop)
+    return Evaluation(nc, archive_url, rows, record, format_table(rows), csv_path, png_path, case_png)
 
 
 def log_evaluation(uri: str, ev: Evaluation, model: str) -> str:
@@ -144,6 +148,8 @@ def log_evaluation(uri: str, ev: Evaluation, model: str) -> str:
     tracker.log_text(json.dumps(ev.record, indent=2, default=str), "evaluation.json")
     tracker.log_artifact(ev.csv_path)
     tracker.log_artifact(ev.png_path)
+    if ev.case_png:
+        tracker.log_artifact(ev.case_png)
     tracker.end()
     return tracker.run_id
 
@@ -193,12 +199,8 @@ def nowcast_from_archive(model: str, archive_url: str, out: str | Path, *, at: s
     import numpy as np
 
     from convlstm_dist.data import quantity_of_variable
-    from convlstm_dist.nowcast.nowcaster import (
-        Nowcaster,
-        forecast_gif,
-        forecast_strip,
-        write_forecast_zarr,
-    )
+    from convlstm_dist.nowcast.figures import nowcast_figures
+    from convlstm_dist.nowcast.nowcaster import Nowcaster, write_forecast_zarr
 
     nc = Nowcaster.load(model, tracking_uri, workdir, trust=trust)
     archive = open_archive_at(archive_url, endpoint_url)
@@ -229,7 +231,5 @@ def nowcast_from_archive(model: str, archive_url: str, out: str | Path, *, at: s
                                                                   "pixel_size_m", "attribution")}}
     zpath = write_forecast_zarr(out / "forecast.zarr", fcst, times[i], step, archive.y[ys], archive.x[xs],
                                 q.physical_variable, attrs)
-    lead = np.arange(1, n_out + 1) * step / 60.0
-    png = forecast_strip(out / "forecast.png", frames[-1], fcst, lead, f"{nc.name} nowcast from {times[i]} UTC", q.units)
-    gif_path = forecast_gif(out / "forecast.gif", fcst, lead, q.units) if gif else None
+    png, gif_path = nowcast_figures(out, archive, i, ys, xs, frames, fcst, nc.name, gif)
     return Forecast(times[i], n_out, int(step), crop, zpath, png, gif_path)

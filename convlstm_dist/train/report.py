@@ -21,19 +21,20 @@ def skill_outputs(table: list[dict], out_len: int, timestep_s: int, out_dir: Pat
 
 
 def forecast_figure(model, plan, quantity: str, loss: str, out_dir: Path, case: int | None = None) -> Path:
-    """Observation vs forecast for a fixed validation window (the wettest of the first 16); ``loss``:
-    the training loss (a model trained on logits is shown as ``sigmoid`` of its output)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """``forecast.png`` (:func:`convlstm_dist.verify.figures.forecast_figure`) of a fixed validation
+    window (the wettest of the first 16): its last inputs, then observed, model and (rain) optical
+    flow per lead, in minutes, on the crop's km extent; ``loss``: the training loss (a model trained
+    on logits is shown as ``sigmoid`` of its output). Unobserved target pixels are no data."""
     import torch
 
     from convlstm_dist.data.quantity import get_quantity
     from convlstm_dist.data.samples import read_windows
+    from convlstm_dist.verify import forecast_figure as draw
+    from convlstm_dist.verify import get_baseline
 
+    archive = plan.archives["val"]
     starts = plan.starts["val"][:16]
-    win = read_windows(plan.archives["val"], starts, plan.in_len, plan.out_len, plan.crop, seed=10_000)
+    win = read_windows(archive, starts, plan.in_len, plan.out_len, plan.crop, seed=10_000)
     i = int(np.argmax(win["y"].mean(axis=(1, 2, 3, 4)))) if case is None else case
     x = torch.from_numpy(win["x"][i:i + 1])
     with torch.no_grad():
@@ -41,23 +42,22 @@ def forecast_figure(model, plan, quantity: str, loss: str, out_dir: Path, case: 
     q = get_quantity(quantity)
     if q.output_is_logits(loss):
         pred = torch.sigmoid(pred)
-    obs = q.from_model(win["y"][i, :, 0])
-    fc = q.from_model(pred[0, :, 0].numpy())
+    inputs = np.asarray(q.from_model(win["x"][i, :, 0]), dtype="float32")
+    obs = np.asarray(q.from_model(win["y"][i, :, 0]), dtype="float32")
+    fc = np.asarray(q.from_model(pred[0, :, 0].numpy()), dtype="float32")
     obs = np.where(win["mask"][i, :, 0] > 0.5, obs, np.nan)
-    leads = np.linspace(0, plan.out_len - 1, min(5, plan.out_len)).astype(int)
-    vmax = max(float(np.nanmax(obs)) if np.isfinite(obs).any() else 1.0, 1e-3)
-    unit = q.display_unit
-    fig, axes = plt.subplots(2, len(leads), figsize=(2.4 * len(leads), 5), squeeze=False)
-    for j, L in enumerate(leads):
-        for r, (arr, name) in enumerate(((obs, "observed"), (fc, "forecast"))):
-            im = axes[r][j].imshow(arr[L], vmin=0, vmax=vmax, cmap="viridis")
-            axes[r][j].set_title(f"{name} +{L + 1}")
-            axes[r][j].axis("off")
-    fig.colorbar(im, ax=axes, shrink=0.7, label=unit)
-    path = out_dir / "forecast.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    flow = get_baseline("optical_flow")(inputs, plan.out_len) if q.has_rain_rate else None
+    h, w = inputs.shape[1:]
+    cy, cx = int(win["cy"][i]), int(win["cx"][i])
+    coords = getattr(archive, "coords_m", None)  # None: no coordinates (or not an archive: Moving MNIST)
+    xs, ys = (None, None) if coords is None else (coords[0][cx:cx + w], coords[1][cy:cy + h])
+    attrs = getattr(archive, "attrs", {}) or {}
+    times = getattr(archive, "times", None)
+    when = "" if times is None else f" from {times[int(win['t0'][i]) + plan.in_len - 1]} UTC"
+    step = int(plan.record.get("timestep_s") or getattr(archive, "timestep_s", None) or 300)
+    return draw(out_dir / "forecast.png", inputs=inputs, model=fc, observed=obs, flow=flow, timestep_s=step,
+                units=q.display_unit, x=xs, y=ys, projection=attrs.get("projection"),
+                title=f"validation window{when}, {h}x{w} crop (best checkpoint)", model_label="model")
 
 
 def score_test_split(cfg, plan, model, device=None, amp_dtype=None, say=None) -> dict[str, float]:

@@ -10,6 +10,8 @@ Importing this package loads none of its modules; each public name is imported o
   (pysteps Lucas–Kanade + semi-Lagrangian), see :mod:`.baselines`; :func:`probability_match`
   (:mod:`.postprocess`).
 * :func:`label_rows`, :func:`format_table`, :func:`write_csv`, :func:`plot_skill` (:mod:`.table`).
+* :func:`forecast_figure`, :func:`forecast_gif`, :func:`colour_scale` (:mod:`.figures`) — forecast maps
+  in pysteps' precipitation colours: inputs, observed, model and optical flow per lead in minutes.
 * the held-out-event protocol of ``convlstm-dist skill-report``: :func:`run_protocol`,
   :func:`events_from_config`, :func:`format_summary` (:mod:`.heldout`).
 * Table 1 of the paper (Moving MNIST): :data:`PAPER_TABLE1` and :func:`table1_report_from_runs`
@@ -21,6 +23,7 @@ from convlstm_dist.lazy import lazy_exports
 
 _PUBLIC = {
     "baselines": ["available_baselines", "get_baseline", "run_baseline"],
+    "figures": ["build_forecast_figure", "colour_scale", "forecast_figure", "forecast_gif"],
     "heldout": ["events_from_config", "format_summary", "run_protocol"],
     "postprocess": ["probability_match"],
     "scores": ["DEFAULT_THRESHOLDS_MMH", "SkillAccumulator", "bmse_weights", "metric_key", "skill_metric_names",

@@ -110,8 +110,16 @@ def plot_skill(rows: Sequence[dict], path: str | Path, methods: Sequence[str] | 
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=m)
         mse = sorted({float(r["lead_min"]): r["mse"] for r in mine}.items())
         axes[-1].plot([p[0] for p in mse], [p[1] for p in mse], marker="o", ms=3, label=m)
+    leads = sorted({float(r["lead_min"]) for r in rows})
     for ax, thr in zip(axes, thresholds):
         ax.set(title=f"CSI, >= {thr:g} mm/h", xlabel="lead time (min)", ylim=(0, 1))
+        if not any(r["csi"] is not None and math.isfinite(r["csi"]) for r in rows if float(r["threshold_mmh"]) == thr):
+            ax.text(0.5, 0.5, "no rain this strong\n(observed or forecast)", transform=ax.transAxes, ha="center",
+                    va="center", fontsize="small", color="0.4")
+    if leads:  # every panel on the lead times of the table (an empty one too)
+        pad = max((leads[-1] - leads[0]) * 0.05, 0.5)
+        for ax in axes:
+            ax.set_xlim(leads[0] - pad, leads[-1] + pad)
     axes[-1].set(title="MSE, (mm/h)²", xlabel="lead time (min)")
     if methods:  # an empty table (a checkpoint without one) still gets its empty panel
         axes[0].legend(fontsize="small")

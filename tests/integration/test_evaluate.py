@@ -91,6 +91,10 @@ def test_evaluate_local(ray_local, ckpt, archive, tmp_path, capsys):
     exp = client.get_experiment_by_name("evaluate-tiny")
     run = client.search_runs([exp.experiment_id])[0]
     assert "persistence_mse" in run.data.metrics and run.info.status == "FINISHED"
+    # the forecast figure of the wettest window, beside the CSV and in the run
+    case = out.with_name("skill-case.png")
+    assert case.stat().st_size > 1000 and f"forecast figure (wettest window) {case}" in stdout
+    assert "skill-case.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 def test_evaluate_with_probability_matching(ray_local, ckpt, archive, tmp_path, capsys):
@@ -145,6 +149,33 @@ def test_nowcast_writes_zarr(ckpt, archive, tmp_path, capsys):
     assert ds["time"].values[0] == np.datetime64("2021-06-01T01:00:00")
     assert ds.attrs["timestep_s"] == STEP_S and np.isfinite(ds["rain_mmh"].values).all()
     assert (tmp_path / "fc" / "forecast.png").stat().st_size > 1000
+
+
+def test_nowcast_figure_has_inputs_observed_model_and_flow_per_lead_in_minutes(ckpt, archive, tmp_path, monkeypatch,
+                                                                              capsys):
+    """The analysis time is not the archive's last frame: the frames after it are drawn as observed."""
+    from convlstm_dist.verify import figures
+
+    drawn = []
+    real = figures.build_forecast_figure
+
+    def keep(**fields):  # the real figure, kept to read its panels
+        drawn.append(real(**fields))
+        return drawn[-1]
+
+    monkeypatch.setattr(figures, "build_forecast_figure", keep)
+    url, _ = archive
+    rc = main(["nowcast", "--model", str(ckpt), "--archive", url, "--out", str(tmp_path / "fc"), "--gif",
+               "--n-out", "3", "--at", "2021-06-01T01:00:00", "--workdir", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().err
+    titles = [ax.get_title() for ax in drawn[0].axes if ax.get_title()]
+    assert titles == (["input -10 min", "input -5 min", "input 0 min"]
+                      + [f"{row} +{m} min" for row in ("observed", "tiny", "optical flow") for m in (5, 10, 15)])
+    assert (tmp_path / "fc" / "forecast.png").stat().st_size > 1000
+    from PIL import Image
+
+    with Image.open(tmp_path / "fc" / "forecast.gif") as gif:
+        assert gif.n_frames == 3
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -1,0 +1,99 @@
+"""The figures of ``nowcast`` and ``evaluate``, drawn by :mod:`convlstm_dist.verify.figures`.
+
+* :func:`nowcast_figures` — ``forecast.png`` of a nowcast: its last input frames, the frames the
+  archive holds after the analysis time (observed; none when the analysis time is the last frame),
+  the model and the optical-flow extrapolation of the same inputs, per lead in minutes, on the
+  archive's extent (km) where it has a CRS; and ``forecast.gif`` on request.
+* :func:`case_figure` — the same figure for one window of an evaluation (the wettest of those
+  scored), written beside the skill CSV/PNG of ``evaluate``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def observed_after(archive, i: int, n_out: int, ys: slice, xs: slice) -> np.ndarray | None:
+    """Up to ``n_out`` frames after frame ``i`` that follow it without a time gap, in mm/h for rain
+    archives (NaN = no data); None when there are none."""
+    times, step = archive.times, int(archive.timestep_s)
+    k = 0
+    while k < n_out and i + 1 + k < len(times) and \
+            int((times[i + 1 + k] - times[i]).astype("timedelta64[s]").astype("int64")) == (k + 1) * step:
+        k += 1
+    if not k:
+        return None
+    return physical(archive, archive.read(i + 1, i + 1 + k, ys, xs))
+
+
+def grid_coords(archive, ys: slice, xs: slice) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The crop's pixel centres in metres, or (None, None) for an archive without coordinates."""
+    coords = getattr(archive, "coords_m", None)
+    if coords is None:
+        return None, None
+    x, y = coords
+    return np.asarray(x)[xs], np.asarray(y)[ys]
+
+
+def physical(archive, raw: np.ndarray) -> np.ndarray:
+    """Archive values in the units of the forecast (rain rate for rain archives), NaN kept."""
+    from convlstm_dist.data import quantity_of_variable
+
+    if quantity_of_variable(archive.variable).has_rain_rate:
+        return np.where(np.isnan(raw), np.nan, archive.to_rain_mmh(raw)).astype("float32")
+    return np.asarray(raw, dtype="float32")
+
+
+def nowcast_figures(out: Path, archive, i: int, ys: slice, xs: slice, frames: np.ndarray, fcst: np.ndarray,
+                    model_name: str, gif: bool = False) -> tuple[Path, Path | None]:
+    """``out/forecast.png`` (and ``out/forecast.gif``) of the forecast ``fcst`` from ``frames`` (the
+    inputs up to frame ``i`` of ``archive``, cropped to ``ys``/``xs``)."""
+    from convlstm_dist.data import quantity_of_variable
+    from convlstm_dist.verify import forecast_figure, forecast_gif, get_baseline
+
+    q = quantity_of_variable(archive.variable)
+    n_out = len(fcst)
+    observed = observed_after(archive, i, n_out, ys, xs)
+    flow = get_baseline("optical_flow")(frames, n_out) if q.has_rain_rate else None
+    x, y = grid_coords(archive, ys, xs)
+    proj = archive.attrs.get("projection")
+    H, W = fcst.shape[1:]
+    title = f"{model_name} nowcast from {archive.times[i]} UTC, {H}x{W} grid of {archive.url}"
+    png = forecast_figure(out / "forecast.png", inputs=frames, model=fcst, observed=observed, flow=flow,
+                          timestep_s=archive.timestep_s, units=q.display_unit, x=x, y=y, projection=proj, title=title,
+                          model_label=model_name)
+    gif_path = forecast_gif(out / "forecast.gif", fcst, archive.timestep_s, q.display_unit, x, y, proj,
+                            title=model_name) if gif else None
+    return png, gif_path
+
+
+def case_figure(path: Path, nc, archive, sel, crop: tuple[int, int] | None = None) -> Path | None:
+    """``forecast.png``-style figure of one evaluated window: the one of ``sel.starts`` whose lead
+    frames are the wettest (the archive's per-frame ``wet_fraction`` at its lowest threshold), cut
+    as ``evaluate`` cut it (``choose_crop`` seeded by ``(data.seed, t0)``). None without windows."""
+    from convlstm_dist.data import quantity_of_variable
+    from convlstm_dist.data.transforms import choose_crop
+    from convlstm_dist.verify import forecast_figure, get_baseline
+
+    starts = np.asarray(sel.starts, dtype="int64")
+    if not len(starts):
+        return None
+    wet = np.nan_to_num(np.asarray(archive.stats["wet_fraction"], dtype="float64")[:, 0])
+    s = int(starts[np.argmax([wet[t + sel.in_len:t + sel.in_len + sel.n_out].mean() for t in starts])])
+    block = physical(archive, archive.read(s, s + sel.in_len + sel.n_out))
+    h, w = crop or block.shape[1:]
+    cy, cx = choose_crop(np.isfinite(block).all(axis=0), (h, w), np.random.default_rng([nc.config.data.seed, 0, s, 0]))
+    ys, xs = slice(cy, cy + h), slice(cx, cx + w)
+    block = block[:, ys, xs]
+    inputs, observed = block[:sel.in_len], block[sel.in_len:]
+    q = quantity_of_variable(archive.variable)
+    fcst = nc.predict(inputs, sel.n_out, q.physical_variable)
+    flow = get_baseline("optical_flow")(inputs, sel.n_out) if q.has_rain_rate else None
+    x, y = grid_coords(archive, ys, xs)
+    t0 = archive.times[s + sel.in_len - 1]
+    return forecast_figure(path, inputs=inputs, model=fcst, observed=observed, flow=flow,
+                           timestep_s=archive.timestep_s, units=q.display_unit, x=x, y=y,
+                           projection=archive.attrs.get("projection"), model_label=nc.name,
+                           title=f"{nc.name}: the wettest evaluated window ({sel.label}), from {t0} UTC, {h}x{w}")
