@@ -27,6 +27,10 @@ import numpy as np
 
 NODATA_COLOUR = "#b4b4b4"
 NODATA_HATCH = "///"
+# a map panel is about 200 px wide at the figure's dpi: a larger field is thinned to every k-th pixel
+# (nearest neighbour, as the renderer would do) so that no panel draws more than this many pixels
+# on its long side: a 1226x760 grid draws in seconds instead of a minute
+MAX_PANEL_PIXELS = 600
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,8 @@ def pick_leads(n_out: int, max_leads: int) -> np.ndarray:
 
 def _draw(ax, img: np.ndarray, scale: Scale, extent: tuple | None):
     """One map: the field in ``scale``'s colours, no data (NaN) grey and hatched over it."""
+    k = -(-max(img.shape) // MAX_PANEL_PIXELS)
+    img = img[::k, ::k] if k > 1 else img
     im = ax.imshow(img, cmap=scale.cmap, norm=scale.norm, interpolation="nearest", extent=extent, origin="upper")
     nodata = np.isnan(img)
     if nodata.all():

@@ -108,3 +108,16 @@ def test_intensity_uses_a_grey_scale_and_files_are_written(tmp_path):
     with pytest.raises(ValueError, match="one grid"):
         build_forecast_figure(inputs=inputs, model=obs[:, :10], timestep_s=STEP_S)
 
+
+
+def test_a_large_grid_is_thinned_for_drawing_and_keeps_its_extent():
+    from convlstm_dist.verify.figures import MAX_PANEL_PIXELS
+
+    inputs, obs = _fields(T=2, n_out=1, H=1250, W=40)
+    x = 1000.0 * np.arange(40)
+    y = 1000.0 * (1249 - np.arange(1250))
+    fig = build_forecast_figure(inputs=inputs, model=obs, timestep_s=STEP_S, x=x, y=y, projection="+proj=stere")
+    ax = next(ax for ax in fig.axes if ax.get_title() == "model +5 min")
+    drawn = ax.get_images()[0].get_array()
+    assert max(drawn.shape) <= MAX_PANEL_PIXELS and drawn.shape == (417, 14)  # every 3rd pixel
+    assert ax.get_ylim() == pytest.approx((-0.5, 1249.5))
