@@ -86,7 +86,7 @@ class Evaluation:
 
 def evaluate_on_archive(model: str, archive_url: str, *, split: str | None = None, start: str | None = None,
                         end: str | None = None, n_out: int | None = None, max_windows: int | None = None,
-                        crop: tuple[int, int] | None = None, baselines=("persistence", "optical_flow"),
+                        crop: tuple[int, int] | None = None, baselines=None,
                         probability_matching: bool = False, workers: int = 2, ray_address: str | None = None,
                         out: str | Path | None = None, workdir: str | Path = "workdir",
                         tracking_uri: str | None = None, endpoint_url: str | None = None, trust: bool = False,
@@ -96,8 +96,9 @@ def evaluate_on_archive(model: str, archive_url: str, *, split: str | None = Non
     time range: ``test`` on an archive the model trained on, ``all`` on any other."""
     from convlstm_dist.nowcast.evaluation import run_evaluation, select_windows
     from convlstm_dist.nowcast.nowcaster import Nowcaster
-    from convlstm_dist.verify import format_table, plot_skill, write_csv
+    from convlstm_dist.verify import DEFAULT_BASELINES, format_table, plot_skill, write_csv
 
+    baselines = list(DEFAULT_BASELINES if baselines is None else baselines)
     if split and end:
         raise UserError("--end goes with --start (a time range), not with --split")
     nc = Nowcaster.load(model, tracking_uri, workdir, trust=trust)
