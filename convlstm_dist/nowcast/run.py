@@ -116,7 +116,11 @@ def evaluate_on_archive(model: str, archive_url: str, *, split: str | None = Non
     rows, record = run_evaluation(nc, archive, sel, crop, list(baselines), workers, ray_address, probability_matching)
     safe_label = sel.label.replace(":", "").replace("..", "_")
     out = Path(out) if out else Path(workdir) / "evaluate" / f"{nc.name}-{safe_label}.csv"
-    csv_path = write_csv(rows, out)
+    from convlstm_dist.verify.fss import FSS_SCALES_KM, fss_key
+    from convlstm_dist.verify.table import CSV_COLUMNS
+
+    fss_cols = [fss_key(km) for km in FSS_SCALES_KM if all(fss_key(km) in r for r in rows)]
+    csv_path = write_csv(rows, out, (*CSV_COLUMNS, *fss_cols))
     png_path = plot_skill(rows, out.with_suffix(".png"))
     return Evaluation(nc, archive_url, rows, record, format_table(rows), csv_path, png_path)
 
