@@ -177,6 +177,9 @@ class TrainConfig(_Strict):
     channels_last: bool = Field(False, description="NHWC activations and weights (CUDA tensor cores)")
     time_budget_s: float | None = Field(None, ge=0, description="stop training after this many seconds, at a "
                                         "step boundary; the partial epoch is validated and checkpointed")
+    init_from: str | None = Field(None, min_length=1, description="warm start: a new run starts from these "
+                                  "weights (a checkpoint path, or models:/NAME/VERSION, runs:/RUN_ID/model); the "
+                                  "shapes must fit model.*; a run with a checkpoint of its own resumes from that")
     seed: int = 0
 
 

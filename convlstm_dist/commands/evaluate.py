@@ -49,8 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--start", default=None, metavar="TIME", help="windows inside [--start, --end] (ISO 8601, UTC)")
     e.add_argument("--end", default=None, metavar="TIME", help="end of the time range (default: last frame)")
     e.add_argument("--out", default=None, metavar="FILE.csv", help="CSV path (default: WORKDIR/evaluate/<model>-<split>.csv)")
-    e.add_argument("--baselines", default="persistence,optical_flow",
-                   help="comma-separated baselines, or 'none' (default: persistence,optical_flow)")
+    e.add_argument("--baselines", default="persistence,optical_flow,sprog,anvil",
+                   help="comma-separated baselines, or 'none' (default: persistence,optical_flow,sprog,anvil: extrapolation, S-PROG and ANVIL on one motion field; a method needing more input frames than the model has is left out)")
     e.add_argument("--probability-matching", action="store_true",
                    help="also score the model's forecast after probability matching to the last input frame "
                         "(method <model>_pm: the forecast's pattern with the observed intensity distribution)")

@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget-s", type=float, default=300.0, metavar="SECONDS",
                    help="training time per fold (default 300)")
     p.add_argument("--device", default="cpu", help="training/scoring device for the fold models (default cpu)")
-    p.add_argument("--baselines", default="persistence,optical_flow",
-                   help="comma-separated baselines (default: persistence,optical_flow)")
+    p.add_argument("--baselines", default="persistence,optical_flow,sprog,anvil",
+                   help="comma-separated baselines (default: persistence,optical_flow,sprog,anvil: extrapolation, S-PROG and ANVIL on one motion field; a method needing more input frames than the model has is left out)")
     p.add_argument("--crop", default=None, metavar="HxW",
                    help="score an HxW crop per window (chosen as in training) instead of the full grid")
     p.add_argument("--max-windows", type=int, default=None, metavar="N",

@@ -114,15 +114,22 @@ def select_windows(nc, archive, split: str | None = "test", start: str | None = 
 
 def score_chunk(nc, archive, starts, in_len: int, n_out: int, crop, seed: int, methods: list[str],
                 thresholds) -> dict[str, dict]:
-    """Score ``methods`` (the model's label first, then baselines) on windows ``starts``."""
+    """Score ``methods`` (the model's label first, then baselines) on windows ``starts``: per method the
+    ``SkillAccumulator`` state, with the FSS accumulator's state under ``"fss"`` (FSS at
+    ``verify.fss.FSS_THRESHOLDS_MMH`` over ``FSS_SCALES_KM``, for rain-rate archives)."""
     from convlstm_dist.data.quantity import quantity_of_variable
     from convlstm_dist.data.transforms import choose_crop
     from convlstm_dist.verify import SkillAccumulator, run_baseline
     from convlstm_dist.verify.postprocess import probability_match
 
     length = in_len + n_out
+    from convlstm_dist.verify.fss import FSS_SCALES_KM, FSS_THRESHOLDS_MMH, FSSAccumulator
+
     accs = {m: SkillAccumulator(thresholds, n_out) for m in methods}
     q = quantity_of_variable(archive.variable)
+    pixel_m = (getattr(archive, "attrs", None) or {}).get("pixel_size_m")
+    fss_thr = [t for t in FSS_THRESHOLDS_MMH if t in [float(x) for x in thresholds]]
+    fss = {m: FSSAccumulator(fss_thr, FSS_SCALES_KM, n_out, pixel_m) for m in methods} if fss_thr else {}
     model_variable = q.physical_variable
     for b in range(0, len(starts), BATCH):
         batch = starts[b:b + BATCH]
@@ -155,7 +162,9 @@ def score_chunk(nc, archive, starts, in_len: int, n_out: int, crop, seed: int, m
         obs = np.where(common, obs, np.nan)
         for m, f in fcsts.items():
             accs[m].accumulate(f, obs)
-    return {m: acc.to_state() for m, acc in accs.items()}
+            if fss:
+                fss[m].accumulate(np.where(common, f, np.nan), obs)
+    return {m: {**acc.to_state(), **({"fss": fss[m].to_state()} if fss else {})} for m, acc in accs.items()}
 
 
 def _chunks(starts: np.ndarray, workers: int) -> list[np.ndarray]:
@@ -200,7 +209,7 @@ class Progress:
             self.bar = None
 
 
-def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persistence", "optical_flow"),
+def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=None,
                    workers: int = 2, ray_address: str | None = None,
                    probability_matching: bool = False, progress: bool = True) -> tuple[list[dict], dict]:
     """``(labelled rows for every method, record)``; scores merged from one Ray task per chunk.
@@ -209,11 +218,15 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persisten
     import ray
 
     from convlstm_dist.data.quantity import quantity_of_variable
-    from convlstm_dist.verify import SkillAccumulator, available_baselines
+    from convlstm_dist.verify import DEFAULT_BASELINES, SkillAccumulator, available_baselines, usable_baselines
 
+    baselines = DEFAULT_BASELINES if baselines is None else baselines
     unknown = [b for b in baselines if b not in available_baselines()]
     if unknown:
         raise UserError(f"unknown baseline(s) {unknown}; available: {available_baselines()}")
+    baselines, left_out = usable_baselines(baselines, sel.in_len)
+    for note in left_out:
+        print(f"[evaluate] {note}", file=sys.stderr, flush=True)
     nc.check_variable(archive.variable)
     q = quantity_of_variable(archive.variable)
     if q.has_rain_rate:
@@ -264,12 +277,18 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persisten
         if started:
             ray.shutdown()
     step_min = archive.timestep_s / 60.0
-    totals = {}
+    totals, fss = {}, {}
     for m in methods:
         totals[m] = SkillAccumulator.from_state(states[0][m])
         for st in states[1:]:
             totals[m].merge(SkillAccumulator.from_state(st[m]))
-    rows = evaluation_rows(totals, model_label, step_min, sel.record.get("split") or EVAL_SCOPE)
+        if "fss" in states[0][m]:
+            from convlstm_dist.verify.fss import FSSAccumulator
+
+            fss[m] = FSSAccumulator.from_state(states[0][m]["fss"])
+            for st in states[1:]:
+                fss[m].merge(FSSAccumulator.from_state(st[m]["fss"]))
+    rows = evaluation_rows(totals, model_label, step_min, sel.record.get("split") or EVAL_SCOPE, fss)
     record = {**sel.record, "methods": methods, "crop": f"{h}x{w}", "full_grid": crop is None,
               "model_grid": "{}x{}".format(*nc.model_grid(h, w)),
               "archive": archive.url, "variable": archive.variable, "tasks": len(states),
@@ -277,15 +296,21 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=("persisten
     return rows, record
 
 
-def evaluation_rows(totals: dict, model_label: str, lead_step_min: float, scope: str) -> list[dict]:
+def evaluation_rows(totals: dict, model_label: str, lead_step_min: float, scope: str,
+                    fss: dict | None = None) -> list[dict]:
     """The rows of :func:`run_evaluation`: per method (``totals``: label -> merged ``SkillAccumulator``,
     the model's label ``model_label``), ``verify.table.label_rows`` of its ``compute()`` rows, each
     with the ``scope`` of the windows (the split, or ``eval`` for a time range) and the ``model``
-    label, which :func:`metrics_from_rows` names the lead-pooled metrics by."""
+    label, which :func:`metrics_from_rows` names the lead-pooled metrics by; with ``fss`` (label ->
+    merged ``verify.fss.FSSAccumulator``) also the FSS columns (``fss_<km>km`` and their sums)."""
     from convlstm_dist.verify import label_rows
 
-    return [{**r, "scope": scope, "model": model_label}
-            for m, acc in totals.items() for r in label_rows(acc.compute(), m, lead_step_min)]
+    rows = []
+    for m, acc in totals.items():
+        for r in label_rows(acc.compute(), m, lead_step_min):
+            extra = fss[m].columns(r["lead_index"], r["threshold_mmh"]) if fss and m in fss else {}
+            rows.append({**r, **extra, "scope": scope, "model": model_label})
+    return rows
 
 
 def metrics_from_rows(rows: list[dict]) -> list[tuple[str, float, int]]:

@@ -88,7 +88,7 @@ class Evaluation:
 
 def evaluate_on_archive(model: str, archive_url: str, *, split: str | None = None, start: str | None = None,
                         end: str | None = None, n_out: int | None = None, max_windows: int | None = None,
-                        crop: tuple[int, int] | None = None, baselines=("persistence", "optical_flow"),
+                        crop: tuple[int, int] | None = None, baselines=None,
                         probability_matching: bool = False, workers: int = 2, ray_address: str | None = None,
                         out: str | Path | None = None, workdir: str | Path = "workdir",
                         tracking_uri: str | None = None, endpoint_url: str | None = None, trust: bool = False,
@@ -99,8 +99,9 @@ def evaluate_on_archive(model: str, archive_url: str, *, split: str | None = Non
     from convlstm_dist.nowcast.evaluation import run_evaluation, select_windows
     from convlstm_dist.nowcast.figures import case_figure
     from convlstm_dist.nowcast.nowcaster import Nowcaster
-    from convlstm_dist.verify import format_table, plot_skill, write_csv
+    from convlstm_dist.verify import DEFAULT_BASELINES, format_table, plot_skill, write_csv
 
+    baselines = list(DEFAULT_BASELINES if baselines is None else baselines)
     if split and end:
         raise UserError("--end goes with --start (a time range), not with --split")
     nc = Nowcaster.load(model, tracking_uri, workdir, trust=trust)
@@ -118,7 +119,11 @@ def evaluate_on_archive(model: str, archive_url: str, *, split: str | None = Non
     rows, record = run_evaluation(nc, archive, sel, crop, list(baselines), workers, ray_address, probability_matching)
     safe_label = sel.label.replace(":", "").replace("..", "_")
     out = Path(out) if out else Path(workdir) / "evaluate" / f"{nc.name}-{safe_label}.csv"
-    csv_path = write_csv(rows, out)
+    from convlstm_dist.verify.fss import FSS_SCALES_KM, fss_key
+    from convlstm_dist.verify.table import CSV_COLUMNS
+
+    fss_cols = [fss_key(km) for km in FSS_SCALES_KM if all(fss_key(km) in r for r in rows)]
+    csv_path = write_csv(rows, out, (*CSV_COLUMNS, *fss_cols))
     png_path = plot_skill(rows, out.with_suffix(".png"))
     case_png = case_figure(out.with_name(out.stem + "-case.png"), nc, archive, sel, crop)
     return Evaluation(nc, archive_url, rows, record, format_table(rows), csv_path, png_path, case_png)

@@ -72,7 +72,11 @@ def preflight(cfg: Config, workdir: str | Path, storage_path: str | None = None)
         check_reachable(res.tracking_uri)
     plan = DataPlan.from_config(cfg, res.workdir)
     check_metric(cfg.run.checkpoint_metric, "run.checkpoint_metric", quantity_of_variable(plan.variable).name)
-    build_model_from_config(cfg)  # architecture errors surface here, not in a worker
+    model = build_model_from_config(cfg)  # architecture errors surface here, not in a worker
+    if cfg.train.init_from:  # warm start: the weights load and fit before any worker starts
+        from convlstm_dist.train.warm_start import apply_init_weights, load_init_weights
+
+        apply_init_weights(model, load_init_weights(cfg.train.init_from, res.tracking_uri))
     check_storage_writable(storage_path or res.storage_path, cfg.data.endpoint_url,
                            "run.storage_path" if storage_path is None else "the sweep's storage path")
     return res, plan
@@ -88,9 +92,11 @@ def data_loader(cfg: Config, plan) -> str:
 
 def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_name: str,
                   tracking_uri: str | None, run_id: str | None, metric: str | None = None,
-                  mode: str = "min", callbacks: list | None = None, data_version: list | None = None):
+                  mode: str = "min", callbacks: list | None = None, data_version: list | None = None,
+                  init=None):
     """The ``TorchTrainer`` of one run (used by ``train`` and by every Tune trial); ``data_version``:
-    the frames the run is pinned to (``train/data_pin.py``), kept in its checkpoints."""
+    the frames the run is pinned to (``train/data_pin.py``), kept in its checkpoints; ``init``: the
+    ``warm_start.InitWeights`` of ``train.init_from`` (loaded here when not given)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -103,6 +109,13 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
     memory = data_loader(cfg, plan) == "memory"
     path, fs = ray_storage(storage_path, cfg.data.endpoint_url)
     repair_checkpoints(path, fs, run_name)  # a damaged newest checkpoint: resume from the newest intact one
+    init_ref = None
+    if cfg.train.init_from:  # the weights travel once through the object store, to workers on any node
+        import ray
+
+        from convlstm_dist.train.warm_start import load_init_weights
+
+        init_ref = ray.put(init or load_init_weights(cfg.train.init_from, tracking_uri))
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker
@@ -111,7 +124,7 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "variable": plan.variable, "clock": clock_name,
                            "tracking_uri": tracking_uri, "run_id": run_id, "fault_nan_at": fault_nan_at(),
                            "data_version": data_version, "plan": plan if memory else None,
-                           "sources": plan.source_names()},
+                           "sources": plan.source_names(), "init": init_ref},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -141,6 +154,11 @@ def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = 
         f"{data_loader(cfg, plan)} batches ({plan.memory_bytes() / 2**30:.2f} GiB of frames)")
     own_ray = init_ray(cfg, res)
     check_cluster_resources(cfg)  # before an MLflow run is opened for a run that could never start
+    init = None
+    if cfg.train.init_from:
+        from convlstm_dist.train.warm_start import load_init_weights
+
+        init = load_init_weights(cfg.train.init_from, res.tracking_uri)
     tracker = None
     if res.tracking_uri:
         from convlstm_dist.tracking import Tracker
@@ -155,8 +173,10 @@ def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = 
 
             tracker.log_text(json.dumps(plan.record, indent=2, default=str), "split.json")
             log_pin(tracker, version)
+            if init is not None:
+                tracker.set_tags(init.tags)
             say(f"[convlstm-dist] MLflow {'resumed' if resumed else 'new'} run {tracker.run_id} at {res.tracking_uri}")
-        out = _fit_and_report(cfg, plan, res, tracker, say, progress, own_ray, version)
+        out = _fit_and_report(cfg, plan, res, tracker, say, progress, own_ray, version, init)
     except BaseException as exc:  # never leave the MLflow run RUNNING
         if tracker:
             try:
@@ -170,7 +190,7 @@ def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = 
 
 
 def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bool,
-                    own_ray: bool = False, data_version: list | None = None) -> TrainOutcome:
+                    own_ray: bool = False, data_version: list | None = None, init=None) -> TrainOutcome:
     import ray
 
     from convlstm_dist.data import epoch_clock
@@ -180,7 +200,7 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
     clock_name = f"convlstm-epoch-clock-{res.run_name}"
     clock = epoch_clock(clock_name)
     trainer = build_trainer(cfg, plan, res.run_name, res.storage_path, clock_name, res.tracking_uri,
-                            tracker.run_id if tracker else None, data_version=data_version)
+                            tracker.run_id if tracker else None, data_version=data_version, init=init)
     t0 = time.time()
     try:
         with _progress_lines(clock, say):

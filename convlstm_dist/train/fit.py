@@ -95,6 +95,7 @@ class FitOptions:
     log_every_s: float = 30.0              # a progress line inside long epochs (rank 0)
     data_version: list | None = None       # the frames the run is pinned to (``train/data_pin.py``)
     sources: list[str] | None = None       # names of a multi-archive plan's archives: per-archive val skill
+    init_weights: object | None = None     # ``train/warm_start.InitWeights`` of a new run (``train.init_from``)
 
 
 @dataclass
@@ -214,6 +215,11 @@ def fit(cfg, backend: Backend, variable: str, tracker=None, opts: FitOptions | N
     restored = backend.restore()
     if restored is not None:
         load_resumed_weights(model, restored[0]["model"], backend.run_name, restored[1])
+    elif opts.init_weights is not None:  # warm start (train.init_from): a new run only, never over a resume
+        from convlstm_dist.train.warm_start import apply_init_weights
+
+        apply_init_weights(model, opts.init_weights)
+        say(f"[train] started from the weights of {opts.init_weights.source}")
     model.to(dev)
     train_model = backend.wrap(model, ddp=not (choice.mode == "graph" and world > 1))
     opt = make_optimizer(t, model.parameters(), dev if choice.mode == "graph" else None)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from convlstm_dist.checkpoint import read_checkpoint
-from convlstm_dist.config import Config
+from convlstm_dist.config import Config, build_model_from_config
 from convlstm_dist.errors import UserError
 from convlstm_dist.train.data_pin import log_pin, pin_run
 from convlstm_dist.train.driver import Resolved, resolve
@@ -170,13 +170,21 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
     if t.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
     backend = LocalBackend(cfg, splits, out_dir, dev, run_name, steps_per_epoch, progress)
+    init = None
+    if cfg.train.init_from:  # warm start: loaded and checked before the MLflow run opens
+        from convlstm_dist.train.warm_start import apply_init_weights, load_init_weights
+
+        init = load_init_weights(cfg.train.init_from, res.tracking_uri)
+        apply_init_weights(build_model_from_config(cfg), init)
     tracker = _open_tracker(cfg, res, run_name)
     try:
         if tracker is not None:
             log_pin(tracker, version)
+            if init is not None:
+                tracker.set_tags(init.tags)
         r = fit(cfg, backend, plan.variable, tracker, FitOptions(engine=engine, fault_nan_at=fault_nan_at(),
                                                                  log_every_s=log_every_s, data_version=version,
-                                                                 sources=plan.source_names()))
+                                                                 sources=plan.source_names(), init_weights=init))
     except BaseException as exc:
         if tracker is not None:
             tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

@@ -131,6 +131,7 @@ def train_loop_per_worker(config: dict) -> None:
         from convlstm_dist.tracking.mlflow_tracker import Tracker
 
         tracker = Tracker(config["tracking_uri"], config["run_id"])
+    init = ray.get(config["init"]) if config.get("init") is not None else None
     fit(cfg, backend, config["variable"], tracker,
         FitOptions(fault_nan_at=config.get("fault_nan_at"), data_version=config.get("data_version"),
-                   sources=config.get("sources")))
+                   sources=config.get("sources"), init_weights=init))

@@ -6,8 +6,10 @@ Importing this package loads none of its modules; each public name is imported o
   lead, as init / accumulate / merge / compute (see :mod:`.scores`), on numpy or on a torch device:
   the one accumulator of ``evaluate`` and of validation during training; :func:`metric_key`, the one
   naming rule of logged scores, and :func:`skill_metrics` / :func:`skill_metric_names`, the lead-pooled scores.
-* :func:`get_baseline` / :func:`run_baseline` — ``persistence`` and ``optical_flow``
-  (pysteps Lucas–Kanade + semi-Lagrangian), see :mod:`.baselines`; :func:`probability_match`
+* :func:`get_baseline` / :func:`run_baseline` — ``persistence``, ``optical_flow``
+  (pysteps Lucas–Kanade + semi-Lagrangian), ``sprog`` and ``anvil`` (pysteps' cascade nowcasts on
+  the same motion), see :mod:`.baselines`; :class:`FSSAccumulator`, the mergeable Fractions Skill
+  Score (:mod:`.fss`); :func:`probability_match`
   (:mod:`.postprocess`).
 * :func:`label_rows`, :func:`format_table`, :func:`write_csv`, :func:`plot_skill` (:mod:`.table`).
 * :func:`forecast_figure`, :func:`forecast_gif`, :func:`colour_scale` (:mod:`.figures`) — forecast maps
@@ -22,7 +24,8 @@ Importing this package loads none of its modules; each public name is imported o
 from convlstm_dist.lazy import lazy_exports
 
 _PUBLIC = {
-    "baselines": ["available_baselines", "get_baseline", "run_baseline"],
+    "baselines": ["DEFAULT_BASELINES", "available_baselines", "get_baseline", "run_baseline", "usable_baselines"],
+    "fss": ["FSSAccumulator", "FSS_SCALES_KM", "FSS_THRESHOLDS_MMH"],
     "figures": ["build_forecast_figure", "colour_scale", "forecast_figure", "forecast_gif"],
     "heldout": ["events_from_config", "format_summary", "run_protocol"],
     "postprocess": ["probability_match"],

@@ -21,7 +21,8 @@ Outputs (``<workdir>/skill-report/<recipe>/``): ``skill_by_event.csv`` (one row 
 method, lead, threshold), ``skill_pooled.csv``, ``skill_report.md`` and ``csi_pooled.png``; all are
 logged to one MLflow run (experiment ``<recipe>-skill-report``) whose tags list, per fold, the
 events trained on and the events scored. Pooled scores are the mean of the per-event scores
-weighted by the number of scored pixels (``n``) — not scores of pooled contingency tables.
+the scores of the pooled contingency tables (and of the pooled FSS sums); the per-event scores
+are the table beside them.
 """
 
 from __future__ import annotations
@@ -40,9 +41,12 @@ from convlstm_dist.errors import UserError
 
 REPORT_THRESHOLDS_MMH = (0.5, 2.0, 5.0, 10.0)
 SCORES = ("csi", "pod", "far", "hss")
+COUNT_KEYS = ("hits", "false_alarms", "misses", "correct_negatives")
+FSS_COLUMNS = ("fss_1km", "fss_4km", "fss_16km", "fss_64km")  # verify.fss.fss_key of FSS_SCALES_KM
 EVENT_COLUMNS = ("fold", "event", "method", "lead_min", "threshold_mmh", "csi", "pod", "far", "hss", "mse", "mae",
-                 "n", "windows")
-POOLED_COLUMNS = ("method", "lead_min", "threshold_mmh", "csi", "pod", "far", "hss", "mse", "mae", "n", "events")
+                 *FSS_COLUMNS, *COUNT_KEYS, "n", "windows")
+POOLED_COLUMNS = ("method", "lead_min", "threshold_mmh", "csi", "pod", "far", "hss", "mse", "mae", *FSS_COLUMNS,
+                  *COUNT_KEYS, "n", "events")
 
 
 class HeldoutLeakError(UserError):
@@ -188,7 +192,12 @@ def fold_config(base_cfg, fold: Fold, budget_s: float | None = None):
 
 # ---------------------------------------------------------------------------------- tables
 def pool_rows(rows: Sequence[dict]) -> list[dict]:
-    """Per (method, lead, threshold): scores averaged over events, weighted by ``n``."""
+    """Per (method, lead, threshold): the scores of the events' pooled contingency tables (hits,
+    false alarms, misses and correct negatives added over events, then CSI/POD/FAR/HSS), MSE/MAE of
+    the pooled pixels (per-event values weighted by ``n``), and FSS from the pooled fraction sums."""
+    from convlstm_dist.verify.fss import FSS_SCALES_KM, pool_fss
+    from convlstm_dist.verify.scores import contingency_scores
+
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["method"], float(r["lead_min"]), float(r["threshold_mmh"])), []).append(r)
@@ -196,11 +205,16 @@ def pool_rows(rows: Sequence[dict]) -> list[dict]:
     for (m, lead, thr), rs in groups.items():
         row = {"method": m, "lead_min": lead, "threshold_mmh": thr, "events": len(rs),
                "n": int(sum(int(r.get("n") or 0) for r in rs))}
-        for k in (*SCORES, "mse", "mae"):
+        counts = {k: sum(int(r.get(k) or 0) for r in rs) for k in COUNT_KEYS}
+        row.update(counts)
+        row.update(contingency_scores(counts["hits"], counts["false_alarms"], counts["misses"],
+                                      counts["correct_negatives"]))
+        for k in ("mse", "mae"):
             vals = [(float(r[k]), max(int(r.get("n") or 0), 1)) for r in rs
                     if r.get(k) is not None and math.isfinite(float(r[k]))]
             w = sum(x[1] for x in vals)
             row[k] = sum(v * n for v, n in vals) / w if vals else float("nan")
+        row.update(pool_fss(rs, FSS_SCALES_KM))
         out.append(row)
     return out
 
@@ -228,6 +242,27 @@ def markdown_table(rows: Sequence[dict], thresholds=REPORT_THRESHOLDS_MMH) -> st
     return "\n\n".join(blocks)
 
 
+def fss_markdown_table(rows: Sequence[dict]) -> str:
+    """One markdown table per FSS threshold: lead x (method, FSS per scale)."""
+    from convlstm_dist.verify.fss import FSS_THRESHOLDS_MMH
+
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    idx = {(r["method"], float(r["lead_min"]), float(r["threshold_mmh"])): r for r in rows}
+    leads = sorted({float(r["lead_min"]) for r in rows})
+    blocks = []
+    for thr in FSS_THRESHOLDS_MMH:
+        if not any(float(r["threshold_mmh"]) == thr and math.isfinite(float(r.get("fss_1km", math.nan)))
+                   for r in rows):
+            continue
+        head = "| lead (min) | " + " | ".join(f"{c[4:]} {m}" for m in methods for c in FSS_COLUMNS) + " |"
+        lines = [f"**FSS, >= {thr:g} mm/h**", "", head, "|---:|" + "---:|" * (len(methods) * len(FSS_COLUMNS))]
+        for lead in leads:
+            cells = [_f((idx.get((m, lead, thr)) or {}).get(c)) for m in methods for c in FSS_COLUMNS]
+            lines.append(f"| {lead:g} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 # ---------------------------------------------------------------------------------- driver
 @dataclass
 class ProtocolResult:
@@ -240,10 +275,13 @@ class ProtocolResult:
 
 
 def run_protocol(base_cfg, workdir: str | Path, events: Sequence[Event], holdout: Sequence[str] | None = None,
-                 budget_s: float | None = 300.0, device: str = "cpu", baselines=("persistence", "optical_flow"),
+                 budget_s: float | None = 300.0, device: str = "cpu", baselines=None,
                  crop=None, max_windows: int | None = None, workers: int = 2, tracking: bool = True,
                  progress: bool = False, say: Callable[[str], None] = print) -> ProtocolResult:
     """Plan, train and score every fold (module docstring); write and log the tables."""
+    from convlstm_dist.verify.baselines import DEFAULT_BASELINES
+
+    baselines = list(DEFAULT_BASELINES if baselines is None else baselines)
     wd = Path(workdir).resolve()
     folds = plan_folds(events, holdout)
     for f in folds:
@@ -320,10 +358,11 @@ def write_report(rows, pooled, folds, out_dir: Path, budget_s) -> dict[str, Path
              "pooled_csv": write_csv(pooled, out_dir / "skill_pooled.csv", POOLED_COLUMNS)}
     md = ["# Held-out-event skill report", "",
           f"Training budget per fold: {budget_s} s. Scores on ALL gap-free windows of each scored event; "
-          "model, persistence and optical flow on the same windows. Pooled = per-event scores weighted by "
-          "scored pixels.", "", "| fold | trained on | scored |", "|---:|---|---|"]
+          "the model and every baseline on the same windows and pixels. Pooled = scores of the contingency "
+          "tables (and FSS sums) added over the scored events; per-event tables follow.", "", "| fold | trained on | scored |", "|---:|---|---|"]
     md += [f"| {f.index} | {roles(f.train)} | {names(f.scored)} |" for f in folds]
-    md += ["", "## Pooled over scored events", "", markdown_table(pooled)]
+    md += ["", "## Pooled over scored events", "", markdown_table(pooled), "",
+           "### Fractions Skill Score, pooled", "", fss_markdown_table(pooled)]
     for f in folds:
         for ev in f.scored:
             mine = [r for r in rows if r["fold"] == f.index and r["event"] == ev.name]

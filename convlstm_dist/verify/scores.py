@@ -147,6 +147,12 @@ def _categorical(a, b, c, d) -> dict[str, np.ndarray]:
     }
 
 
+def contingency_scores(hits, false_alarms, misses, correct_negatives) -> dict[str, float]:
+    """CSI, POD, FAR, HSS of one contingency table (NaN where undefined)."""
+    cat = _categorical(hits, false_alarms, misses, correct_negatives)
+    return {k: float(v) for k, v in cat.items()}
+
+
 def _is_torch(x) -> bool:
     return hasattr(x, "detach") and hasattr(x, "device")  # torch.Tensor, without importing torch
 

@@ -79,8 +79,12 @@ def test_evaluate_local(ray_local, ckpt, archive, tmp_path, capsys):
     rows = read_rows(out)
     assert list(rows[0])[:9] == ["method", "lead_min", "threshold_mmh", "csi", "pod", "far", "hss", "mse", "mae"]
     keys = {(r["method"], float(r["lead_min"]), float(r["threshold_mmh"])) for r in rows}
-    assert keys == {(m, 5.0 * (k + 1), t) for m in ("convlstm", "persistence", "optical_flow")
+    # every default baseline that can run on IN_LEN=3 input frames; ANVIL (4 frames) is left out, and said so
+    assert keys == {(m, 5.0 * (k + 1), t) for m in ("convlstm", "persistence", "optical_flow", "sprog")
                     for k in range(OUT_LEN) for t in THRESHOLDS}
+    assert "anvil needs 4 input frames, the model has 3: left out" in captured.err
+    fss = [float(r["fss_16km"]) for r in rows if float(r["threshold_mmh"]) == 0.5]
+    assert fss and all(0.0 <= v <= 1.0 for v in fss)  # FSS at 0.5 mm/h for every method and lead
     assert out.with_suffix(".png").stat().st_size > 1000
     mse = {float(r["lead_min"]): float(r["mse"]) for r in rows if r["method"] == "persistence"}
     np.testing.assert_allclose([mse[5.0], mse[10.0]], persistence_mse(frames, with_flow=True), rtol=1e-5)

@@ -110,9 +110,18 @@ def test_fold_without_validation_windows_is_refused(cfg, events):
 
 
 def test_pool_and_markdown():
-    rows = [{"method": "m", "lead_min": 5.0, "threshold_mmh": 0.5, "csi": c, "pod": c, "far": 0.1, "hss": c,
-             "mse": 1.0, "mae": 1.0, "n": n} for c, n in ((0.2, 100), (0.8, 300))]
+    """Pooled scores are those of the pooled contingency table, not a mean of per-event scores."""
+    events = ((10, 20, 20, 50), (80, 10, 10, 200))  # hits, false alarms, misses, correct negatives
+    rows = []
+    for a, b, c, d in events:
+        rows.append({"method": "m", "lead_min": 5.0, "threshold_mmh": 0.5, "csi": a / (a + b + c),
+                     "pod": a / (a + c), "far": b / (a + b), "hss": 0.0, "mse": 1.0, "mae": 1.0,
+                     "n": a + b + c + d, "hits": a, "false_alarms": b, "misses": c, "correct_negatives": d})
     (p,) = pool_rows(rows)
-    assert math.isclose(p["csi"], 0.65) and p["events"] == 2 and p["n"] == 400
+    assert math.isclose(p["csi"], 90 / 150)  # (10 + 80) / (90 + 30 + 30); the n-weighted mean would be 0.62
+    assert math.isclose(p["pod"], 90 / 120) and math.isclose(p["far"], 30 / 120)
+    a, b, c, d = 90, 30, 30, 250
+    assert math.isclose(p["hss"], 2 * (a * d - b * c) / ((a + c) * (c + d) + (a + b) * (b + d)))
+    assert p["events"] == 2 and p["n"] == 400 and p["hits"] == 90
     md = markdown_table([p])
-    assert ">= 0.5 mm/h" in md and "CSI m" in md and "0.650" in md
+    assert ">= 0.5 mm/h" in md and "CSI m" in md and "0.600" in md
