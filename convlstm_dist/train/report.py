@@ -63,14 +63,17 @@ def forecast_figure(model, plan, quantity: str, loss: str, out_dir: Path, case: 
 EXAMPLE_MAX_SIDE = 128  # the input example is stored as JSON: a corner of a large grid is enough
 
 
-def input_example(plan, quantity: str, fixed_grid: bool = False) -> np.ndarray:
+def input_example(plan, quantity: str, fixed_grid: bool = False) -> np.ndarray | None:
     """The MLflow model's input example: the ``in_len`` input frames of the first validation
-    window in physical units (mm/h; intensity for Moving MNIST), ``(frames, H, W)`` float32, at
+    window (else training, else test window; None without any) in physical units (mm/h; intensity for Moving MNIST), ``(frames, H, W)`` float32, at
     most ``EXAMPLE_MAX_SIDE`` pixels a side unless the model runs on one grid only (``fixed_grid``)."""
     from convlstm_dist.data.quantity import get_quantity
     from convlstm_dist.data.samples import read_windows
 
-    win = read_windows(plan.archives["val"], plan.starts["val"][:1], plan.in_len, plan.out_len, plan.crop,
+    split = next((s for s in ("val", "train", "test") if len(plan.starts.get(s, ()))), None)
+    if split is None:
+        return None  # Tracker.log_model then logs zeros of the model's shape
+    win = read_windows(plan.archives[split], plan.starts[split][:1], plan.in_len, plan.out_len, plan.crop,
                        seed=10_000)
     x = get_quantity(quantity).from_model(win["x"][0, :, 0])
     if not fixed_grid:  # a ConvLSTM runs on any grid
