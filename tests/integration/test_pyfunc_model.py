@@ -102,16 +102,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_mlflow_models_serve_answers_invocations(trained, tmp_path):
+@pytest.mark.parametrize("how", ["mlflow", "convlstm-dist"])
+def test_mlflow_models_serve_answers_invocations(trained, tmp_path, how):
+    """``mlflow models serve`` itself, and ``convlstm-dist serve`` (which wraps it: the workdir's
+    store, a registered name's latest version, and this environment's ``uvicorn`` without an
+    activated venv)."""
     workdir, uri, _ = trained
     port = _free_port()
-    bin_dir = Path(sys.executable).parent  # `mlflow models serve` starts `uvicorn` from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    mlflow_cli = bin_dir / "mlflow"
+    bin_dir = Path(sys.executable).parent
+    if how == "mlflow":  # `mlflow models serve` starts `uvicorn` from PATH
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{NAME}/1", "--env-manager", "local",
+               "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    else:
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if Path(p) != bin_dir)
+        cmd = [str(bin_dir / "convlstm-dist"), "serve", "--model", NAME, "--workdir", str(workdir), "--port", str(port)]
     log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", f"models:/{NAME}/1", "--env-manager", "local",
-                             "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 300
