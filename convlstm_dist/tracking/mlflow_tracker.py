@@ -255,15 +255,19 @@ class Tracker:
         # process (Default), not the run's
         logged = self.client.create_logged_model(run.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=self.run_id,
                                                  params=dict(run.data.params), tags={WEIGHTS_TAG: digest})
-        return Model.log(
-            artifact_path=None, name=MODEL_ARTIFACT, flavor=mlflow.pyfunc, run_id=self.run_id, model_id=logged.model_id,
-            python_model=pyfunc_model.__file__,
-            artifacts={"checkpoint": str(ckpt), "recipe": str(recipe)},
-            code_paths=[str(code)], signature=signature,
-            input_example=(example, {pyfunc_model.LEADS_PARAM: out_len}),
-            pip_requirements=model_requirements(),
-            metadata={"convlstm_dist": {"checkpoint": "artifacts/checkpoint.pt", "recipe": "artifacts/recipe.yaml",
-                                        "format": 1, "loader": "convlstm_dist.Nowcaster.load"}})
+        try:
+            return Model.log(
+                artifact_path=None, name=MODEL_ARTIFACT, flavor=mlflow.pyfunc, run_id=self.run_id,
+                model_id=logged.model_id, python_model=pyfunc_model.__file__,
+                artifacts={"checkpoint": str(ckpt), "recipe": str(recipe)},
+                code_paths=[str(code)], signature=signature,
+                input_example=(example, {pyfunc_model.LEADS_PARAM: out_len}),
+                pip_requirements=model_requirements(),
+                metadata={"convlstm_dist": {"checkpoint": "artifacts/checkpoint.pt", "recipe": "artifacts/recipe.yaml",
+                                            "format": 1, "loader": "convlstm_dist.Nowcaster.load"}})
+        except BaseException:
+            self.client.finalize_logged_model(logged.model_id, mlflow.entities.LoggedModelStatus.FAILED)
+            raise
 
     def _versions(self, name: str) -> list:
         mlflow = _mlflow()
