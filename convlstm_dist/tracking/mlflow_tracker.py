@@ -255,6 +255,9 @@ class Tracker:
         # process (Default), not the run's
         logged = self.client.create_logged_model(run.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=self.run_id,
                                                  params=dict(run.data.params), tags={WEIGHTS_TAG: digest})
+        import sys
+
+        path = list(sys.path)  # validating the input example loads the model, which prepends its code/
         try:
             return Model.log(
                 artifact_path=None, name=MODEL_ARTIFACT, flavor=mlflow.pyfunc, run_id=self.run_id,
@@ -268,6 +271,8 @@ class Tracker:
         except BaseException:
             self.client.finalize_logged_model(logged.model_id, mlflow.entities.LoggedModelStatus.FAILED)
             raise
+        finally:
+            sys.path[:] = path
 
     def _versions(self, name: str) -> list:
         mlflow = _mlflow()
