@@ -175,7 +175,7 @@ if [ "$DRY" = 1 ]; then DDP_ARGS=(--size 32 --batch 2 --steps 2 --warmup 1); els
 stage ddp_graph 90 "$PY" benchmarks/bench_ddp_graph.py --device "$DEV" "${DDP_ARGS[@]}"
 # Table 1 runner (convlstm-dist table1, verify/table1_on_device.py): 2 tiny models through the engine, fp32 evaluation, report
 stage table1_dry 60 "${CLI[@]}" table1 --dry-run --device "$DEV" \
-  --models 5x5-128-64-64 fc-lstm --budget-s 50 --out "$LOGS/table1_dry"
+  --models 5x5-128-64-64 fc-lstm --time-budget 50 --out "$LOGS/table1_dry"
 
 summary() {
   echo "=== summary ($([ "$DRY" = 1 ] && echo "DRY run, CPU" || echo GPU); $((SECONDS - T0)) s of budget $BUDGET s; stage rc 124 = timed out)"

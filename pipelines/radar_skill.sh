@@ -44,7 +44,7 @@ if [ "${SKIP_INGEST:-0}" != 1 ]; then
 fi
 
 echo "[radar_skill] 2/3 held-out-event protocol (${FOLD_BUDGET_S} s training per fold)"
-report_args=(--config "$RECIPE" --workdir "$WORKDIR" --budget-s "$FOLD_BUDGET_S" --device "$DEVICE")
+report_args=(--config "$RECIPE" --workdir "$WORKDIR" --time-budget "$FOLD_BUDGET_S" --device "$DEVICE")
 [ "$CROP" != full ] && report_args+=(--crop "$CROP")
 [ -n "${MAX_WINDOWS:-}" ] && report_args+=(--max-windows "$MAX_WINDOWS")
 # shellcheck disable=SC2206

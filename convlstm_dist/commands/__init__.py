@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "convlstm_dist.commands.evaluate",
     "convlstm_dist.commands.skill_report",
     "convlstm_dist.commands.table1",
+    "convlstm_dist.commands.serve",
     "convlstm_dist.commands.train",
     "convlstm_dist.commands.tune",
     "convlstm_dist.commands.ui",

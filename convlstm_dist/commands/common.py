@@ -15,3 +15,46 @@ def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def add_workdir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default="workdir", metavar="DIR",
                    help="embedded defaults live here: archive.zarr, runs/ (checkpoints), mlflow.db (default: ./workdir)")
+
+
+# -- deprecated flag names ----------------------------------------------------------------------
+# One idea, one flag name. The old names still work for one release, with a warning on stderr.
+
+def deprecated(old: str, new: str) -> None:
+    import sys
+
+    print(f"convlstm-dist: warning: {old} is deprecated and goes in the next release; use {new}", file=sys.stderr)
+
+
+class StoreWithAlias(argparse.Action):
+    """Store a value given under the option's name or a deprecated alias (``aliases``: the old
+    option strings among ``option_strings``), warning when the alias is used."""
+
+    def __init__(self, option_strings, dest, aliases=(), **kwargs):
+        self.aliases = tuple(aliases)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string in self.aliases:
+            deprecated(option_string, self.option_strings[0])
+        setattr(namespace, self.dest, values)
+
+
+class DeprecatedConst(argparse.Action):
+    """A deprecated switch that means ``--NEW VALUE`` (``new`` names it): stores ``const``, warns."""
+
+    def __init__(self, option_strings, dest, const=None, new: str = "", **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, nargs=0, const=const, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        deprecated(option_string, self.new)
+        if self.const is not None:
+            setattr(namespace, self.dest, self.const)
+
+
+def add_time_budget_arg(p: argparse.ArgumentParser, help: str, dest: str = "time_budget", **kwargs) -> None:
+    """``--time-budget SECONDS`` (``--budget-s``: deprecated alias)."""
+    p.add_argument("--time-budget", "--budget-s", dest=dest, type=float, metavar="SECONDS", action=StoreWithAlias,
+                   aliases=("--budget-s",), help=help + " (--budget-s: deprecated alias)", **kwargs)
+

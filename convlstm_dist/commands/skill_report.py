@@ -1,6 +1,6 @@
 """``convlstm-dist skill-report``: the held-out-event protocol (:mod:`convlstm_dist.verify.heldout`).
 
-    convlstm-dist skill-report --config pipelines/radar_multi.yaml --workdir WD --budget-s 240
+    convlstm-dist skill-report --config pipelines/radar_multi.yaml --workdir WD --time-budget 240
     convlstm-dist skill-report --config pipelines/radar_multi.yaml --workdir WD --holdout mch-20160711 fmi-20160928
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from convlstm_dist.commands.common import add_config_args, add_workdir_arg
+from convlstm_dist.commands.common import DeprecatedConst, add_config_args, add_time_budget_arg, add_workdir_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "skill-report", help="held-out-event skill: train on some events, score model/persistence/optical flow on the others",
         description="Leave-one-out over the recipe's events (data.archives), or one fold holding out --holdout "
                     "events. Each fold trains the recipe on its training events only (single process, "
-                    "--budget-s seconds), then scores every held-out event on all its windows with the model, "
+                    "--time-budget seconds), then scores every held-out event on all its windows with the model, "
                     "persistence and optical flow on the same windows: CSI/POD/FAR/HSS at 0.5/2/5/10 mm/h per "
                     "lead time. Writes WORKDIR/skill-report/<recipe>/ (CSV, markdown, PNG) and one MLflow run "
                     "tagged with the trained and scored events. A scored event is never a training event.")
@@ -28,8 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout", nargs="+", default=None, metavar="EVENT",
                    help="score only these events (name like mch-20160711, or URL), training one model on all "
                         "the others; default: leave-one-out over every event")
-    p.add_argument("--budget-s", type=float, default=300.0, metavar="SECONDS",
-                   help="training time per fold (default 300)")
+    add_time_budget_arg(p, "training time per fold (default 300)", dest="budget_s", default=300.0)
     p.add_argument("--device", default="cpu", help="training/scoring device for the fold models (default cpu)")
     p.add_argument("--baselines", default="persistence,optical_flow,sprog,anvil",
                    help="comma-separated baselines (default: persistence,optical_flow,sprog,anvil: extrapolation, S-PROG and ANVIL on one motion field; a method needing more input frames than the model has is left out)")
@@ -39,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="evenly spaced subset of N windows per event (default: all windows)")
     p.add_argument("--workers", type=int, default=2, help="Ray tasks for scoring (default 2)")
     p.add_argument("--no-mlflow", action="store_true", help="track neither the fold trainings nor the report")
-    p.add_argument("--verbose", action="store_true", help="training and scoring progress")
+    p.add_argument("--quiet", action="store_true", help="no training and scoring progress")
+    p.add_argument("--verbose", dest="quiet", action=DeprecatedConst, const=False,
+                   new="nothing (progress is now the default; --quiet turns it off)")
     p.set_defaults(func=run_skill_report)
 
 
@@ -52,6 +53,6 @@ def run_skill_report(args: argparse.Namespace) -> int:
     events = events_from_config(cfg, args.events)
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip().lower() != "none"]
     res = run_protocol(cfg, args.workdir, events, args.holdout, args.budget_s, args.device, baselines,
-                       parse_crop(args.crop), args.max_windows, args.workers, not args.no_mlflow, args.verbose)
+                       parse_crop(args.crop), args.max_windows, args.workers, not args.no_mlflow, not args.quiet)
     print(format_summary(res))
     return 0

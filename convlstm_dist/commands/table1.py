@@ -1,7 +1,7 @@
 """``convlstm-dist table1`` and ``convlstm-dist table1-report``: Table 1 of Shi et al. (2015), Moving MNIST.
 
-    convlstm-dist table1 --out DIR --budget-s 540 [--device cuda]          # six models on one device
-    convlstm-dist table1 --out DIR --budget-s 120 --device cpu --dry-run   # the whole path in seconds
+    convlstm-dist table1 --out DIR --time-budget 540 [--device cuda]          # six models on one device
+    convlstm-dist table1 --out DIR --time-budget 120 --device cpu --dry-run   # the whole path in seconds
     convlstm-dist table1-report --workdir DIR --out DIR/table1.md          # from `train --local` runs
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from convlstm_dist.commands.common import add_time_budget_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "device, data generated there, within a time budget (convlstm_dist.verify.table1_on_device). "
                     "Writes PREFIX.md, .csv, -curves.csv, .png and .json under --out after every model.")
     p.add_argument("--out", required=True, help="folder for the report files")
-    p.add_argument("--budget-s", type=float, required=True, help="wall-clock seconds for the whole run")
+    add_time_budget_arg(p, "wall-clock seconds for the whole run", dest="budget_s", required=True)
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--dry-run", action="store_true", help="tiny models, a couple of steps each: proves the path")
     p.add_argument("--prefix", default=None, help="report file names (default table1, dry run table1-dryrun)")

@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from convlstm_dist.commands.common import add_config_args, add_workdir_arg
+from convlstm_dist.commands.common import (DeprecatedConst, StoreWithAlias, add_config_args,
+                                           add_time_budget_arg, add_workdir_arg)
 
 DEMO_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo.yaml"
 
@@ -21,9 +22,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     add_workdir_arg(p)
     p.add_argument("--quiet", action="store_true", help="less progress output")
-    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                   help="stop training after this many seconds, at a step boundary; the partial epoch is "
-                        "validated and checkpointed (same as --set train.time_budget_s=SECONDS)")
+    add_time_budget_arg(p, "stop training after this many seconds, at a step boundary; the partial epoch is "
+                           "validated and checkpointed (same as --set train.time_budget_s=SECONDS)")
+    p.add_argument("--engine", default=None, choices=["auto", "eager", "compiled", "graph"],
+                   help="step engine (same as --set train.engine=ENGINE; default the recipe's, auto: the whole "
+                        "step as one CUDA graph on CUDA with the fast model)")
+    p.add_argument("--memory-limit-gb", "--max-memory-gb", dest="memory_limit_gb", type=float, default=None, metavar="GB",
+                   action=StoreWithAlias, aliases=("--max-memory-gb",),
+                   help="host memory the archive's frames may take (same as --set data.memory_limit_gb=GB): "
+                        "train's data.loader auto holds them in memory up to it (recipe default 2), --local refuses "
+                        "archives above it (default 48 unless the recipe sets it) (--max-memory-gb: deprecated alias)")
     loc = p.add_argument_group(
         "single process (--local)",
         "train in this process without Ray: one GPU or the CPU, frames held in memory, the whole step as a "
@@ -31,10 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "plus history.csv, curves.png and summary.json (with test-split scores)")
     loc.add_argument("--local", action="store_true", help="single-process training without Ray")
     loc.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
-    loc.add_argument("--cuda-graph", dest="cuda_graph", action=argparse.BooleanOptionalAction, default=None,
-                     help="capture the training step as a CUDA graph (default: on for CUDA + fast model)")
-    loc.add_argument("--max-memory-gb", type=float, default=48.0,
-                     help="refuse archives whose frames need more host memory than this (default 48)")
+    loc.add_argument("--cuda-graph", dest="cuda_graph", action=DeprecatedConst, const=True, default=None,
+                     new="--engine graph")
+    loc.add_argument("--no-cuda-graph", dest="cuda_graph", action=DeprecatedConst, const=False, new="--engine eager")
     p.set_defaults(func=run_train)
 
     d = sub.add_parser(
@@ -68,17 +75,29 @@ def _print_summary(out, wd: Path) -> None:
         print(f"           (or:  mlflow ui --backend-store-uri {out.tracking_uri})")
 
 
-def run_train(args: argparse.Namespace) -> int:
+def train_config(args: argparse.Namespace):
+    """The recipe with ``--set`` and the flags that are config keys (``--time-budget``, ``--engine``,
+    ``--memory-limit-gb``) applied."""
     from convlstm_dist.config import load_config
-    from convlstm_dist.train import run_training
 
     cfg = load_config(args.config, args.overrides)
     if args.time_budget is not None:
         cfg.train.time_budget_s = args.time_budget
+    if args.engine is not None:
+        cfg.train.engine = args.engine
+    if args.memory_limit_gb is not None:
+        cfg.data.memory_limit_gb = args.memory_limit_gb
+    return cfg
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from convlstm_dist.train import run_training
+
+    cfg = train_config(args)
     if args.local:
         from convlstm_dist.train import train_local
 
-        out = train_local(cfg, args.workdir, args.device, None, args.cuda_graph, args.max_memory_gb,
+        out = train_local(cfg, args.workdir, args.device, None, args.cuda_graph, None,
                           progress=not args.quiet)
         if out.stopped:
             print(f"convlstm-dist: training stopped early: {out.stopped}", file=sys.stderr)

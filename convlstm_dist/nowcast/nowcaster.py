@@ -11,8 +11,10 @@ What ``MODEL`` may be (tried in this order):
   ``runs:/RUN_ID/model``;
 * a registered MLflow model name (its latest version).
 
-MLflow models are the run's ``model/checkpoint.pt`` artifact (a slim checkpoint: state dict,
-resolved config and quantity). Nothing is unpickled beyond tensors and plain data unless the
+MLflow models are the LoggedModel's ``artifacts/checkpoint.pt`` (the run's ``model/checkpoint.pt``
+artifact for models logged before the pyfunc flavour): a slim checkpoint (state dict, resolved config
+and quantity). The same model also loads with ``mlflow.pyfunc.load_model`` (see
+:mod:`convlstm_dist.tracking.pyfunc_model`). Nothing is unpickled beyond tensors and plain data unless the
 caller passes ``trust=True`` (``--trust-model``). The tracking URI is the argument, else
 ``MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow.db``.
 

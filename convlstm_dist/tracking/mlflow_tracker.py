@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,35 @@ def _mlflow():
     for name in ("mlflow", "alembic"):  # "Creating initial MLflow database tables..." and the like
         logging.getLogger(name).setLevel(logging.WARNING)
     return mlflow
+
+
+# The packages the pyfunc model needs where it is served (``--env-manager virtualenv|uv`` installs
+# them; ``local`` uses the current environment). convlstm-dist itself is not on PyPI: it travels in
+# the model's ``code/`` folder instead. torch is pinned by release without a local tag (``+cpu``):
+# choose CPU or CUDA wheels with pip's index (``PIP_EXTRA_INDEX_URL``) where the model is served.
+MODEL_PACKAGES = ("mlflow", "torch", "numpy", "pydantic", "pyyaml", "cloudpickle")
+
+
+def model_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in MODEL_PACKAGES:
+        try:
+            out.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a ``sqlite:///`` database
+    (``<db folder>/mlartifacts/<experiment>``), so a local store never writes to ``./mlruns`` of the
+    current directory (MLflow's default); ``None`` (the server's choice) for a tracking server."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("_") or "experiment"
+    return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts" / slug).as_uri()
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
@@ -90,7 +120,8 @@ class Tracker:
         client = mlflow.MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else client.create_experiment(
-            experiment, tags={"mlflow.experimentKind": "custom_model_development"})  # "Training runs" in the UI
+            experiment, artifact_location=artifact_location(uri, experiment),
+            tags={"mlflow.experimentKind": "custom_model_development"})  # "Training runs" in the UI
         found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
                                    max_results=1, order_by=["attributes.start_time DESC"])
         if found:
@@ -138,17 +169,23 @@ class Tracker:
             p.write_text(text)
             self.log_artifact(p)
 
-    def log_model(self, checkpoint_dir: str | Path, registered_name: str | None = None) -> str:
-        """Log a checkpoint as this run's model and register it; returns ``models:/NAME/VERSION``
-        (or ``runs:/RUN/model`` without a name).
+    def log_model(self, checkpoint_dir: str | Path, registered_name: str | None = None,
+                  example=None) -> str:
+        """Log a checkpoint as this run's model (an MLflow 3 LoggedModel linked to the run) and
+        register it; returns ``models:/NAME/VERSION`` (or ``models:/MODEL_ID`` without a name).
 
-        The model is stored as plain data, never as a pickled module: ``model/checkpoint.pt`` is a
-        slim checkpoint (state dict + resolved config, loadable with ``weights_only=True``) beside
-        an ``MLmodel`` file naming the ``convlstm_dist`` flavour. A run that already registered
-        these same weights under ``registered_name`` is not registered again (a rerun of a finished
-        run); a resumed run that trained further registers its new weights as a new version.
+        The model is a ``python_function`` model from code
+        (:mod:`convlstm_dist.tracking.pyfunc_model`), so ``mlflow.pyfunc.load_model`` and ``mlflow
+        models serve`` work, with a signature, an input example (``example``: the last ``in_len``
+        frames in mm/h, ``(frames, H, W)``; zeros when not given) and pinned requirements. Its
+        ``artifacts/checkpoint.pt`` is the slim checkpoint (state dict + resolved config, loadable
+        with ``weights_only=True``) that ``Nowcaster.load`` reads (the MLmodel's ``metadata``
+        says so); ``artifacts/recipe.yaml`` is the config. Nothing is pickled.
+        A run that already registered these same weights under ``registered_name`` is not
+        registered again (a rerun of a finished run); a resumed run that trained further registers
+        its new weights as a new version.
         """
-        from convlstm_dist.checkpoint import read_checkpoint, slim_checkpoint, weights_digest
+        from convlstm_dist.checkpoint import read_checkpoint, weights_digest
 
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -159,26 +196,83 @@ class Tracker:
                     if v.run_id == self.run_id and (v.tags or {}).get(WEIGHTS_TAG) == digest]
             if same:  # this run already registered these very weights (a rerun of a finished run)
                 return f"models:/{registered_name}/{max(int(v.version) for v in same)}"
-        with tempfile.TemporaryDirectory() as d:
-            model_dir = Path(d) / MODEL_ARTIFACT
-            slim_checkpoint(payload, model_dir)
-            (model_dir / "MLmodel").write_text(
-                "flavors:\n  convlstm_dist:\n    checkpoint: checkpoint.pt\n    format: 1\n"
-                "    loader: convlstm_dist.Nowcaster.load (state dict + config; no pickled code)\n"
-                f"run_id: {self.run_id}\n")
-            self.client.log_artifacts(self.run_id, str(model_dir), MODEL_ARTIFACT)
-        if not registered_name:
-            return f"runs:/{self.run_id}/{MODEL_ARTIFACT}"
         mlflow = _mlflow()
+        previous = mlflow.get_tracking_uri()
+        # Model.log logs to the global tracking URI, and a local registry finds the LoggedModel
+        # there too: set it to this run's for the call only
+        mlflow.set_tracking_uri(self.uri)
         try:
-            self.client.create_registered_model(registered_name)
-        except mlflow.exceptions.MlflowException as err:
-            if "RESOURCE_ALREADY_EXISTS" not in str(err) and "already exists" not in str(err):
-                raise
-        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
-        mv = self.client.create_model_version(registered_name, source, run_id=self.run_id,
-                                              tags={WEIGHTS_TAG: digest})
+            with tempfile.TemporaryDirectory() as d:
+                info = self._log_pyfunc(payload, Path(d), example, digest)
+            if not registered_name:
+                return info.model_uri
+            try:
+                self.client.create_registered_model(registered_name)
+            except mlflow.exceptions.MlflowException as err:
+                if "RESOURCE_ALREADY_EXISTS" not in str(err) and "already exists" not in str(err):
+                    raise
+            mv = self.client.create_model_version(registered_name, info.model_uri, run_id=self.run_id,
+                                                  tags={WEIGHTS_TAG: digest}, model_id=info.model_id)
+        finally:
+            mlflow.set_tracking_uri(previous)
         return f"models:/{registered_name}/{mv.version}"
+
+    def _log_pyfunc(self, payload: dict, tmp: Path, example, digest: str):
+        import numpy as np
+        import yaml
+
+        from convlstm_dist.checkpoint import slim_checkpoint
+
+        mlflow = _mlflow()
+        import mlflow.models
+        import mlflow.types
+
+        Model, ModelSignature = mlflow.models.Model, mlflow.models.ModelSignature
+        ParamSchema, ParamSpec = mlflow.types.ParamSchema, mlflow.types.ParamSpec
+        Schema, TensorSpec = mlflow.types.Schema, mlflow.types.TensorSpec
+
+        from convlstm_dist.tracking import pyfunc_model
+
+        cfg = payload["config"]
+        in_len, out_len = int(cfg["data"]["in_len"]), int(cfg["data"]["out_len"])
+        ckpt = slim_checkpoint(payload, tmp / "weights")
+        recipe = tmp / "recipe.yaml"
+        recipe.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        if example is None:
+            m = cfg.get("model", {})
+            h, w = (int(m["height"]), int(m["width"])) if m.get("kind") == "fclstm" else (2 * int(m.get("patch", 1)),) * 2
+            example = np.zeros((in_len, h, w), np.float32)
+        example = np.ascontiguousarray(example, dtype=np.float32)
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (in_len, -1, -1))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]),
+            params=ParamSchema([ParamSpec(pyfunc_model.LEADS_PARAM, "long", out_len)]))
+        code = tmp / "code" / "convlstm_dist"
+        shutil.copytree(Path(pyfunc_model.__file__).resolve().parents[1], code,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "sample_data"))
+        run = self.client.get_run(self.run_id)
+        # created here, not by Model.log: that would file it under the current experiment of the
+        # process (Default), not the run's
+        logged = self.client.create_logged_model(run.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=self.run_id,
+                                                 params=dict(run.data.params), tags={WEIGHTS_TAG: digest})
+        import sys
+
+        path = list(sys.path)  # validating the input example loads the model, which prepends its code/
+        try:
+            return Model.log(
+                artifact_path=None, name=MODEL_ARTIFACT, flavor=mlflow.pyfunc, run_id=self.run_id,
+                model_id=logged.model_id, python_model=pyfunc_model.__file__,
+                artifacts={"checkpoint": str(ckpt), "recipe": str(recipe)},
+                code_paths=[str(code)], signature=signature,
+                input_example=(example, {pyfunc_model.LEADS_PARAM: out_len}),
+                pip_requirements=model_requirements(),
+                metadata={"convlstm_dist": {"checkpoint": "artifacts/checkpoint.pt", "recipe": "artifacts/recipe.yaml",
+                                            "format": 1, "loader": "convlstm_dist.Nowcaster.load"}})
+        except BaseException:
+            self.client.finalize_logged_model(logged.model_id, mlflow.entities.LoggedModelStatus.FAILED)
+            raise
+        finally:
+            sys.path[:] = path
 
     def _versions(self, name: str) -> list:
         mlflow = _mlflow()

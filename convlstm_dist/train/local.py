@@ -9,7 +9,7 @@ this backend supplies:
 * batches without Ray Data: the frames of each split are read once into memory
   (:meth:`convlstm_dist.data.plan.DataPlan.memory_splits`) and cut into compact batches in a
   background thread, pinned and copied to the device 2 batches ahead; archives larger than
-  ``max_memory_gb`` are refused (stream them with ``train``);
+  ``data.memory_limit_gb`` are refused (stream them with ``train``);
 * checkpoints in ``<workdir>/local/<run name>/``: ``latest/`` (rerunning resumes from it) and
   ``best/``, plus ``history.csv`` and ``curves.png`` after every epoch;
 * at the end, for the best checkpoint: ``skill.csv``/``skill.png``, ``forecast.png``, test-split
@@ -39,6 +39,7 @@ from convlstm_dist.train.feed import prefetch
 from convlstm_dist.train.fit import Backend, FitOptions, fault_nan_at, fit
 from convlstm_dist.train.validation import EVAL_BATCH
 
+LOCAL_MEMORY_LIMIT_GB = 48.0  # train --local: frames held in memory unless data.memory_limit_gb is set
 
 
 @dataclass
@@ -138,9 +139,11 @@ def _write_history(rows: list[dict], out_dir: Path) -> None:
 
 def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "auto",
                 time_budget_s: float | None = None, cuda_graph: bool | None = None,
-                max_memory_gb: float = 48.0, progress: bool = True, log_every_s: float = 30.0) -> LocalOutcome:
+                max_memory_gb: float | None = None, progress: bool = True, log_every_s: float = 30.0) -> LocalOutcome:
     """Train ``cfg`` in this process (resuming ``<workdir>/local/<run>/latest``). ``time_budget_s``
-    overrides ``train.time_budget_s``; ``cuda_graph`` True/False forces the graph/eager engine."""
+    overrides ``train.time_budget_s``; ``cuda_graph`` True/False forces the graph/eager engine.
+    The frames must fit ``max_memory_gb``, else ``data.memory_limit_gb`` where the recipe or an
+    override sets it, else ``LOCAL_MEMORY_LIMIT_GB``."""
     say = functools.partial(print, flush=True) if progress else (lambda *a, **k: None)  # progress reaches pipes now
     if time_budget_s is not None:
         cfg = cfg.model_copy(deep=True)
@@ -151,9 +154,13 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
     plan, version = pin_run(cfg, res.workdir, out_dir)  # a rerun plans on the frames the run started with
     dev = _device(device)
     need = plan.memory_bytes()
+    if max_memory_gb is None:
+        set_here = "memory_limit_gb" in cfg.data.model_fields_set
+        max_memory_gb = cfg.data.memory_limit_gb if set_here else LOCAL_MEMORY_LIMIT_GB
     if need > max_memory_gb * 2**30:
         raise UserError(f"--local keeps the archive's frames in memory: {need / 2**30:.1f} GiB needed, limit "
-                        f"{max_memory_gb:g} GiB (--max-memory-gb); use `convlstm-dist train` (Ray Data streaming)")
+                        f"{max_memory_gb:g} GiB (--memory-limit-gb, data.memory_limit_gb); use `convlstm-dist train` "
+                        "(Ray Data streaming)")
     if cuda_graph and dev.type != "cuda":
         raise UserError("--cuda-graph needs a CUDA device")
     engine = None if cuda_graph is None else ("graph" if cuda_graph else "eager")

@@ -60,6 +60,27 @@ def forecast_figure(model, plan, quantity: str, loss: str, out_dir: Path, case: 
                 title=f"validation window{when}, {h}x{w} crop (best checkpoint)", model_label="model")
 
 
+EXAMPLE_MAX_SIDE = 128  # the input example is stored as JSON: a corner of a large grid is enough
+
+
+def input_example(plan, quantity: str, fixed_grid: bool = False) -> np.ndarray | None:
+    """The MLflow model's input example: the ``in_len`` input frames of the first validation
+    window (else training, else test window; None without any) in physical units (mm/h; intensity for Moving MNIST), ``(frames, H, W)`` float32, at
+    most ``EXAMPLE_MAX_SIDE`` pixels a side unless the model runs on one grid only (``fixed_grid``)."""
+    from convlstm_dist.data.quantity import get_quantity
+    from convlstm_dist.data.samples import read_windows
+
+    split = next((s for s in ("val", "train", "test") if len(plan.starts.get(s, ()))), None)
+    if split is None:
+        return None  # Tracker.log_model then logs zeros of the model's shape
+    win = read_windows(plan.archives[split], plan.starts[split][:1], plan.in_len, plan.out_len, plan.crop,
+                       seed=10_000)
+    x = get_quantity(quantity).from_model(win["x"][0, :, 0])
+    if not fixed_grid:  # a ConvLSTM runs on any grid
+        x = x[..., :EXAMPLE_MAX_SIDE, :EXAMPLE_MAX_SIDE]
+    return np.ascontiguousarray(np.nan_to_num(x), dtype=np.float32)
+
+
 def score_test_split(cfg, plan, model, device=None, amp_dtype=None, say=None) -> dict[str, float]:
     """``test_*`` metrics (the validation metrics' names with scope ``test``) of ``model`` on the
     plan's test split, read into memory once; {} when the split has no windows, or (said) when its
@@ -106,7 +127,8 @@ def final_report(cfg, plan, model, payload: dict, out_dir: Path, tracker=None, s
         if test:
             tracker.log_metrics(test, step=int(payload["train"].get("epoch") or 0))
         best_dir = slim_checkpoint(payload, out_dir / "best-model").parent
-        model_uri = tracker.log_model(best_dir, cfg.tracking.register_model or cfg.name)
+        model_uri = tracker.log_model(best_dir, cfg.tracking.register_model or cfg.name,
+                                      example=input_example(plan, payload["quantity"], cfg.model.kind == "fclstm"))
     if say is not None:
         for f in files:
             say(f"[convlstm-dist] wrote {f}")

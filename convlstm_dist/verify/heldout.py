@@ -331,7 +331,7 @@ def _train_and_score(folds, cfgs, wd, budget_s, device, baselines, crop, max_win
         say(f"[skill-report] {f.label} -> training run '{cfg.run.name}'")
         out = train_local(cfg, wd, device=device, time_budget_s=budget_s, progress=progress)
         if out.checkpoint is None:
-            raise UserError(f"fold {f.index}: training wrote no checkpoint (stopped: {out.stopped}); raise --budget-s")
+            raise UserError(f"fold {f.index}: training wrote no checkpoint (stopped: {out.stopped}); raise --time-budget")
         nc = Nowcaster.load(str(out.checkpoint), None, wd)
         fold_runs.append({"fold": f.index, "run": cfg.run.name, "checkpoint": str(out.checkpoint),
                           "model_uri": out.model_uri, "stopped": out.stopped,

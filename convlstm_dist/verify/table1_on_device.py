@@ -1,8 +1,8 @@
 """Table 1 of Shi et al. (2015) on one device: the six Moving MNIST models one after another, each
 alone on the device at full speed, within one time budget, data generated on the device.
 
-    convlstm-dist table1 --out DIR --budget-s 540 [--device cuda]
-    convlstm-dist table1 --out DIR --budget-s 120 --device cpu --dry-run
+    convlstm-dist table1 --out DIR --time-budget 540 [--device cuda]
+    convlstm-dist table1 --out DIR --time-budget 120 --device cpu --dry-run
 
 :func:`run_table1_on_device` runs it from :class:`Table1Options` (the command's options). The other
 way to the same table, from ``train --local`` runs made one by one, is :mod:`.table1_from_runs`.
@@ -18,7 +18,7 @@ way to the same table, from ``train --local`` runs made one by one, is :mod:`.ta
   averaged over sequences, by :func:`sequence_cross_entropy`: the forward runs under the training
   autocast, the logits are cast to float32 before the loss, per-sequence sums are accumulated in
   float64. ``--fp32-test`` also scores the test set with a full float32 forward.
-* Time: ``--budget-s`` covers the whole run (set-up, every model's training, validation and test,
+* Time: ``--time-budget`` covers the whole run (set-up, every model's training, validation and test,
   reports). Each model gets an equal share (or ``--weight NAME=W`` times one) of what is left
   when it starts, so time one model leaves unused goes to the next. Inside its share a model trains until only the (measured)
   time of its final validation and test is left; validation runs ``--val-points`` times.

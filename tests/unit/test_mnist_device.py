@@ -188,7 +188,7 @@ def test_share_weights_and_ranking_helpers():
 
 
 def test_dry_run_of_one_model_writes_the_report(tmp_path):
-    rc = main(["table1", "--out", str(tmp_path), "--budget-s", "60", "--device", "cpu", "--dry-run",
+    rc = main(["table1", "--out", str(tmp_path), "--time-budget", "60", "--device", "cpu", "--dry-run",
                "--models", "5x5-128-64-64", "--val-n", "2", "--test-n", "2", "--eval-batch", "2",
                "--max-steps", "1"])
     assert rc == 0

@@ -110,18 +110,19 @@ def test_mlflow_model_is_state_dict_and_loads_safely(tmp_path):
     model_uri = tracker.log_model(ckpt.parent, "tiny")
     assert model_uri == "models:/tiny/1"
     assert tracker.log_model(ckpt.parent, "tiny") == "models:/tiny/1"   # a rerun does not register again
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    files = {f.path for f in client.list_artifacts(tracker.run_id, "model")}
-    assert files == {"model/checkpoint.pt", "model/MLmodel"}
-    local = client.download_artifacts(tracker.run_id, "model/checkpoint.pt", str(tmp_path / "dl"))
-    torch.load(local, weights_only=True)                                # plain data, no pickled module
+    mlflow.set_tracking_uri(uri)
+    root = Path(mlflow.artifacts.download_artifacts("models:/tiny/1", dst_path=str(tmp_path / "dl")))
+    files = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "code" not in p.parts}
+    assert {"MLmodel", "artifacts/checkpoint.pt", "artifacts/recipe.yaml", "pyfunc_model.py",
+            "requirements.txt"} <= files, files
+    assert not [f for f in files if f.endswith((".pkl", ".pth", ".cloudpickle"))], files   # nothing pickled
+    torch.load(root / "artifacts" / "checkpoint.pt", weights_only=True)  # plain data, no pickled module
     nc = Nowcaster.load("models:/tiny/1", tracking_uri=uri)
     assert nc.info["run_id"] == tracker.run_id and nc.in_len == 3 and nc.quantity == "rain_norm"
     assert Nowcaster.load("tiny", tracking_uri=uri).info["model_uri"] == "models:/tiny/1"
 
     # A model logged the old way (a pickled torch module) is refused without --trust-model.
     legacy, _ = Tracker.start_or_resume(uri, "safety", "run-legacy")
-    mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=legacy.run_id):
         mlflow.pytorch.log_model(nc.model, name="model", serialization_format="pickle",
                                  registered_model_name="legacy")

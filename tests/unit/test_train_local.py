@@ -83,7 +83,7 @@ def test_nan_loss_stops_and_cli_exits_3(archive, tmp_path, monkeypatch, capsys):
 
 
 def test_refusals_are_clear(archive, tmp_path):
-    with pytest.raises(UserError, match="--max-memory-gb"):
+    with pytest.raises(UserError, match="--memory-limit-gb"):
         train_local(cfg_for(archive), tmp_path, device="cpu", max_memory_gb=1e-6, progress=False)
     with pytest.raises(UserError, match="CUDA"):
         train_local(cfg_for(archive), tmp_path, device="cpu", cuda_graph=True, progress=False)
