@@ -221,6 +221,10 @@ class TrackingConfig(_Strict):
     experiment: str | None = Field(None, description="default: the recipe name")
     register_model: str | None = Field(None, description="registered model name; default the recipe name")
     enabled: bool = True
+    outage_wait_s: float = Field(300.0, ge=0, description="a tracking server that went away during training: how "
+                                                          "long the end of the run waits for it before keeping the "
+                                                          "run's metrics, report and model in <workdir>/mlflow-outbox "
+                                                          "(upload later with convlstm-dist mlflow-upload)")
 
 
 class Config(_Strict):
