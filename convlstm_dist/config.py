@@ -128,6 +128,12 @@ class DataConfig(_Strict):
                             "data.memory_limit_gb, else stream. train --local always holds them in memory")
     memory_limit_gb: float = Field(2.0, gt=0, description="data.loader auto: largest frame footprint (GiB, per "
                                                            "worker) held in memory")
+    read_retries: int = Field(6, ge=0, description="data.loader stream: how often a read task retries a read while the "
+                                                    "S3 store cannot be reached (connection refused or reset, "
+                                                    "timeout, 502/503), waiting 1, 2, 4, 8, 15, 15, ... s between "
+                                                    "tries (6: an outage of ~45 s is ridden out); 0: fail at once. "
+                                                    "Past it the run fails over to its last checkpoint "
+                                                    "(run.max_failures), then stops with the endpoint and the key")
     augment: bool = Field(False, description="training crops get one of the 8 flips/rotations of the square "
                                              "(the same for every frame of a window); validation never")
     # Moving MNIST (generated): sequences per split
@@ -218,6 +224,10 @@ class TrackingConfig(_Strict):
     experiment: str | None = Field(None, description="default: the recipe name")
     register_model: str | None = Field(None, description="registered model name; default the recipe name")
     enabled: bool = True
+    outage_wait_s: float = Field(300.0, ge=0, description="a tracking server that went away during training: how "
+                                                          "long the end of the run waits for it before keeping the "
+                                                          "run's metrics, report and model in <workdir>/mlflow-outbox "
+                                                          "(upload later with convlstm-dist mlflow-upload)")
 
 
 class Config(_Strict):

@@ -85,6 +85,7 @@ class SeaweedServer:
         self.ro = S3Credentials("ro-" + uuid.uuid4().hex[:12], uuid.uuid4().hex)
         self.proc: subprocess.Popen | None = None
         self.endpoint_url = ""
+        self.ports: list[int] | None = None  # kept across stop()/start(): a restart keeps the endpoint
 
     def start(self, timeout_s: float | None = None) -> "SeaweedServer":
         """Start `weed mini` and wait until the bucket answers (deadline: `startup_timeout_s()`)."""
@@ -99,13 +100,15 @@ class SeaweedServer:
         ]}
         cfg = self.workdir / "identities.json"
         cfg.write_text(json.dumps(ident))
-        master, volume, filer, s3, admin = _free_ports(5)
+        if self.ports is None:
+            self.ports = _free_ports(5)
+        master, volume, filer, s3, admin = self.ports
         self.endpoint_url = f"http://127.0.0.1:{s3}"
         cmd = [self.weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
                f"-s3.port={s3}", f"-admin.port={admin}", f"-s3.config={cfg}",
                "-webdav=false", "-admin.ui=false"]
-        self._log = open(self.workdir / "weed.log", "wb")
+        self._log = open(self.workdir / "weed.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         try:
@@ -150,7 +153,9 @@ class SeaweedServer:
         raise TimeoutError(f"SeaweedFS not ready after {time.monotonic() - t0:.0f} s (limit {timeout_s:.0f} s, "
                            f"{STARTUP_TIMEOUT_ENV} raises it): {last}; log tail:\n{self._log_tail()}")
 
-    def stop(self) -> None:
+    def stop(self, keep_data: bool = False) -> None:
+        """Stop the server; ``keep_data``: keep its folder (and ports) so that ``start()`` restarts the
+        same store at the same endpoint with the same keys (a fault test's outage)."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -161,7 +166,7 @@ class SeaweedServer:
         self.proc = None
         if getattr(self, "_log", None):
             self._log.close()
-        if self._own_dir:
+        if self._own_dir and not keep_data:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self):

@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "convlstm_dist.commands.data_check",
     "convlstm_dist.commands.describe",
     "convlstm_dist.commands.evaluate",
+    "convlstm_dist.commands.mlflow_upload",
     "convlstm_dist.commands.skill_report",
     "convlstm_dist.commands.table1",
     "convlstm_dist.commands.serve",

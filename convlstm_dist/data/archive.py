@@ -140,15 +140,27 @@ def consolidate(url: str, storage_options: dict | None = None) -> None:
 
 WRITE_STEPS = ("data-resize", "data", "stats", "time-resize", "time", "commit")
 FAULT_ENV = "CONVLSTM_FAULT_APPEND"
+HOLD_ENV = "CONVLSTM_FAULT_APPEND_HOLD"
 
 
 def _fault(step: str) -> None:
     """Fault injection for crash tests: ``CONVLSTM_FAULT_APPEND=<step>`` SIGKILLs this process just
-    before ``step`` (one of WRITE_STEPS) of an append. Unset (always, outside tests): nothing."""
-    if os.environ.get(FAULT_ENV) == step:
-        import signal
+    before ``step`` (one of WRITE_STEPS) of an append; ``CONVLSTM_FAULT_APPEND_HOLD=<step>`` stops
+    there instead (a line on stderr, then sleeps with the lock held) until the test kills or lets
+    it go (SIGUSR1 resumes). Unset (always, outside tests): nothing."""
+    import signal
 
+    if os.environ.get(FAULT_ENV) == step:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(HOLD_ENV) == step:
+        import sys
+        import threading
+
+        go = threading.Event()
+        signal.signal(signal.SIGUSR1, lambda *_: go.set())
+        print(f"fault: process {os.getpid()} holds the write lock before step {step!r}", file=sys.stderr, flush=True)
+        while not go.wait(0.2):
+            pass
 
 
 def committed_length(url: str, storage_options: dict | None = None) -> int:

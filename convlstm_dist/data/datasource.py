@@ -23,6 +23,9 @@ archive (``convlstm_dist.data.archive``) on local disk or ``s3://`` through Ray'
 
 from __future__ import annotations
 
+import copy
+import time
+
 import numpy as np
 import ray
 from ray.data import Datasource, ReadTask
@@ -72,10 +75,66 @@ def _current_epoch(clock_name: str | None, fixed_epoch: int) -> int:
     return int(ray.get(ray.get_actor(clock_name).get.remote()))
 
 
+DEFAULT_READ_RETRIES = 6
+MAX_BACKOFF_S = 15.0
+
+
+def retry_delays(retries: int) -> list[float]:
+    """The waits between the tries of a read: 1, 2, 4, 8, 15, 15, ... s (6 retries: 45 s in all)."""
+    return [min(MAX_BACKOFF_S, 2.0 ** i) for i in range(max(0, int(retries)))]
+
+
+def _note(notes_name: str | None, line: str) -> None:
+    """A line for the run's log: the worker's log (stderr) and, in training, the driver's terminal
+    (through the run's :class:`EpochClock`)."""
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
+    if notes_name is not None:
+        try:
+            ray.get(ray.get_actor(notes_name).note_line.remote(line), timeout=10)
+        except Exception:  # noqa: BLE001 - a log line must never fail a read
+            pass
+
+
+def read_with_retries(read, what: str, retries: int = DEFAULT_READ_RETRIES, notes_name: str | None = None,
+                      sleep=time.sleep):
+    """``read()``, retried with backoff (:func:`retry_delays`) while the store cannot be reached (a
+    ``UserError`` marked ``transient`` by ``storage.storage_error``: connection refused or reset,
+    timeout, 502/503). Other errors (a wrong key, a missing object) fail at once. Each retry and a
+    recovery are noted in the run's log; past the budget the error names the endpoint, the key and
+    the frames, and says how to allow a longer outage (``data.read_retries``)."""
+    from convlstm_dist.errors import UserError
+
+    t0 = time.monotonic()
+    delays = retry_delays(retries)
+    for attempt in range(len(delays) + 1):
+        try:
+            out = read()
+        except UserError as exc:
+            if not getattr(exc, "transient", False):
+                raise
+            key = getattr(exc, "key", None) or what
+            if attempt == len(delays):
+                raise UserError(f"cannot reach the storage endpoint {getattr(exc, 'endpoint', '?')} while reading "
+                                f"{what} (key {key}): still unreachable after {attempt + 1} tries over "
+                                f"{time.monotonic() - t0:.0f} s; check that the S3 server is running, or let runs "
+                                f"ride out longer outages with a larger data.read_retries (now {retries})") from None
+            _note(notes_name, f"[data] storage unreachable while reading {what} (key {key}): "
+                              f"retry {attempt + 1}/{len(delays)} in {delays[attempt]:g} s")
+            sleep(delays[attempt])
+            continue
+        if attempt:
+            _note(notes_name, f"[data] storage answered again: read {what} after {attempt + 1} tries "
+                              f"({time.monotonic() - t0:.0f} s)")
+        return out
+
+
 def _read_task_fn(sources, slot, in_len, out_len, crop, seed, shuffle, clock_name, fixed_epoch, cpw,
-                  augment=False, compact=False):
+                  augment=False, compact=False, read_retries=DEFAULT_READ_RETRIES, notes_name=None):
     """Read task ``slot``: at run time it looks up the epoch, draws the epoch's units (chunk groups of
-    every archive, weighted; :mod:`convlstm_dist.data.mix`) and reads unit number ``slot``."""
+    every archive, weighted; :mod:`convlstm_dist.data.mix`) and reads unit number ``slot`` (retrying
+    while the store is unreachable: :func:`read_with_retries`)."""
     def fn():
         from convlstm_dist.data.mix import epoch_units
 
@@ -83,8 +142,12 @@ def _read_task_fn(sources, slot, in_len, out_len, crop, seed, shuffle, clock_nam
         units = epoch_units([len(s[1]) for s in sources], [s[2] for s in sources], seed, epoch, shuffle)
         i, g, r = (int(v) for v in units[slot])
         archive, groups, _ = sources[i]
-        batch = read_windows(archive, groups[g], in_len, out_len, crop, seed, epoch, cpw, augment, compact=compact,
-                             draw_offset=r * cpw)
+        starts = groups[g]
+        lo, hi = int(min(starts)), int(max(starts)) + in_len + out_len
+        batch = read_with_retries(
+            lambda: read_windows(copy.copy(archive), starts, in_len, out_len, crop, seed, epoch, cpw, augment,
+                                 compact=compact, draw_offset=r * cpw),
+            f"frames {lo}..{hi - 1} of {archive.url}", read_retries, notes_name)
         batch["src"] = np.full(len(batch["t0"]), i, dtype=np.int16)
         return [BlockAccessor.batch_to_block(batch)]
 
@@ -100,8 +163,10 @@ class WindowDatasource(Datasource):
     the level of chunk groups (``mix.epoch_units``); validation reads every window once."""
 
     def __init__(self, archive=None, starts=None, in_len=1, out_len=1, crop=None, seed=0, shuffle=False,
-                 clock_name=None, fixed_epoch=0, crops_per_window=1, augment=False, compact=False, sources=None):
+                 clock_name=None, fixed_epoch=0, crops_per_window=1, augment=False, compact=False, sources=None,
+                 read_retries=DEFAULT_READ_RETRIES, notes_name=None):
         super().__init__()
+        self.read_retries, self.notes_name = int(read_retries), notes_name if notes_name is not None else clock_name
         if sources is None:
             sources = [(archive, starts, 1.0)]
         self.augment, self.compact = augment, compact
@@ -143,21 +208,26 @@ class WindowDatasource(Datasource):
             rows = rows_of[slot] if not self.shuffle else mean_rows
             meta = BlockMetadata(num_rows=rows, size_bytes=rows * row_bytes, input_files=None, exec_stats=None)
             fn = _read_task_fn(self.sources, slot, self.in_len, self.out_len, self.crop, self.seed, self.shuffle,
-                               self.clock_name, self.fixed_epoch, self.cpw, self.augment, self.compact)
+                               self.clock_name, self.fixed_epoch, self.cpw, self.augment, self.compact,
+                               self.read_retries, self.notes_name)
             tasks.append(ReadTask(fn, meta, per_task_row_limit=per_task_row_limit))
         return tasks
 
 
 def window_dataset(archive, starts, in_len, out_len, crop=None, seed=0, shuffle=False, clock_name=None,
-                   fixed_epoch=0, crops_per_window=1, augment=False, compact=False, sources=None):
+                   fixed_epoch=0, crops_per_window=1, augment=False, compact=False, sources=None,
+                   read_retries=DEFAULT_READ_RETRIES, notes_name=None):
     """A ``ray.data.Dataset`` of training windows (rows as in the module docstring plus ``src``;
     ``compact``: float16 values and a uint8 mask, see ``samples.cut_windows``). Several archives:
-    ``sources=[(archive, starts, weight), ...]`` (``archive``/``starts`` then ignored)."""
+    ``sources=[(archive, starts, weight), ...]`` (``archive``/``starts`` then ignored).
+    ``read_retries``: retries of a read while the store is unreachable (:func:`read_with_retries`);
+    ``notes_name``: the run's :class:`EpochClock` that gets those log lines (default ``clock_name``)."""
     if sources is None:
         sources = [(archive, starts, 1.0)]
     if sum(len(st) for _, st, _ in sources) == 0:
         raise ValueError("no windows to read: the split is empty (check data.split and the archive's time range)")
     src = WindowDatasource(in_len=in_len, out_len=out_len, crop=crop, seed=seed, shuffle=shuffle,
                            clock_name=clock_name, fixed_epoch=fixed_epoch, crops_per_window=crops_per_window,
-                           augment=augment, compact=compact, sources=sources)
+                           augment=augment, compact=compact, sources=sources, read_retries=read_retries,
+                           notes_name=notes_name)
     return ray.data.read_datasource(src, override_num_blocks=max(1, len(src._units())))

@@ -14,6 +14,10 @@ frames. What is never possible is both reading the same length and overwriting e
   ``STALE_S`` seconds of its *own* clock (no cross-host clock comparison) treats the holder as dead,
   deletes the lock and competes for it again. Before committing, the holder checks that the lock
   object is still its own (:meth:`WriterLock.verify`) and refuses to commit otherwise.
+  A lease held by a live process is never taken: the lock object names its holder (host, boot id,
+  pid and the pid's start time), and a waiter on the same machine that finds that process still
+  running keeps waiting however late its heartbeat is (a stopped or swapped-out writer). Holders on
+  other machines cannot be checked; for them the unrenewed ETag is the only sign of death.
 """
 
 from __future__ import annotations
@@ -39,9 +43,36 @@ def lock_url(archive_url: str) -> str:
     return str(archive_url).rstrip("/") + ".lock"
 
 
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat field 22): with the boot
+    id it tells a live holder from a later process that reuses its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
 def _holder() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex,
-            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "boot": _boot_id(),
+            "start": _start_ticks(os.getpid())}
+
+
+def holder_alive(info: dict | None) -> bool | None:
+    """True: the holder is a running process on this machine; False: it ran here and is gone;
+    None: it cannot be told from here (another machine, or a holder that did not record its start)."""
+    if not info or info.get("host") != socket.gethostname() or not info.get("boot") \
+            or info.get("boot") != _boot_id() or not info.get("start"):
+        return None
+    return _start_ticks(int(info.get("pid") or 0)) == info["start"]
 
 
 def _describe(info: dict | None) -> str:
@@ -173,7 +204,7 @@ def _acquire_object(archive_url: str, storage_options: dict | None, timeout_s: f
     info = _holder()
     deadline = time.monotonic() + timeout_s
     seen: tuple[str | None, float] | None = None  # (etag of the holder's object, first seen at)
-    waited = False
+    waited = live_noted = False
     while True:
         try:
             fs.pipe_file(path, json.dumps(info).encode(), mode="create")
@@ -192,8 +223,15 @@ def _acquire_object(archive_url: str, storage_options: dict | None, timeout_s: f
         now = time.monotonic()
         if seen is None or seen[0] != etag:
             seen = (etag, now)
+        elif now - seen[1] >= STALE_S and holder_alive(holder):
+            if not live_noted:  # a live writer whose heartbeat is late (stopped, swapped out): never taken
+                print(f"the write lock on {archive_url} has not been renewed for {STALE_S:.0f} s, but its holder "
+                      f"{_describe(holder)} is still running on this machine: waiting for it, not taking over",
+                      flush=True)
+                live_noted = True
         elif now - seen[1] >= STALE_S:
-            print(f"the write lock on {archive_url} held by {_describe(holder)} has not been renewed "
+            gone = " (no longer running on this machine)" if holder_alive(holder) is False else ""
+            print(f"the write lock on {archive_url} held by {_describe(holder)}{gone} has not been renewed "
                   f"for {STALE_S:.0f} s: treating that writer as dead and taking over", flush=True)
             try:
                 fs.rm_file(path)

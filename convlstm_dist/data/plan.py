@@ -326,9 +326,15 @@ class DataPlan:
             out[s] = MultiMemorySplit(parts, [src.weight for src in self.sources])
         return out
 
-    def datasets(self, seed: int, clock_name: str | None, crops_per_window: int = 1, augment: bool = False) -> dict:
-        """``{"train", "val"}`` Ray datasets of compact rows (+ ``src``); training weighted and reshuffled per epoch."""
-        from convlstm_dist.data.datasource import window_dataset
+    def datasets(self, seed: int, clock_name: str | None, crops_per_window: int = 1, augment: bool = False,
+                 read_retries: int | None = None) -> dict:
+        """``{"train", "val"}`` Ray datasets of compact rows (+ ``src``); training weighted and reshuffled per epoch.
+        ``read_retries``: see ``datasource.read_with_retries`` (None: its default); retries of both
+        datasets are noted on ``clock_name``'s clock."""
+        from convlstm_dist.data.datasource import DEFAULT_READ_RETRIES, window_dataset
+
+        retry = {"read_retries": DEFAULT_READ_RETRIES if read_retries is None else int(read_retries),
+                 "notes_name": clock_name}
 
         def sources(split, weighted):
             return [(src.archives[split], src.starts[split], src.weight if weighted else 1.0) for src in self.sources]
@@ -336,7 +342,7 @@ class DataPlan:
         return {
             "train": window_dataset(None, None, self.in_len, self.out_len, self.crop, seed=seed, shuffle=True,
                                     clock_name=clock_name, crops_per_window=crops_per_window, augment=augment,
-                                    compact=True, sources=sources("train", True)),
+                                    compact=True, sources=sources("train", True), **retry),
             "val": window_dataset(None, None, self.in_len, self.out_len, self.crop, seed=seed + 10_000,
-                                  shuffle=False, fixed_epoch=0, compact=True, sources=sources("val", False)),
+                                  shuffle=False, fixed_epoch=0, compact=True, sources=sources("val", False), **retry),
         }

@@ -154,17 +154,48 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
+UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionRefusedError",
+               "ServerDisconnectedError", "ConnectionError", "ReadTimeoutError", "TimeoutError",
+               "ConnectionResetError", "ClientOSError", "ServerTimeoutError", "FSTimeoutError"}
+SERVER_BUSY = ("ServiceUnavailable", "SlowDown", "InternalError", "503 Service", "502 Bad Gateway")
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) says the store could not be reached or was busy -- an outage
+    that may end (connection refused/reset, timeout, 502/503) -- rather than a wrong key or a
+    missing object."""
+    names = {type(e).__name__ for e in _chain(exc)}
+    texts = " ".join(str(e) for e in _chain(exc))
+    return bool(names & UNREACHABLE) or any(code in texts for code in SERVER_BUSY)
+
+
+def failed_key(exc: BaseException, options: dict | None = None) -> str | None:
+    """The object key a failed request was for, when the client's message names it
+    (botocore: ``Could not connect to the endpoint URL: "http://host:port/bucket/key"``)."""
+    import re
+
+    endpoint = endpoint_of(options).rstrip("/")
+    for e in _chain(exc):
+        m = re.search(r'endpoint URL: "([^"]+)"', str(e))
+        if m:
+            key = m.group(1)
+            key = key[len(endpoint):] if key.startswith(endpoint) else key
+            return scrub(key.split("?", 1)[0].lstrip("/"), options)
+    return None
+
+
 def storage_error(url: str, options: dict | None, exc: BaseException, action: str = "read") -> UserError:
     """Translate a storage exception into a UserError naming the URL and what to check."""
     names = {type(e).__name__ for e in _chain(exc)}
     texts = " ".join(str(e) for e in _chain(exc))
     detail = scrub(f"{type(exc).__name__}: {exc}", options)[:300]
-    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
-                "ConnectionRefusedError", "ServerDisconnectedError", "ConnectionError",
-                "ReadTimeoutError", "TimeoutError"}:
-        return UserError(f"cannot reach the storage endpoint {endpoint_of(options)} for {url}: "
-                         "check --endpoint-url / AWS_ENDPOINT_URL and that the server is running "
-                         f"({detail})")
+    if is_unreachable(exc):
+        err = UserError(f"cannot reach the storage endpoint {endpoint_of(options)} for {url}: "
+                        "check --endpoint-url / AWS_ENDPOINT_URL and that the server is running "
+                        f"({detail})")
+        err.transient = True  # the store may come back: readers retry these (datasource.read_with_retries)
+        err.key, err.endpoint = failed_key(exc, options), endpoint_of(options)
+        return err
     if "NoCredentialsError" in names or "Unable to locate credentials" in texts:
         return UserError(f"no S3 credentials for {url}: set AWS_ACCESS_KEY_ID and "
                          "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")

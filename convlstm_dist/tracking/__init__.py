@@ -19,6 +19,7 @@ def mlflow_available() -> bool:
 _PUBLIC = {
     "mlflow_tracker": ["Tracker", "check_reachable"],
     "models": ["load_mlflow_model"],
+    "outbox": ["upload_command", "upload_outbox", "write_outbox"],
     "server": ["MlflowServer"],
 }
 __all__ = ["mlflow_available", *(name for names in _PUBLIC.values() for name in names)]

@@ -101,11 +101,96 @@ def safe_params(flat: dict[str, Any]) -> dict[str, str]:
 
 
 class Tracker:
-    """A handle on one MLflow run, usable from the driver and from rank 0 (by ``run_id``)."""
+    """A handle on one MLflow run, usable from the driver and from rank 0 (by ``run_id``).
+
+    **Outages of a tracking server.** MLflow's client retries a failed request with backoff for
+    ~4 minutes (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``), which would hold training still for as long,
+    and then raise. Per-epoch metrics therefore go through :meth:`log_epoch`: when the server does
+    not answer ``/health`` (a quick probe) they are kept in memory and sent, in epoch order, with
+    the first epoch after it is back. At the end of a run the driver waits for the server
+    (:meth:`wait_reachable`), sends the epochs it lacks from the checkpoint's history
+    (:meth:`send_missing`), or, if it never returns, keeps everything in an outbox file in the
+    workdir (``tracking/outbox.py``) for ``convlstm-dist mlflow-upload``.
+    """
 
     def __init__(self, uri: str, run_id: str):
         self.uri, self.run_id = uri, run_id
         self._client = None
+        self.pending: list[tuple[int, dict]] = []  # epochs kept while the server was unreachable
+        self.offline = False  # set by the driver when the server did not come back: skip end()
+
+    def reachable(self, timeout_s: float = 3.0) -> bool:
+        """Whether the tracking server answers ``/health`` now (a local store: always)."""
+        if not self.uri.startswith(("http://", "https://")):
+            return True
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def wait_reachable(self, timeout_s: float, say=None, poll_s: float = 2.0) -> bool:
+        """Wait up to ``timeout_s`` for the server to answer; says once that it waits."""
+        import time
+
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        if self.reachable():
+            return True
+        if say is not None:
+            say(f"[mlflow] tracking server {self.uri} does not answer: waiting up to {timeout_s:.0f} s for it "
+                "(tracking.outage_wait_s)")
+        while time.monotonic() < deadline:
+            time.sleep(poll_s)
+            if self.reachable():
+                return True
+        return False
+
+    def log_epoch(self, metrics: dict[str, float], step: int) -> str | None:
+        """One epoch's metrics, never blocking training on an unreachable server: sent now (with any
+        epochs kept before, in order), or kept for later. Returns a line for the log when epochs were
+        kept or sent late, else None."""
+        self.pending.append((int(step), dict(metrics)))
+        if not self.reachable():
+            return (f"[mlflow] tracking server {self.uri} unreachable: metrics of epoch(s) "
+                    f"{', '.join(str(s) for s, _ in self.pending)} kept; they are sent when it answers again")
+        late = len(self.pending) - 1
+        try:
+            self.flush()
+        except Exception as exc:  # noqa: BLE001 - an outage must not stop training
+            return (f"[mlflow] sending epoch(s) {', '.join(str(s) for s, _ in self.pending)} to {self.uri} failed "
+                    f"({type(exc).__name__}); kept, sent with the next epoch")
+        return f"[mlflow] tracking server {self.uri} answers again: sent {late} kept epoch(s)" if late else None
+
+    def flush(self) -> int:
+        """Send the kept epochs (oldest first; an epoch the run already has is not sent twice)."""
+        if not self.pending:
+            return 0
+        have = {int(s) for s, _ in self.metric_history("val_loss")} if len(self.pending) > 1 else set()
+        n = 0
+        while self.pending:
+            step, metrics = self.pending[0]
+            if step not in have:
+                self.log_metrics(metrics, step)
+                n += 1
+            self.pending.pop(0)
+        return n
+
+    def send_missing(self, history: list[dict]) -> list[int]:
+        """Log every epoch of ``history`` (a checkpoint's per-epoch metrics, each with ``epoch``) that
+        this run does not have yet; returns those epochs."""
+        have = {int(s) for s, _ in self.metric_history("val_loss")}
+        sent = []
+        for m in history:
+            step = int(m.get("epoch") or 0)
+            if step and step not in have:
+                self.log_metrics(m, step)
+                have.add(step)
+                sent.append(step)
+        self.pending.clear()
+        return sent
 
     @property
     def client(self):
@@ -282,6 +367,8 @@ class Tracker:
             return []
 
     def end(self, status: str = "FINISHED") -> None:
+        if self.offline:  # the outbox records the status (tracking/outbox.py)
+            return
         self.client.set_terminated(self.run_id, status=status)
 
     def metric_history(self, key: str) -> list[tuple[int, float]]:

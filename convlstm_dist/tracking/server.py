@@ -221,7 +221,11 @@ class MlflowServer:
 
 
 def _port_free(port: int, host: str = HOST) -> bool:
+    """Whether a server could listen on ``port`` now. SO_REUSEADDR as the server itself sets it: the
+    closed connections of a server just stopped (TIME_WAIT) do not make its port look taken, so a
+    restart on the same port works at once; a listening socket still does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

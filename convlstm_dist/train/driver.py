@@ -136,7 +136,7 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
             callbacks=callbacks or [],
         ),
         datasets=None if memory else plan.datasets(cfg.data.seed, clock_name, cfg.data.crops_per_window,
-                                                   cfg.data.augment),
+                                                   cfg.data.augment, cfg.data.read_retries),
         dataset_config=None if memory else ray.train.DataConfig(datasets_to_split=["train"]),
     )
 
@@ -178,7 +178,7 @@ def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = 
             say(f"[convlstm-dist] MLflow {'resumed' if resumed else 'new'} run {tracker.run_id} at {res.tracking_uri}")
         out = _fit_and_report(cfg, plan, res, tracker, say, progress, own_ray, version, init)
     except BaseException as exc:  # never leave the MLflow run RUNNING
-        if tracker:
+        if tracker and tracker.reachable():  # an absent server would hold this exit for MLflow's retries
             try:
                 tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             except Exception:  # noqa: BLE001 - the original error matters more
@@ -220,17 +220,59 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
     best = result.get_best_checkpoint(cfg.run.checkpoint_metric, "min") if result.best_checkpoints else None
     ckpt = best or result.checkpoint
     metrics = dict(result.metrics or {})
-    history = []
+    history, full = [], []
     if tracker:
-        history = [{"epoch": s, "val_loss": v} for s, v in tracker.metric_history("val_loss")]
+        history, full = _reconcile_tracking(cfg, tracker, result.checkpoint, say)
     if stopped:
         say(f"[convlstm-dist] STOPPED: {stopped}")
     say(f"[convlstm-dist] training finished in {time.time() - t0:.0f} s")
     out = TrainOutcome(res.run_name, ckpt.path if ckpt else None, metrics, tracker.run_id if tracker else None,
                        res.tracking_uri, history, stopped=stopped)
     if ckpt is not None:
-        _final_report(cfg, plan, ckpt, tracker, out, res.workdir, progress)
+        _final_report(cfg, plan, ckpt, tracker, out, res.workdir, progress, res.run_name, full)
+    elif tracker is not None and tracker.offline:
+        _keep_in_outbox(cfg, tracker, res.workdir, res.run_name, [], None, {}, 0, bool(stopped), say, full)
     return out
+
+
+def _checkpoint_history(ckpt) -> list[dict]:
+    """Every epoch's metrics, as the checkpoint's training state keeps them."""
+    from convlstm_dist.checkpoint import read_checkpoint
+
+    if ckpt is None:
+        return []
+    with ckpt.as_directory() as d:
+        return list(read_checkpoint(d)["train"].get("history") or [])
+
+
+def _reconcile_tracking(cfg: Config, tracker, latest, say) -> tuple[list[dict], list[dict]]:
+    """After ``fit()``: make the MLflow run hold every epoch once. Epochs that rank 0 kept while the
+    tracking server was away (or lost with a restarted worker) are sent from the latest checkpoint's
+    history; a server that is still away is waited for ``tracking.outage_wait_s``, after which the
+    run goes on offline (``tracker.offline``: the final report keeps everything in the outbox).
+    Returns the ``val_loss`` history ``[{"epoch", "val_loss"}]`` and the checkpoint's full history."""
+    history = _checkpoint_history(latest)
+    if not tracker.wait_reachable(cfg.tracking.outage_wait_s, say):
+        tracker.offline = True
+        say(f"[mlflow] tracking server {tracker.uri} did not come back within {cfg.tracking.outage_wait_s:g} s: "
+            "training results stay in the workdir (see below)")
+        return [{"epoch": int(m["epoch"]), "val_loss": m["val_loss"]} for m in history if "val_loss" in m], history
+    sent = tracker.send_missing(history)
+    if sent:
+        say(f"[mlflow] sent the metrics of epoch(s) {', '.join(map(str, sent))} that did not reach "
+            f"{tracker.uri} during training")
+    return [{"epoch": s, "val_loss": v} for s, v in tracker.metric_history("val_loss")], history
+
+
+def _keep_in_outbox(cfg: Config, tracker, workdir: Path, run_name: str, files, model_dir, test: dict,
+                    test_step: int, stopped: bool, say, history: list[dict] | None = None) -> None:
+    from convlstm_dist.tracking.outbox import upload_command, write_outbox
+
+    path = write_outbox(workdir, run_name, tracker, history or [], files, model_dir,
+                        cfg.tracking.register_model or cfg.name, "FAILED" if stopped else "FINISHED", test, test_step)
+    say(f"[mlflow] kept for MLflow run {tracker.run_id}: {len(history or [])} epoch(s) of metrics, "
+        f"{len(files)} report file(s){' and the model' if model_dir else ''} in {path}; when {tracker.uri} is "
+        f"back, upload them with: {upload_command(path)}")
 
 
 @contextmanager
@@ -269,14 +311,24 @@ def _progress_lines(clock, say, every_s: float = 0.5):
         pump()
 
 
-def _final_report(cfg, plan, ckpt, tracker, out: TrainOutcome, workdir: Path, progress: bool) -> None:
-    """Skill table (CSV + plot) of the best checkpoint, a forecast figure, the model in MLflow."""
-    from convlstm_dist.checkpoint import load_model
+def _final_report(cfg, plan, ckpt, tracker, out: TrainOutcome, workdir: Path, progress: bool,
+                  run_name: str = "", full_history: list[dict] | None = None) -> None:
+    """Skill table (CSV + plot) of the best checkpoint, a forecast figure, the model in MLflow (or,
+    with the tracking server gone, all of it in the workdir's outbox: ``tracking/outbox.py``)."""
+    from convlstm_dist.checkpoint import load_model, slim_checkpoint
     from convlstm_dist.train.report import final_report
 
     with ckpt.as_directory() as d:
         model, _, payload = load_model(d)
     out.metrics.setdefault("best_epoch", payload["train"].get("epoch"))
     report_dir = Path(tempfile.mkdtemp(prefix="report-", dir=workdir))
-    _, out.model_uri, test = final_report(cfg, plan, model, payload, report_dir, tracker, print if progress else None)
+    offline = tracker is not None and tracker.offline
+    say = print if progress else None
+    files, out.model_uri, test = final_report(cfg, plan, model, payload, report_dir, None if offline else tracker, say)
     out.metrics.update(test)
+    if offline:
+        model_dir = slim_checkpoint(payload, report_dir / "best-model").parent
+        # every epoch: the latest checkpoint's history (the best one may be older)
+        _keep_in_outbox(cfg, tracker, workdir, run_name or out.run_name, files, model_dir, test,
+                        int(payload["train"].get("epoch") or 0), bool(out.stopped),
+                        say or (lambda *a, **k: None), full_history)

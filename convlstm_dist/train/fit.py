@@ -18,7 +18,9 @@ epoch's metrics. Everything a run needs to continue is one :class:`TrainState`.
 * **MLflow.** Rank 0 logs each epoch's metrics at step ``epoch`` *before* the checkpoint/report
   (a Tune trial stopped at a report never returns from it). Epochs the MLflow run already has are
   not logged again, and an epoch that was checkpointed but never reached MLflow (a crash between
-  the two) is logged from the checkpoint on resume: every epoch's metrics exactly once.
+  the two) is logged from the checkpoint on resume: every epoch's metrics exactly once. While
+  the tracking server is unreachable, epochs are kept and sent once it answers
+  (``Tracker.log_epoch``); training does not wait for it.
 * **NaN guard.** Checked on the device at every step (``StepEngine``), looked at every
   ``CHECK_EVERY`` steps and at the end of an epoch: the run stops with its last good checkpoint.
 * **Time budget** (``train.time_budget_s``): training ends at a step boundary once it is spent
@@ -237,8 +239,11 @@ def fit(cfg, backend: Backend, variable: str, tracker=None, opts: FitOptions | N
                         choice.amp_dtype, t.grad_clip, choice.mode, dev, say=say, world=world)
     say(choice.line(dev))
     logged: set[int] = set()
-    if tracker is not None:
+    if tracker is not None and tracker.reachable():
         logged = log_missed_epoch(tracker, state) if restored is not None else logged_epochs(tracker)
+    elif tracker is not None:  # the driver sends what the run lacks at the end (Tracker.send_missing)
+        say(f"[mlflow] tracking server {tracker.uri} unreachable at the start of this worker: epochs are kept "
+            "until it answers")
     cfg_dict = cfg.model_dump(mode="json")
     budget = t.time_budget_s
     t_run, epochs_run, metrics = time.perf_counter(), 0, dict(state.extra.get("last_metrics") or {})
@@ -312,7 +317,9 @@ def fit(cfg, backend: Backend, variable: str, tracker=None, opts: FitOptions | N
         state.history.append(metrics)
         state.extra.update(lead_table=acc.lead_table(), variable=variable, engine=engine.mode, last_metrics=metrics)
         if tracker is not None and epoch + 1 not in logged:  # before the report: see the module docstring
-            tracker.log_metrics(metrics, step=epoch + 1)
+            note = tracker.log_epoch(metrics, step=epoch + 1)  # kept, not blocking, while the server is away
+            if note:
+                say(note)
             logged.add(epoch + 1)
         backend.checkpoint(lambda d: save_checkpoint(d, model, cfg_dict, quantity,
                                                      state.capture(opt, sched, scaler)), metrics, improved)
