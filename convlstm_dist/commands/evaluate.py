@@ -21,7 +21,7 @@ MODEL_HELP = ("checkpoint directory or checkpoint.pt, an MLflow model URI (model
               "runs:/RUN_ID/model) or a registered model name (latest version)")
 
 
-def _common(p: argparse.ArgumentParser, archive_required: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, archive_required: bool = True, crop: bool = True) -> None:
     p.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--trust-model", action="store_true",
                    help="also load model files that need full unpickling (checkpoints or MLflow models "
@@ -32,9 +32,10 @@ def _common(p: argparse.ArgumentParser, archive_required: bool = True) -> None:
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint of archives and outputs (default: AWS_ENDPOINT_URL[_S3])")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlflow.db)")
-    p.add_argument("--crop", default=None, metavar="HxW",
-                   help="evaluate/forecast an HxW crop instead of the full grid (any size; a grid the model's "
-                        "patch does not divide is padded with no-data and the forecast cropped back)")
+    if crop:
+        p.add_argument("--crop", default=None, metavar="HxW",
+                       help="evaluate/forecast an HxW crop instead of the full grid (any size; a grid the model's "
+                            "patch does not divide is padded with no-data and the forecast cropped back)")
     p.add_argument("--n-out", type=int, default=None, metavar="N", help="lead times (default: the model's out_len)")
     add_workdir_arg(p)
 
@@ -98,7 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "where there is no observed source, plus forecast_written(forecast_reference_time). Each batch "
                     "is written into its region of a store created up front, so the period never sits in memory; "
                     "the same command again skips the forecasts already written (resume).")
-    _common(h)
+    _common(h, crop=False)
     h.add_argument("--start", default=None, metavar="TIME", help="first analysis time (ISO 8601, UTC; default: first)")
     h.add_argument("--end", default=None, metavar="TIME", help="last analysis time (default: the archive's last frame)")
     h.add_argument("--out", required=True, metavar="PATH|URL", help="the dataset: a local path or s3:// URL")
@@ -174,10 +175,6 @@ def run_nowcast(args: argparse.Namespace) -> int:
 def run_hindcast(args: argparse.Namespace) -> int:
     from convlstm_dist.nowcast import run_hindcast as hindcast
 
-    if args.crop:
-        from convlstm_dist.errors import UserError
-
-        raise UserError("hindcast forecasts the full grid: leave out --crop")
     h = hindcast(args.model, args.archive, args.out, start=args.start, end=args.end, fmt=args.fmt, n_out=args.n_out,
                  batch_size=args.batch_size, actors=args.actors, gpus=args.gpus, ray_address=args.ray_address,
                  workdir=args.workdir, tracking_uri=args.tracking_uri, endpoint_url=args.endpoint_url,

@@ -166,10 +166,15 @@ class ForecastActor:
         x = np.stack([rate[f + 1 - n_in - lo:f + 1 - lo] for f in frame])
         fcst = self.nc.predict_batch(x, self.n_out, self.q.physical_variable)
         arr, marks = self.group[self.variable], self.group[WRITTEN]
-        for r, f in zip(rows, fcst):
-            arr[int(r)] = f          # data first ...
-        for r in rows:
-            marks[int(r)] = 1        # ... then the marker: a kill in between redoes the forecast
+        try:
+            for r, f in zip(rows, fcst):
+                arr[int(r)] = f          # data first ...
+            for r in rows:
+                marks[int(r)] = 1        # ... then the marker: a kill in between redoes the forecast
+        except Exception as exc:  # noqa: BLE001 - a storage problem names the store
+            from convlstm_dist.data import storage_error
+
+            raise storage_error(self.url, self.storage_options, exc, "write") from None
         return {"row": rows, "nan_fraction": np.isnan(fcst).mean(axis=(1, 2, 3))}
 
 
@@ -225,7 +230,14 @@ def run_hindcast(model: str, archive_url: str, out: str, *, start: str | None = 
     else:
         if g is not None and not is_remote(store):
             say(f"[hindcast] {store} was cut off while being created: creating it again")
-        note = create_store(store, opts, nc, archive, idx, n_out, identity)
+        try:
+            note = create_store(store, opts, nc, archive, idx, n_out, identity)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a storage problem names the store
+            from convlstm_dist.data import storage_error
+
+            raise storage_error(store, opts, exc, "write") from None
         done = np.zeros(len(idx), bool)
     todo = np.flatnonzero(~done)
     already = int(done.sum())
@@ -261,11 +273,20 @@ def _run_actors(nc, archive, store, opts, variable, n_out, idx, todo, batch_size
                         num_gpus=1 if gpus else 0, num_cpus=1)
     kill_after = int(os.environ.get(FAULT_ENV) or 0)
     n, t0 = 0, time.monotonic()
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        n += len(batch["row"])
-        say(f"[hindcast] {n}/{len(todo)} forecasts written ({time.monotonic() - t0:.0f} s)")
-        if kill_after and n >= kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)  # fault injection (tests): the driver dies mid-period
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            n += len(batch["row"])
+            say(f"[hindcast] {n}/{len(todo)} forecasts written ({time.monotonic() - t0:.0f} s)")
+            if kill_after and n >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)  # fault injection (tests): the driver dies mid-period
+    except Exception as exc:  # noqa: BLE001 - a UserError in an actor (e.g. an S3 write) stays one clear message
+        cause = exc
+        while cause is not None and not isinstance(cause, UserError):
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        if cause is not None:
+            raise UserError(f"{cause} ({n} of {len(todo)} forecasts written; run the same command again "
+                            "to resume)") from None
+        raise
 
 
 def zarr_to_netcdf(store: str, store_opts: dict | None, out: str, out_opts: dict | None, scratch: Path) -> None:

@@ -167,3 +167,17 @@ def test_hindcast_resumes_after_the_driver_is_killed(ckpt, tmp_path):
     assert f"{10 - k} written now, {k} resumed" in log2, log2
     assert {r: p.stat().st_mtime_ns for r, p in chunks.items()} == stamps  # not redone
     check(xr.open_zarr(out), frames, ckpt)
+
+
+def test_hindcast_to_s3_with_a_read_only_key_is_one_clear_error(ray_local, s3_server, ckpt, tmp_path, monkeypatch,
+                                                                 capsys):  # noqa: F811
+    arc = s3_server.url("hc-ro-archive") + ".zarr"
+    projected_archive(arc, n=6, storage_options=s3_server.storage_options())
+    for k, v in s3_server.env(readonly=True).items():
+        monkeypatch.setenv(k, v)
+    out = s3_server.url("hindcast-ro") + ".zarr"
+    rc = main(["hindcast", "--model", str(ckpt), "--archive", arc, "--out", out, "--workdir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert f"access denied while trying to write {out}" in err and len(err.strip().splitlines()) == 1, err
+    assert s3_server.ro.secret_key not in err
