@@ -198,6 +198,8 @@ def run_hindcast(model: str, archive_url: str, out: str, *, start: str | None = 
     if batch_size < 1 or actors < 1:
         raise UserError("--batch-size and --actors must be >= 1")
     fmt = pick_format(out, fmt)
+    if fmt == "netcdf":
+        _need_netcdf4()
     nc = Nowcaster.load(model, tracking_uri, workdir, trust=trust)
     archive = open_archive_at(archive_url, endpoint_url)
     nc.check_variable(archive.variable)
@@ -289,11 +291,18 @@ def _run_actors(nc, archive, store, opts, variable, n_out, idx, todo, batch_size
         raise
 
 
+def _need_netcdf4() -> None:
+    try:
+        import netCDF4  # noqa: F401 - the NetCDF conversion appends with it, one forecast at a time
+    except ImportError:
+        raise UserError("hindcast --format netcdf needs netCDF4 (pip install 'convlstm-dist[radar]'); "
+                        "or write --format zarr") from None
+
+
 def zarr_to_netcdf(store: str, store_opts: dict | None, out: str, out_opts: dict | None, scratch: Path) -> None:
     """Copy the CF Zarr ``store`` to NetCDF-4 ``out`` one forecast at a time (never the whole period in memory)."""
     import tempfile
 
-    import netCDF4  # noqa: F401 - the engine below; a clear error first
     import xarray as xr
 
     from convlstm_dist.data import filesystem, is_remote
