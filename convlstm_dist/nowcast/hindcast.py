@@ -36,7 +36,9 @@ import numpy as np
 from convlstm_dist.errors import UserError
 from convlstm_dist.nowcast.cf import WRITTEN
 
-FAULT_ENV = "CONVLSTM_FAULT_HINDCAST_KILL_AFTER"  # tests: SIGKILL the driver after N forecasts are written
+# Fault injection (tests): once an actor has written N forecasts it SIGKILLs the driver and writes no more,
+# so a kill lands mid-period however far Ray Data's streaming runs ahead of the driver.
+FAULT_ENV = "CONVLSTM_FAULT_HINDCAST_KILL_AFTER"
 
 
 @dataclass
@@ -142,8 +144,10 @@ class ForecastActor:
     """A model on one Ray actor: reads the frames of its batch, forecasts, writes them to the store."""
 
     def __init__(self, nc, archive, url: str, storage_options: dict | None, variable: str, n_out: int,
-                 use_gpu: bool = False):
+                 use_gpu: bool = False, fault: tuple[int, int] | None = None):
         import torch
+
+        self.fault, self.count = fault, 0  # fault: (driver pid, kill after N forecasts), tests only
 
         if use_gpu and torch.cuda.is_available():
             nc.model = nc.model.to("cuda")
@@ -175,6 +179,10 @@ class ForecastActor:
             from convlstm_dist.data import storage_error
 
             raise storage_error(self.url, self.storage_options, exc, "write") from None
+        self.count += len(rows)
+        if self.fault and self.count >= self.fault[1]:
+            os.kill(self.fault[0], signal.SIGKILL)  # the driver dies mid-period ...
+            time.sleep(3600)                        # ... and this actor writes nothing more
         return {"row": rows, "nan_fraction": np.isnan(fcst).mean(axis=(1, 2, 3))}
 
 
@@ -271,16 +279,14 @@ def _run_actors(nc, archive, store, opts, variable, n_out, idx, todo, batch_size
     ds = ds.map_batches(ForecastActor, batch_size=batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=actors),
                         fn_constructor_kwargs={"nc": nc, "archive": archive, "url": store, "storage_options": opts,
-                                               "variable": variable, "n_out": n_out, "use_gpu": gpus},
+                                               "variable": variable, "n_out": n_out, "use_gpu": gpus,
+                                               "fault": _fault()},
                         num_gpus=1 if gpus else 0, num_cpus=1)
-    kill_after = int(os.environ.get(FAULT_ENV) or 0)
     n, t0 = 0, time.monotonic()
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             n += len(batch["row"])
             say(f"[hindcast] {n}/{len(todo)} forecasts written ({time.monotonic() - t0:.0f} s)")
-            if kill_after and n >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)  # fault injection (tests): the driver dies mid-period
     except Exception as exc:  # noqa: BLE001 - a UserError in an actor (e.g. an S3 write) stays one clear message
         cause = exc
         while cause is not None and not isinstance(cause, UserError):
@@ -289,6 +295,11 @@ def _run_actors(nc, archive, store, opts, variable, n_out, idx, todo, batch_size
             raise UserError(f"{cause} ({n} of {len(todo)} forecasts written; run the same command again "
                             "to resume)") from None
         raise
+
+
+def _fault() -> tuple[int, int] | None:
+    n = int(os.environ.get(FAULT_ENV) or 0)
+    return (os.getpid(), n) if n > 0 else None
 
 
 def _need_netcdf4() -> None:

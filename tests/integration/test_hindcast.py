@@ -132,8 +132,8 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 
 def test_hindcast_resumes_after_the_driver_is_killed(ckpt, tmp_path):
-    """The driver SIGKILLs itself after 4 forecasts are written (CONVLSTM_FAULT_HINDCAST_KILL_AFTER); the
-    same command again forecasts only the rest: the chunks written before the kill are untouched,
+    """The driver is SIGKILLed once its actor has written 4 forecasts (CONVLSTM_FAULT_HINDCAST_KILL_AFTER:
+    the actor kills it and writes no more); the same command again forecasts only the rest: the chunks written before the kill are untouched,
     and the result equals the forecasts one at a time."""
     url = tmp_path / "arc.zarr"
     frames, _, _ = projected_archive(url, n=N)
@@ -149,11 +149,10 @@ def test_hindcast_resumes_after_the_driver_is_killed(ckpt, tmp_path):
     finally:
         _kill_tree(first)
     assert first.returncode == -signal.SIGKILL, log
-    assert "4/10 forecasts written" in log, log
     import zarr
 
     done = np.asarray(zarr.open_group(str(out), mode="r")["forecast_written"][:]) == 1
-    assert 4 <= done.sum() < 10, done  # cut off mid-period
+    assert done.sum() == 4, done  # cut off mid-period: the actor's first two batches of 2
     chunks = {r: out / "rain_mmh" / "c" / str(r) / "0" / "0" / "0" for r in np.flatnonzero(done)}
     stamps = {r: p.stat().st_mtime_ns for r, p in chunks.items()}
     time.sleep(0.05)
