@@ -17,11 +17,11 @@ Importing this package loads none of its modules; each public name is imported o
 from convlstm_dist.lazy import lazy_exports
 
 _PUBLIC = {
-    "archive": ["DEFAULT_CHUNKS", "Archive", "GridSpec", "append_frames", "create_archive", "open_archive",
+    "archive": ["DEFAULT_CHUNKS", "Archive", "GridSpec", "append_frames", "consolidate", "create_archive", "open_archive",
                 "summary"],
     "check": ["BatchCheck", "check_batches", "distinct_archives"],
     "datasource": ["epoch_clock", "window_dataset"],
-    "ingest": ["IngestReport"],
+    "ingest": ["IngestReport", "decode_latest"],
     "mnist_device": ["POOLS", "DeviceMovingMNIST", "EvalSet", "default_images_path", "split_io"],
     "plan": ["DataPlan", "resolve_url"],
     "quantity": ["SKILL_THRESHOLDS_MMH", "Quantity", "get_quantity", "quantity_of_source", "quantity_of_variable"],
@@ -29,8 +29,10 @@ _PUBLIC = {
     "samples": ["read_windows", "to_compute"],
     "shipped": ["SAMPLE_READER", "sample_files"],
     "storage": ["archive_key", "archive_name", "cancel_pending_io", "endpoint_of", "exists", "filesystem",
+                "storage_error",
                 "is_remote", "scrub", "storage_options_for"],
     "transforms": ["choose_crop"],
+    "units": ["to_rain_mmh"],
     "windows": ["SplitRule", "build_index", "gap_free_starts"],
 }
 __all__ = [name for names in _PUBLIC.values() for name in names]

@@ -338,6 +338,11 @@ class Archive:
         return self.x, self.y
 
     @property
+    def xy_units(self) -> str:
+        """``m`` for projection coordinates, ``1`` for pixel indices (a source without georeference)."""
+        return str(self._g["x"].attrs.get("units", "m"))
+
+    @property
     def stats(self) -> dict[str, np.ndarray]:
         if "stats" not in self._cache:
             T = len(self.times)

@@ -289,3 +289,40 @@ def _grid_spec(meta: dict) -> GridSpec:
                     projection=meta["projection"], pixel_size_m=meta["pixel_size_m"],
                     timestep_s=int(meta["timestep_s"]), source=meta["source"], shape=tuple(meta["shape"]),
                     y=meta["y"], x=meta["x"], attribution=ATTRIBUTIONS.get(meta["source"], ""))
+
+
+def decode_latest(reader: str | Reader, files, n: int, progress: bool = False) -> tuple[np.ndarray, dict]:
+    """The ``n`` latest frames of ``files`` as ``ingest`` would decode them, without an archive:
+    ``(float32 (n, H, W) in the reader's variable, NaN = no data; meta of the last frame + "times")``.
+
+    Same rules as ``ingest``: every file decoded (a corrupt one names itself), sorted by time,
+    identical duplicates merged, one grid for all; a reader that states no time step takes the
+    spacing of the files. The ``n`` latest frames must be consecutive (no time gap)."""
+    reader = get_reader(reader)
+    files = [Path(f) for f in files]
+    if not files:
+        raise UserError("no input files given")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise UserError(f"input file(s) not found: {', '.join(missing[:5])}")
+    items, _ = _sorted_unique(_decode(reader, files, parallel=False, progress=progress))
+    if len(items) < n:
+        raise UserError(f"too few frames: the model needs {n} input frames, {len(files)} file(s) give "
+                        f"{len(items)} distinct times")
+    items = items[-n:]
+    if any(it[2]["timestep_s"] is None for it in items):
+        t = np.array([_epoch(it[2]["time"]) for it in items], dtype=np.int64)
+        step = int(np.diff(t).min()) if len(t) > 1 else None
+        if not step:
+            raise UserError(f"{items[-1][0]} states no time step; pass two or more consecutive files")
+        for it in items:
+            it[2]["timestep_s"] = it[2]["timestep_s"] or step
+    _validate_against(items, _grid_of(items[-1][2]), f"the grid of {items[-1][0]}")
+    step = int(items[-1][2]["timestep_s"])
+    t = np.array([_epoch(it[2]["time"]) for it in items], dtype=np.int64)
+    if np.any(np.diff(t) != step):
+        raise UserError(f"the {n} latest frames ({items[0][0]} .. {items[-1][0]}) are not every {step} s: "
+                        "a time gap; pass consecutive files")
+    meta = dict(items[-1][2], times=np.array([it[2]["time"] for it in items], dtype="datetime64[s]"),
+                attribution=ATTRIBUTIONS.get(items[-1][2]["source"], ""))
+    return np.stack([it[1] for it in items]).astype(np.float32, copy=False), meta

@@ -47,3 +47,14 @@ class LagrangianForecaster(EncoderForecaster):
         z = z + x[:, -1:]  # residual on the last frame, in the moving frame
         y = torch.stack([advect(z[:, k], v, k + 1) for k in range(n_out)], dim=1)
         return y, enc_state
+
+
+@torch.no_grad()
+def lagrangian_source_valid(x: torch.Tensor, valid: torch.Tensor, n_out: int) -> torch.Tensor:
+    """Where a Lagrangian forecast has an observed source: ``valid`` (B, H, W), the last input frame's
+    coverage, carried ``k + 1`` steps along the motion the forecaster estimates from ``x`` (B, T, C, H, W),
+    for lead ``k`` -> (B, n_out, H, W) bool. A pixel whose trajectory starts outside the grid or on
+    no-data (bilinear weight of covered pixels < 0.5, as the optical-flow baseline) has none."""
+    v = estimate_motion(x[:, :, 0])  # the same call on the same input as forward(): the same motion
+    m = valid[:, None].float()
+    return torch.cat([advect(m, v, k + 1) >= 0.5 for k in range(int(n_out))], dim=1)

@@ -13,10 +13,13 @@ Contract:
 * **Units.** Scores are in rain rate: the archive is converted with its own Z–R relation
   (``Archive.to_rain_mmh``), the model output with ``from_model``; so a model trained on mm/h can
   be scored on a dBZ archive and vice versa. Moving MNIST models are scored in intensity.
-  NaN in the observation is no data (not counted); NaN input is 0 for the model.
+  NaN in the observation is no data (not counted); NaN input is 0 for the model, and the model's
+  forecast is NaN where it has no observed source (``nowcaster``: the last frame's coverage, carried
+  along the motion for a Lagrangian model), as persistence and optical flow are.
 * **Same pixels.** Every method is scored on one sample: the pixels where the observation is valid
-  and *every* method has a forecast. Optical flow has none where its trajectory starts outside the
-  grid (its inflow border grows with the lead time); those pixels count for no method.
+  and *every* method has a forecast. Optical flow and a Lagrangian model have none where their
+  trajectory starts outside the grid or coverage (an inflow border that grows with the lead time);
+  those pixels count for no method.
 * **Distribution.** Windows are cut into contiguous chunks; one Ray task per chunk reads its frames
   once per batch, runs the model and the baselines and returns ``SkillAccumulator.to_state()`` per
   method; the driver merges them. A local Ray (``num_cpus=workers``) is started if none is running.

@@ -1,9 +1,9 @@
 """The figures of ``nowcast`` and ``evaluate``, drawn by :mod:`convlstm_dist.verify.figures`.
 
-* :func:`nowcast_figures` — ``forecast.png`` of a nowcast: its last input frames, the frames the
-  archive holds after the analysis time (observed; none when the analysis time is the last frame),
-  the model and the optical-flow extrapolation of the same inputs, per lead in minutes, on the
-  archive's extent (km) where it has a CRS; and ``forecast.gif`` on request.
+* :func:`observed_after` — the frames an archive holds after a nowcast's analysis time (none when
+  it is the last frame), drawn as "observed" in ``forecast.png`` by ``nowcast`` (``run._forecast_products``:
+  inputs, observed, the model and optical flow per lead in minutes, on the extent in km where the
+  grid has a CRS).
 * :func:`case_figure` — the same figure for one window of an evaluation (the wettest of those
   scored), written beside the skill CSV/PNG of ``evaluate``.
 """
@@ -44,29 +44,6 @@ def physical(archive, raw: np.ndarray) -> np.ndarray:
     if quantity_of_variable(archive.variable).has_rain_rate:
         return np.where(np.isnan(raw), np.nan, archive.to_rain_mmh(raw)).astype("float32")
     return np.asarray(raw, dtype="float32")
-
-
-def nowcast_figures(out: Path, archive, i: int, ys: slice, xs: slice, frames: np.ndarray, fcst: np.ndarray,
-                    model_name: str, gif: bool = False) -> tuple[Path, Path | None]:
-    """``out/forecast.png`` (and ``out/forecast.gif``) of the forecast ``fcst`` from ``frames`` (the
-    inputs up to frame ``i`` of ``archive``, cropped to ``ys``/``xs``)."""
-    from convlstm_dist.data import quantity_of_variable
-    from convlstm_dist.verify import forecast_figure, forecast_gif, get_baseline
-
-    q = quantity_of_variable(archive.variable)
-    n_out = len(fcst)
-    observed = observed_after(archive, i, n_out, ys, xs)
-    flow = get_baseline("optical_flow")(frames, n_out) if q.has_rain_rate else None
-    x, y = grid_coords(archive, ys, xs)
-    proj = archive.attrs.get("projection")
-    H, W = fcst.shape[1:]
-    title = f"{model_name} nowcast from {archive.times[i]} UTC, {H}x{W} grid of {archive.url}"
-    png = forecast_figure(out / "forecast.png", inputs=frames, model=fcst, observed=observed, flow=flow,
-                          timestep_s=archive.timestep_s, units=q.display_unit, x=x, y=y, projection=proj, title=title,
-                          model_label=model_name)
-    gif_path = forecast_gif(out / "forecast.gif", fcst, archive.timestep_s, q.display_unit, x, y, proj,
-                            title=model_name) if gif else None
-    return png, gif_path
 
 
 def case_figure(path: Path, nc, archive, sel, crop: tuple[int, int] | None = None) -> Path | None:

@@ -20,7 +20,11 @@ caller passes ``trust=True`` (``--trust-model``). The tracking URI is the argume
 
 Units: ``predict`` takes frames in the archive's physical unit (``rain_mmh`` default, ``refl_dbz``
 with a Z–R relation, or ``intensity``) with NaN = no data (fed to the model as 0) and returns
-mm/h (``intensity`` for Moving MNIST models). Output pixels are never NaN. Frames of any size
+mm/h (``intensity`` for Moving MNIST models). No data stays no data: a forecast pixel is NaN where
+the model has no observed source for it, i.e. where the last input frame is NaN (Eulerian models,
+like persistence), or, for ``model.frame: lagrangian``, where that pixel's trajectory along the
+model's motion estimate starts outside the grid or on a NaN pixel of the last frame (like the
+optical-flow baseline). Frames of any size
 work: a grid the model's patch does not divide is padded with no-data and the forecast cropped back.
 """
 
@@ -153,28 +157,52 @@ class Nowcaster:
                             "a Moving MNIST model only runs on intensity data and a rain model only on rain/dBZ")
 
     # -- forecasting ------------------------------------------------------------------------
-    def predict_model_range(self, x: np.ndarray, n_out: int) -> np.ndarray:
+    def predict_model_range(self, x: np.ndarray, n_out: int, valid: np.ndarray | None = None):
         """``x`` (B, T_in, 1, H, W) in model range, no NaN → (B, n_out, 1, H, W) in model range.
 
-        Any ``H x W``: the model runs on :func:`pad_to_patch`'s grid and the forecast is cropped back."""
+        Any ``H x W``: the model runs on :func:`pad_to_patch`'s grid and the forecast is cropped back.
+        With ``valid`` (B, H, W), the last input frame's coverage, also returns where each lead has an
+        observed source (B, n_out, H, W) bool: :meth:`source_valid`."""
         import torch
 
         B, T, C, H, W = x.shape
         self.check_grid(H, W)
         x = pad_to_patch(x, self.patch)
+        if valid is not None:  # the padding is no data
+            valid = np.pad(valid, [(0, 0), (0, x.shape[-2] - H), (0, x.shape[-1] - W)], constant_values=False)
         # The fast path holds every step's gates of a layer at once (several GB per full radar
         # grid): forward at most ~PIXELS_PER_FORWARD pixels of windows at a time.
         per = max(1, PIXELS_PER_FORWARD // (x.shape[-2] * x.shape[-1]))
-        out = []
+        out, masks = [], []
         with torch.inference_mode():
             for i in range(0, B, per):
-                y, _ = self.model(torch.as_tensor(x[i:i + per], dtype=torch.float32, device=self.device), int(n_out))
+                xt = torch.as_tensor(x[i:i + per], dtype=torch.float32, device=self.device)
+                y, _ = self.model(xt, int(n_out))
                 out.append(y.float().cpu().numpy()[..., :H, :W])  # crop the padding back off
-        return np.concatenate(out)
+                if valid is not None:
+                    masks.append(self._source_valid(xt, valid[i:i + per], int(n_out))[..., :H, :W])
+        y = np.concatenate(out)
+        return y if valid is None else (y, np.concatenate(masks))
+
+    @property
+    def frame(self) -> str:
+        return str(getattr(self.config.model, "frame", "eulerian"))
+
+    def _source_valid(self, xt, valid: np.ndarray, n_out: int) -> np.ndarray:
+        """Where lead ``k`` has an observed source: the last frame's coverage (Eulerian), or that
+        coverage carried along the model's own motion estimate (Lagrangian frame)."""
+        if self.frame == "lagrangian":
+            import torch
+
+            from convlstm_dist.models import lagrangian_source_valid
+
+            return lagrangian_source_valid(xt, torch.as_tensor(valid, device=xt.device), n_out).cpu().numpy()
+        return np.repeat(valid[:, None], n_out, axis=1)
 
     def predict_batch(self, frames: np.ndarray, n_out: int | None = None, variable: str = "rain_mmh",
                       to_rain_mmh: Callable | None = None) -> np.ndarray:
-        """(B, T_in, H, W) physical → (B, n_out, H, W) in mm/h (intensity for Moving MNIST)."""
+        """(B, T_in, H, W) physical → (B, n_out, H, W) in mm/h (intensity for Moving MNIST); NaN where
+        the model has no observed source (see the module docstring)."""
         frames = np.asarray(frames)
         if frames.ndim != 4:
             raise ValueError(f"frames must have shape (B, T_in, H, W), got {frames.shape}")
@@ -189,8 +217,9 @@ class Nowcaster:
         except ValueError as err:
             raise UserError(str(err)) from None
         x = np.where(valid, x, 0.0).astype(np.float32)
-        y = self.predict_model_range(x[:, :, None], n_out)[:, :, 0]
-        return np.asarray(self.quantity_spec.from_model(y), dtype=np.float32)
+        y, source = self.predict_model_range(x[:, :, None], n_out, valid[:, -1])
+        y = np.asarray(self.quantity_spec.from_model(y[:, :, 0]), dtype=np.float32)
+        return np.where(source, y, np.float32(np.nan))
 
     def predict(self, frames: np.ndarray, n_out: int | None = None, variable: str = "rain_mmh",
                 to_rain_mmh: Callable | None = None) -> np.ndarray:
@@ -199,41 +228,3 @@ class Nowcaster:
         if frames.ndim != 3:
             raise ValueError(f"frames must have shape (T_in, H, W), got {frames.shape}")
         return self.predict_batch(frames[None], n_out, variable, to_rain_mmh)[0]
-
-
-# -- forecast products ------------------------------------------------------------------------
-def write_forecast_zarr(path: str | Path, fcst: np.ndarray, analysis_time: np.datetime64, timestep_s: int,
-                        y: np.ndarray, x: np.ndarray, variable: str = "rain_mmh", attrs: dict | None = None) -> Path:
-    """Write ``fcst`` (n_out, H, W) as ``<variable>(time=1, lead_time, y, x)`` (xarray-readable Zarr).
-
-    ``time`` is the analysis time (CF seconds since 1970-01-01, UTC); ``lead_time`` is in minutes
-    (plain numbers); ``valid_time = time + lead_time``.
-    """
-    import warnings
-
-    import xarray as xr
-
-    n_out = fcst.shape[0]
-    lead_min = (np.arange(1, n_out + 1) * timestep_s / 60.0).astype("float64")
-    t = np.asarray([analysis_time], dtype="datetime64[ns]")
-    valid = t[:, None] + (np.arange(1, n_out + 1) * int(timestep_s)).astype("timedelta64[s]")[None]
-    from convlstm_dist.data import quantity_of_variable
-
-    units = quantity_of_variable(variable).units
-    ds = xr.Dataset(
-        {variable: (("time", "lead_time", "y", "x"), fcst[None].astype(np.float32),
-                    {"units": units, "long_name": f"forecast {variable}"})},
-        coords={"time": ("time", t, {"standard_name": "forecast_reference_time", "long_name": "analysis time (UTC)"}),
-                "lead_time": ("lead_time", lead_min, {"units": "minutes", "long_name": "lead time",
-                                                      "standard_name": "forecast_period"}),
-                "valid_time": (("time", "lead_time"), valid.astype("datetime64[ns]"), {"long_name": "valid time (UTC)"}),
-                "y": ("y", np.asarray(y, dtype="float64")), "x": ("x", np.asarray(x, dtype="float64"))},
-        attrs={k: ("" if v is None else v) for k, v in (attrs or {}).items()})
-    enc_t = {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}
-    path = Path(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds.to_zarr(path, mode="w", consolidated=True,
-                   encoding={"time": enc_t, "valid_time": enc_t, variable: {"chunks": (1, 1, *fcst.shape[1:])}})
-    return path
-

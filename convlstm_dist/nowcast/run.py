@@ -6,7 +6,9 @@
   skill CSV + skill-vs-lead PNG + the forecast figure of the wettest window (:mod:`.figures`).
   :func:`log_evaluation` puts it in an MLflow run.
 * :func:`nowcast_from_archive` — the ``in_len`` frames up to an analysis time (default the last
-  frame), a centred crop, the forecast as ``forecast.zarr`` + ``forecast.png`` (+ ``forecast.gif``).
+  frame), a centred crop, the forecast as a CF dataset (Zarr or NetCDF, local or ``s3://``,
+  :mod:`.cf`) + ``forecast.png`` (+ ``forecast.gif``); :func:`nowcast_from_files` the same from the
+  latest raw radar files, decoded by an ingest reader, without an archive.
 
 A model is anything :meth:`.Nowcaster.load` takes (checkpoint, MLflow URI, registered name);
 ``trust`` allows full unpickling of files written by older versions. ``say`` gets progress lines.
@@ -165,9 +167,34 @@ class Forecast:
     n_out: int
     timestep_s: int
     grid: tuple[int, int]
-    zarr: Path
+    dataset: str            # the CF dataset (local path or s3:// URL)
+    format: str             # zarr | netcdf
     png: Path
     gif: Path | None = None
+    note: str = ""          # why the dataset has no grid_mapping ("" when it has one)
+    nan_fraction: float = 0.0  # share of forecast pixels with no observed source
+
+
+def forecast_paths(out: str | Path | None, fmt: str | None, workdir: str | Path) -> tuple[str, str, Path]:
+    """``(dataset URL, format, figure directory + stem)`` for ``--out``:
+
+    * none: ``WORKDIR/forecast/forecast.zarr`` (or ``.nc``), figures beside it;
+    * a path or URL ending in ``.zarr`` / ``.nc``, or any ``s3://`` URL: the dataset itself; figures
+      beside a local one, under ``WORKDIR/forecast/`` for a remote one;
+    * any other local path: a directory with ``forecast.zarr`` (or ``.nc``) and the figures."""
+    from convlstm_dist.data import archive_name, is_remote
+    from convlstm_dist.nowcast.cf import pick_format
+
+    out = str(out) if out else None
+    if out and (is_remote(out) or out.rstrip("/").endswith((".zarr", ".nc", ".nc4"))):
+        fmt = pick_format(out, fmt)
+        if is_remote(out):
+            return out.rstrip("/"), fmt, Path(workdir) / "forecast" / archive_name(out).removesuffix(".nc")
+        p = Path(out.rstrip("/"))
+        return str(p), fmt, p.parent / p.stem
+    folder = Path(out) if out else Path(workdir) / "forecast"
+    fmt = pick_format("", fmt)
+    return str(folder / ("forecast.nc" if fmt == "netcdf" else "forecast.zarr")), fmt, folder / "forecast"
 
 
 def analysis_index(archive, at: str | None, n_in: int) -> int:
@@ -195,46 +222,114 @@ def analysis_index(archive, at: str | None, n_in: int) -> int:
     return i
 
 
-def nowcast_from_archive(model: str, archive_url: str, out: str | Path, *, at: str | None = None,
+def nowcast_from_archive(model: str, archive_url: str, out: str | Path | None = None, *, at: str | None = None,
                          n_out: int | None = None, crop: tuple[int, int] | None = None, gif: bool = False,
-                         workdir: str | Path = "workdir", tracking_uri: str | None = None,
+                         fmt: str | None = None, workdir: str | Path = "workdir", tracking_uri: str | None = None,
                          endpoint_url: str | None = None, trust: bool = False) -> Forecast:
     """Forecast ``n_out`` (default the model's ``out_len``) frames from the frames up to ``at`` of a
-    centred ``crop`` (default the full grid); write ``out/forecast.zarr``, ``.png`` (and ``.gif``)."""
+    centred ``crop`` (default the full grid); write the CF dataset and the figures (:func:`forecast_paths`)."""
     import numpy as np
 
     from convlstm_dist.data import quantity_of_variable
-    from convlstm_dist.nowcast.figures import nowcast_figures
-    from convlstm_dist.nowcast.nowcaster import Nowcaster, write_forecast_zarr
+    from convlstm_dist.nowcast.nowcaster import Nowcaster
 
     nc = Nowcaster.load(model, tracking_uri, workdir, trust=trust)
     archive = open_archive_at(archive_url, endpoint_url)
     nc.check_variable(archive.variable)
     times, step = archive.times, archive.timestep_s
-    n_in, n_out = nc.in_len, int(n_out or nc.out_len)
+    n_in = nc.in_len
     i = analysis_index(archive, at, n_in)
     _, H, W = archive.shape
+    ys, xs, crop = _centred(crop, H, W, nc)
+    raw = archive.read(i + 1 - n_in, i + 1, ys, xs)
+    q = quantity_of_variable(archive.variable)
+    frames = np.where(np.isnan(raw), np.nan, archive.to_rain_mmh(raw)) if q.has_rain_rate else raw
+    a = archive.attrs
+    attrs = {"source_archive": archive.url, "crop_y0": ys.start, "crop_x0": xs.start,
+             **{k: a.get(k) for k in ("source", "zr_a", "zr_b", "projection", "pixel_size_m", "attribution")}}
+    from convlstm_dist.nowcast.figures import observed_after
+
+    observed = observed_after(archive, i, int(n_out or nc.out_len), ys, xs)  # drawn beside the forecast
+    return _forecast_products(nc, frames, q.physical_variable, times[i], int(step), archive.y[ys], archive.x[xs],
+                              archive.xy_units, a.get("projection"), attrs, n_out, out, fmt, gif, workdir,
+                              endpoint_url, observed, f"{H}x{W} grid of {archive.url}")
+
+
+def nowcast_from_files(model: str, reader: str, files, out: str | Path | None = None, *,
+                       reader_options: dict | None = None, n_out: int | None = None,
+                       crop: tuple[int, int] | None = None, gif: bool = False, fmt: str | None = None,
+                       workdir: str | Path = "workdir", tracking_uri: str | None = None,
+                       endpoint_url: str | None = None, trust: bool = False) -> Forecast:
+    """The same forecast from the latest ``in_len`` of raw radar ``files``, decoded by ``reader`` (a name
+    of ``convlstm_dist.data.readers``, as ``ingest`` takes), without an archive."""
+    import numpy as np
+
+    from convlstm_dist.data import decode_latest, get_reader, quantity_of_variable, to_rain_mmh
+    from convlstm_dist.nowcast.nowcaster import Nowcaster
+
+    nc = Nowcaster.load(model, tracking_uri, workdir, trust=trust)
+    raw, meta = decode_latest(get_reader(reader, reader_options), files, nc.in_len)
+    nc.check_variable(meta["variable"])
+    _, H, W = raw.shape
+    ys, xs, crop = _centred(crop, H, W, nc)
+    raw = raw[:, ys, xs]
+    q = quantity_of_variable(meta["variable"])
+    frames = (np.where(np.isnan(raw), np.nan, to_rain_mmh(raw, meta["variable"], meta["zr_a"], meta["zr_b"]))
+              if q.has_rain_rate else raw)
+    georef = meta["y"] is not None and meta["x"] is not None
+    y = np.asarray(meta["y"])[ys] if georef else np.arange(H, dtype="float64")[ys]
+    x = np.asarray(meta["x"])[xs] if georef else np.arange(W, dtype="float64")[xs]
+    attrs = {"source_files": f"{len(files)} file(s) read with reader {reader}, latest "
+                             f"{Path(str(files[-1])).name if files else ''}",
+             "crop_y0": ys.start, "crop_x0": xs.start,
+             **{k: meta.get(k) for k in ("source", "zr_a", "zr_b", "projection", "pixel_size_m", "attribution")}}
+    return _forecast_products(nc, frames, q.physical_variable, meta["times"][-1], int(meta["timestep_s"]), y, x,
+                              "m" if georef else "1", meta.get("projection"), attrs, n_out, out, fmt, gif,
+                              workdir, endpoint_url, None, f"{len(files)} {reader} file(s)")
+
+
+def _centred(crop, H: int, W: int, nc):
     crop = crop or (H, W)
     if crop[0] > H or crop[1] > W:
-        raise UserError(f"crop {crop[0]}x{crop[1]} is larger than the archive grid {H}x{W}")
+        raise UserError(f"crop {crop[0]}x{crop[1]} is larger than the grid {H}x{W}")
     y0, x0 = (H - crop[0]) // 2, (W - crop[1]) // 2
-    ys, xs = slice(y0, y0 + crop[0]), slice(x0, x0 + crop[1])
     try:
         nc.check_grid(*crop)
     except UserError as err:
         raise UserError(f"{err} (pass --crop HxW for a centred crop)") from None
-    raw = archive.read(i + 1 - n_in, i + 1, ys, xs)
-    q = quantity_of_variable(archive.variable)
-    frames = np.where(np.isnan(raw), np.nan, archive.to_rain_mmh(raw)) if q.has_rain_rate else raw
-    fcst = nc.predict(frames, n_out, q.physical_variable)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    a = archive.attrs
-    attrs = {"convlstm_dist_forecast": 1, "source_archive": archive.url, "model": nc.source,
-             "analysis_time": str(times[i]), "timestep_s": int(step), "in_len": n_in,
-             "crop_y0": y0, "crop_x0": x0, **{k: a.get(k) for k in ("source", "zr_a", "zr_b", "projection",
-                                                                  "pixel_size_m", "attribution")}}
-    zpath = write_forecast_zarr(out / "forecast.zarr", fcst, times[i], step, archive.y[ys], archive.x[xs],
-                                q.physical_variable, attrs)
-    png, gif_path = nowcast_figures(out, archive, i, ys, xs, frames, fcst, nc.name, gif)
-    return Forecast(times[i], n_out, int(step), crop, zpath, png, gif_path)
+    return slice(y0, y0 + crop[0]), slice(x0, x0 + crop[1]), crop
+
+
+def _forecast_products(nc, frames, variable: str, analysis_time, step: int, y, x, xy_units: str, projection,
+                       attrs: dict, n_out, out, fmt, gif: bool, workdir, endpoint_url, observed=None,
+                       where: str = "") -> Forecast:
+    """Forecast, write the CF dataset (:mod:`.cf`) and the figures (``verify.figures``: the inputs,
+    ``observed`` frames after the analysis time when known, the model and optical flow per lead);
+    the :class:`Forecast` record."""
+    import numpy as np
+
+    from convlstm_dist.data import storage_options_for
+    from convlstm_dist.data.quantity import quantity_of_variable
+    from convlstm_dist.nowcast.cf import forecast_dataset, write_dataset
+    from convlstm_dist.verify import forecast_figure, forecast_gif, get_baseline
+
+    n_out = int(n_out or nc.out_len)
+    url, fmt, stem = forecast_paths(out, fmt, workdir)
+    fcst = nc.predict(frames, n_out, variable)
+    attrs = {"convlstm_dist_forecast": 1, "model": nc.source, "in_len": nc.in_len, "timestep_s": int(step),
+             "analysis_time": str(analysis_time), **attrs}
+    ds, note = forecast_dataset(fcst[None], [analysis_time], step, y, x, variable=variable, xy_units=xy_units,
+                                projection=projection, attrs=attrs)
+    write_dataset(ds, url, fmt, variable, storage_options_for(url, endpoint_url), scratch=Path(workdir) / "tmp")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    q = quantity_of_variable(variable)
+    flow = get_baseline("optical_flow")(frames, n_out) if q.has_rain_rate else None
+    x_m, y_m = (x, y) if xy_units == "m" else (None, None)
+    title = f"{nc.name} nowcast from {analysis_time} UTC" + (f", {where}" if where else "")
+    png = forecast_figure(stem.with_suffix(".png"), inputs=frames, model=fcst, observed=observed, flow=flow,
+                          timestep_s=step, units=q.display_unit, x=x_m, y=y_m, projection=projection, title=title,
+                          model_label=nc.name)
+    gif_path = forecast_gif(stem.with_suffix(".gif"), fcst, step, q.display_unit, x_m, y_m, projection,
+                            title=nc.name) if gif else None
+    return Forecast(analysis_time, n_out, int(step), tuple(frames.shape[-2:]), url, fmt, png, gif_path, note,
+                    float(np.isnan(fcst).mean()))

@@ -18,6 +18,8 @@ def probability_match(forecast: np.ndarray, reference: np.ndarray) -> np.ndarray
 
     Pixels where the reference is NaN (no data) are left as forecast; among the others, the k-th
     smallest forecast value of a frame becomes the (rescaled) k-th smallest reference value.
+    Forecast pixels that are NaN (no observed source) stay NaN; when a lead has fewer valid
+    pixels than the reference, the reference distribution is sampled at evenly spaced ranks.
     """
     forecast = np.asarray(forecast, dtype=np.float32)
     reference = np.asarray(reference, dtype=np.float32)
@@ -32,8 +34,13 @@ def probability_match(forecast: np.ndarray, reference: np.ndarray) -> np.ndarray
         if n == 0:
             continue
         for t in range(forecast.shape[1]):
-            f = forecast[b, t][valid]
-            ranks = np.empty(n, dtype=np.int64)
-            ranks[np.argsort(f, kind="stable")] = np.arange(n)
-            out[b, t][valid] = target[ranks]
+            ok = valid & np.isfinite(forecast[b, t])
+            m = int(ok.sum())
+            if m == 0:
+                continue
+            tgt = target if m == n else target[np.round(np.linspace(0, n - 1, m)).astype(np.int64)]
+            f = forecast[b, t][ok]
+            ranks = np.empty(m, dtype=np.int64)
+            ranks[np.argsort(f, kind="stable")] = np.arange(m)
+            out[b, t][ok] = tgt[ranks]
     return out

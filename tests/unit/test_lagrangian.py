@@ -114,7 +114,12 @@ def test_nowcaster_loads_a_lagrangian_checkpoint_and_forecasts_any_grid(tmp_path
     field = blobs(150, 190).numpy() * 5  # mm/h
     frames = moving(torch.from_numpy(field), (1.0, -1.0), steps=5, margin=20)[0].numpy()  # (5, 110, 150)
     out = nc.predict(frames, 3)
-    assert out.shape == (3, 110, 150) and np.isfinite(out).all()
+    assert out.shape == (3, 110, 150)
+    # no data stays no data: lead k's trajectory (motion +1 row, -1 column per step) starts outside the
+    # grid in the top k rows and the right k columns; everywhere else the forecast has a source
+    assert np.isfinite(out[:, 3:, :-3]).all()
+    for k in range(3):
+        assert np.isnan(out[k, :k + 1]).all() and np.isnan(out[k, :, -(k + 1):]).all()
     # untrained: the last frame carried along the motion, so lead 1 is closer to the truth than persistence
     truth = moving(torch.from_numpy(field), (1.0, -1.0), steps=6, margin=20)[0, -1].numpy()
     inner = (slice(10, -10), slice(10, -10))
