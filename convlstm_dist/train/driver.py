@@ -95,11 +95,12 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
     from ray.train.torch import TorchTrainer
 
     from convlstm_dist.train.fit import fault_nan_at
-    from convlstm_dist.train.guards import check_cluster_resources
+    from convlstm_dist.train.guards import check_cluster_resources, check_storage_shared
     from convlstm_dist.train.ray_worker import train_loop_per_worker
     from convlstm_dist.train.recovery import repair_checkpoints
 
     check_cluster_resources(cfg)  # resources the cluster can never give: fail now, not wait forever
+    check_storage_shared(storage_path)  # a local folder on a multi-node cluster: refused before a worker starts
     memory = data_loader(cfg, plan) == "memory"
     path, fs = ray_storage(storage_path, cfg.data.endpoint_url)
     repair_checkpoints(path, fs, run_name)  # a damaged newest checkpoint: resume from the newest intact one
@@ -130,16 +131,24 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
 
 def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = True) -> TrainOutcome:
     from convlstm_dist.train.data_pin import log_pin, pin_run
-    from convlstm_dist.train.guards import check_cluster_resources
+    from convlstm_dist.train.guards import check_cluster_resources, check_storage_shared
 
     res, plan = preflight(cfg, workdir)
     say = functools.partial(print, flush=True) if progress else (lambda *a, **k: None)  # progress reaches pipes now
+    own_ray = init_ray(cfg, res)
+    try:
+        check_storage_shared(res.storage_path)  # before the run's folder, a worker or an MLflow run exists
+    except BaseException:
+        if own_ray:
+            import ray
+
+            ray.shutdown()
+        raise
     plan, version = pin_run(cfg, res.workdir, f"{res.storage_path.rstrip('/')}/{res.run_name}",
                             cfg.data.endpoint_url, plan)
     say(f"[convlstm-dist] run '{res.run_name}': windows per split {plan.counts()}, "
         f"crop {plan.crop[0]}x{plan.crop[1]}, {cfg.scaling.num_workers} worker(s), "
         f"{data_loader(cfg, plan)} batches ({plan.memory_bytes() / 2**30:.2f} GiB of frames)")
-    own_ray = init_ray(cfg, res)
     check_cluster_resources(cfg)  # before an MLflow run is opened for a run that could never start
     tracker = None
     if res.tracking_uri:
