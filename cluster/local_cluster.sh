@@ -8,6 +8,7 @@
 #   cluster/local_cluster.sh s3 start   # SeaweedFS (S3) on 127.0.0.1 next to it, credentials required
 #   cluster/local_cluster.sh status
 #   cluster/local_cluster.sh add-node   # one more node (e.g. after one was lost)
+#   cluster/local_cluster.sh runtime-env > FILE   # a job's runtime env: addresses and file paths, no secret
 #   cluster/local_cluster.sh s3 stop
 #   cluster/local_cluster.sh stop       # stops every process THIS script started (not `ray stop`), S3 too
 #
@@ -114,12 +115,12 @@ EOF
 
 write_env() {
   cat > "$STATE/env" <<EOF
-# source this before `ray job submit` / `ray job list` and local convlstm-dist commands
+# source this before ray job submit / ray job list and local convlstm-dist commands
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH=$STATE/auth_token
 export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASH_PORT
 export RAY_USAGE_STATS_ENABLED=0
-# the S3 server of `local_cluster.sh s3 start`, once it runs
+# the S3 server of local_cluster.sh s3 start, once it runs
 [ -f $STATE/s3/env ] && . $STATE/s3/env
 true
 EOF
@@ -364,13 +365,35 @@ s3_stop() {
   echo "S3 server stopped (data kept in $STATE/s3/data)" >&2
 }
 
-usage() { echo "usage: $0 start|stop|status|add-node|s3 start|s3 stop   (settings: see the top of this file)" >&2; exit 2; }
+# The runtime env of a job on this cluster (YAML for `ray job submit --runtime-env FILE`): what the
+# working dir upload leaves out, and the environment the job needs: the S3 endpoint and the PATH of
+# the credentials file (never a key: `ray job list` and the dashboard show every env var), plus
+# MLFLOW_TRACKING_URI when set here.
+runtime_env() {
+  local creds="${AWS_SHARED_CREDENTIALS_FILE:-}" endpoint="${AWS_ENDPOINT_URL:-}"
+  if [ -f "$STATE/s3/endpoint" ] && [ -n "$(cluster_pids s3)" ]; then
+    creds="$STATE/s3/credentials"; endpoint="$(cat "$STATE/s3/endpoint")"
+  fi
+  cat <<EOF
+# ray job submit --runtime-env THIS_FILE --working-dir . -- ...   (written by cluster/local_cluster.sh runtime-env)
+excludes: [".venv", ".git", "workdir", "runs", "mlruns", "out", "tests/artifacts", "**/__pycache__", "*.egg-info", "*.zarr", "*.db", ".pytest_cache"]
+env_vars:
+EOF
+  [ -z "$endpoint" ] || echo "  AWS_ENDPOINT_URL: \"$endpoint\""
+  [ -z "$creds" ] || echo "  AWS_SHARED_CREDENTIALS_FILE: \"$creds\""
+  echo "  AWS_REGION: \"${AWS_REGION:-us-east-1}\""
+  [ -z "${MLFLOW_TRACKING_URI:-}" ] || echo "  MLFLOW_TRACKING_URI: \"$MLFLOW_TRACKING_URI\""
+  return 0
+}
+
+usage() { echo "usage: $0 start|stop|status|add-node|runtime-env|s3 start|s3 stop   (settings: see the top of this file)" >&2; exit 2; }
 
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
   add-node) add_node ;;
+  runtime-env) runtime_env ;;
   s3)
     case "${2:-}" in
       start) s3_start ;;

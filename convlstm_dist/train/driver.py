@@ -200,6 +200,11 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
         # WorkerGroupError: show its one line, keep the ~700-line traceback in <workdir>/logs/
         user = user_error_from_failure(exc, res.workdir / "logs", res.run_name)
         if user is not None:
+            log = getattr(user, "log_path", None)
+            if log is not None:
+                from convlstm_dist.train.report import publish_outputs
+
+                publish_outputs(log, res.storage_path, res.run_name, "logs", cfg.data.endpoint_url, say)
             if own_ray:  # stop Ray's forwarded worker logs now, so that the message is the last line
                 ray.shutdown()
             raise user from None
@@ -218,7 +223,10 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
     out = TrainOutcome(res.run_name, ckpt.path if ckpt else None, metrics, tracker.run_id if tracker else None,
                        res.tracking_uri, history, stopped=stopped)
     if ckpt is not None:
-        _final_report(cfg, plan, ckpt, tracker, out, res.workdir, progress)
+        report_dir = _final_report(cfg, plan, ckpt, tracker, out, res.workdir, progress)
+        from convlstm_dist.train.report import publish_outputs
+
+        publish_outputs(report_dir, res.storage_path, res.run_name, "reports", cfg.data.endpoint_url, say)
     return out
 
 
@@ -258,7 +266,7 @@ def _progress_lines(clock, say, every_s: float = 0.5):
         pump()
 
 
-def _final_report(cfg, plan, ckpt, tracker, out: TrainOutcome, workdir: Path, progress: bool) -> None:
+def _final_report(cfg, plan, ckpt, tracker, out: TrainOutcome, workdir: Path, progress: bool) -> Path:
     """Skill table (CSV + plot) of the best checkpoint, a forecast figure, the model in MLflow."""
     from convlstm_dist.checkpoint import load_model
     from convlstm_dist.train.report import final_report
@@ -269,3 +277,4 @@ def _final_report(cfg, plan, ckpt, tracker, out: TrainOutcome, workdir: Path, pr
     report_dir = Path(tempfile.mkdtemp(prefix="report-", dir=workdir))
     _, out.model_uri, test = final_report(cfg, plan, model, payload, report_dir, tracker, print if progress else None)
     out.metrics.update(test)
+    return report_dir

@@ -279,5 +279,7 @@ def user_error_from_failure(exc: BaseException, log_dir: Path, run_name: str) ->
         log.write_text(failure_log_text(exc))
         tail = f"; full traceback in {log}"
     except OSError:
-        tail = ""
-    return UserError(f"{user_message(err)}{where}{tail}")
+        log, tail = None, ""
+    user = UserError(f"{user_message(err)}{where}{tail}")
+    user.log_path = log  # the driver copies it beside the run's checkpoints when those are remote
+    return user
