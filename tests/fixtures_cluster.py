@@ -27,6 +27,15 @@ SCRIPT = REPO / "cluster" / "local_cluster.sh"
 BIN = Path(sys.executable).parent  # the venv: cluster, job drivers and CLI all use it
 
 
+def readme_blocks(path: Path = REPO / "cluster" / "README.md") -> dict[str, str]:
+    """The bash blocks of cluster/README.md marked ``<!-- quickstart:NAME -->``, by NAME."""
+    import re
+
+    text = path.read_text()
+    return {m.group(1): m.group(2) for m in
+            re.finditer(r"<!-- quickstart:(\w+) -->\s*```bash\n(.*?)```", text, re.S)}
+
+
 def free_port() -> int:
     import socket
 
