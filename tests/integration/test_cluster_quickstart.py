@@ -31,8 +31,8 @@ from fixtures_s3 import find_weed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 
-EPOCHS = 4
-TINY = ["train.epochs=4", "data.crops_per_window=2", "run.keep_checkpoints=2"]
+EPOCHS = 10
+TINY = [f"train.epochs={EPOCHS}", "data.crops_per_window=2", "run.keep_checkpoints=2"]
 
 
 def _block(name: str) -> str:
@@ -133,7 +133,7 @@ def test_cluster_quickstart_resumes_from_s3_after_the_driver_is_killed(tmp_path)
                     if "[epoch 2/" in text and len(_checkpoints(s3, bucket)) >= 2:
                         ready = True
                         break
-                    time.sleep(1.0)
+                    time.sleep(0.5)
                 text = log1.read_text(errors="replace")
                 assert ready, f"never saw 2 checkpoints in S3 while the first job ran:\n{text[-5000:]}"
                 running = [j for j in _jobs(lc) if j["status"] == "RUNNING" and "convlstm-dist train" in j["entrypoint"]]
