@@ -53,6 +53,29 @@ def resolve(cfg: Config, workdir: str | Path) -> Resolved:
                     cfg.tracking.experiment or cfg.name)
 
 
+def job_output_warning(cfg: Config, res: Resolved) -> str | None:
+    """Inside ``ray job submit``: a line saying which outputs would stay on the node that runs the driver
+    (with the default ``--workdir``, inside the job's temporary working dir), and how to send them
+    elsewhere; None when nothing would."""
+    import os
+
+    from convlstm_dist.train.guards import is_shared_storage
+
+    if not os.environ.get("RAY_JOB_ID"):
+        return None
+    local = []
+    if res.tracking_uri and res.tracking_uri.startswith("sqlite:"):
+        local.append("MLflow runs (set MLFLOW_TRACKING_URI in the job's runtime env)")
+    if not is_shared_storage(res.storage_path):
+        local.append("checkpoints (set run.storage_path=s3://...)")
+    if not local:
+        return None
+    inside = Path.cwd().resolve() in (res.workdir, *res.workdir.parents)  # the job's unpacked working dir
+    return (f"[convlstm-dist] warning: this job keeps its {' and '.join(local)} under {res.workdir} on the node "
+            f"that runs its driver" + (", inside the job's temporary working dir (removed with Ray's session)"
+                                       if inside else ""))
+
+
 def init_ray(cfg: Config, res: Resolved) -> bool:
     """Connect to (or start) Ray by the project's policy (:func:`convlstm_dist.runtime.start_or_join_ray`),
     Ray's logs linked under the workdir; True if this call started a local Ray instance (this process owns it)."""
@@ -135,6 +158,9 @@ def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = 
 
     res, plan = preflight(cfg, workdir)
     say = functools.partial(print, flush=True) if progress else (lambda *a, **k: None)  # progress reaches pipes now
+    warning = job_output_warning(cfg, res)
+    if warning:
+        say(warning)
     own_ray = init_ray(cfg, res)
     try:
         check_storage_shared(res.storage_path)  # before the run's folder, a worker or an MLflow run exists

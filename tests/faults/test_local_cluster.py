@@ -94,13 +94,12 @@ def test_secret_key_reaches_the_job_by_path_only(cluster, tmp_path):
     cmd = ('source "$LOCAL_RAY_DIR/env"\n'
            'cluster/local_cluster.sh runtime-env > "$LOCAL_RAY_DIR/job.yaml"\n'
            'ray job submit --runtime-env "$LOCAL_RAY_DIR/job.yaml" --working-dir . --submission-id secret-check -- '
-           'convlstm-dist ingest --reader knmi_hdf5 --archive s3://$BUCKET/archives/secret-check.zarr '
-           + " ".join(f"convlstm_dist/sample_data/knmi/{p.name}"
-                      for p in sorted((REPO / "convlstm_dist/sample_data/knmi").glob("*.h5"))[:6]))
+           'convlstm-dist ingest --reader knmi_hdf5 --archive s3://$BUCKET/archives/knmi-sample.zarr '
+           'convlstm_dist/sample_data/knmi/*.h5')
     out = cluster.sh(cmd, timeout=600)
     print(out.stdout[-3000:], out.stderr[-2000:])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert "6 frames written" in out.stdout + out.stderr  # the job really wrote to S3 with the file's key
+    assert "92 frames written" in out.stdout + out.stderr  # the job really wrote to S3 with the file's key
     job_env = Path(cluster.state, "job.yaml").read_text()
     assert "AWS_SHARED_CREDENTIALS_FILE" in job_env and secret not in job_env
 
@@ -138,8 +137,16 @@ def test_secret_key_reaches_the_job_by_path_only(cluster, tmp_path):
     assert creds.stat().st_mode & 0o077 == 0  # readable by its owner only
 
 
+SMOKE = ('source "$LOCAL_RAY_DIR/env"\n'
+         'ray job submit --runtime-env "$LOCAL_RAY_DIR/job.yaml" --working-dir . -- '
+         'convlstm-dist train --config pipelines/radar_smoke.yaml --set train.epochs=1 --set run.name=smoke-{tag} '
+         '--set data.archive=s3://$BUCKET/archives/knmi-sample.zarr --set run.storage_path=s3://$BUCKET/runs')
+
+
 def test_a_lost_node_is_added_back(cluster):
-    """Kill the second node (its raylet and everything under its temp dir), then ``add-node``."""
+    """Kill the second node (its raylet and everything under its temp dir): the smoke recipe (2 CPUs)
+    is refused on the one node left, exit 2; after ``add-node`` it runs. (Uses the S3 archive and the
+    job.yaml of the test above.)"""
     node_dir = str(Path(cluster.state, "node1")) + "/"
     victims = []
     for p in psutil.process_iter(["pid", "cmdline"]):
@@ -158,12 +165,25 @@ def test_a_lost_node_is_added_back(cluster):
     while time.monotonic() < deadline and cluster.alive_nodes() != 1:
         time.sleep(3)
     assert cluster.alive_nodes() == 1, "the killed node is still reported alive"
+
+    refused = cluster.sh(SMOKE.format(tag="one-node"), timeout=600)
+    text = refused.stdout + refused.stderr
+    print(text[-2500:])
+    assert refused.returncode != 0
+    assert "exit code 2" in text and "scaling asks for" in text and "but the Ray cluster has 1 CPU" in text, text[-3000:]
+
     t0 = time.monotonic()
     added = cluster.script("add-node", timeout=300)
     print(added.stdout, added.stderr, f"add-node took {time.monotonic() - t0:.1f} s")
     assert added.returncode == 0, added.stderr
     assert re.search(r"node node2 joined: 2 live nodes", added.stdout), added.stdout
     assert cluster.alive_nodes() == 2
+
+    ran = cluster.sh(SMOKE.format(tag="two-nodes"), timeout=900)
+    text = ran.stdout + ran.stderr
+    print(text[-2500:])
+    assert ran.returncode == 0, text[-4000:]
+    assert "[epoch 1/1]" in text and "training finished" in text
 
 
 def test_stop_ends_every_process_it_started(cluster):
