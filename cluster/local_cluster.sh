@@ -2,7 +2,8 @@
 # A two-node Ray cluster on this machine, with token authentication on: a head node (runs the
 # dashboard / job API on 127.0.0.1 only) and a second node joined to it. For trying
 # `ray job submit` and multi-node code paths without a cloud account; used by
-# tests/integration/test_job_submit.py.
+# tests/integration/test_job_submit.py, tests/integration/test_cluster_quickstart.py and
+# tests/faults/test_local_cluster.py.
 #
 #   cluster/local_cluster.sh start      # prints the job address and the env file to source
 #   cluster/local_cluster.sh s3 start   # SeaweedFS (S3) on 127.0.0.1 next to it, credentials required
@@ -19,13 +20,15 @@
 # RAY_API_SERVER_ADDRESS (the job API, read by `ray job`), not RAY_ADDRESS: local commands then
 # start their own Ray instead of trying to join an http:// address.
 #
-# Listeners: the dashboard / job API and the S3 server bind 127.0.0.1 only, and the Ray Client
-# server (ray://) is not started. Ray's GCS, raylets, object managers, dashboard agents and
-# metrics exporters listen on all interfaces (Ray 2.60 has no setting to bind them to loopback);
-# they require the cluster's token.
+# Listeners: the dashboard / job API and the S3 server bind 127.0.0.1 only. Ray's GCS, raylets
+# (node + object manager), dashboard / runtime-env agents, the Ray Client server (`ray start --head`
+# always starts it when Ray's client extra is installed; port 0 is refused), the autoscaler monitor
+# and the dashboard's metrics port listen on all interfaces or the machine's outward address: Ray
+# 2.60 has no setting to keep them on loopback. They require the cluster's token. See
+# cluster/README.md ("What listens where") and tests/faults/test_local_cluster.py.
 #
 # Settings (environment):
-#   LOCAL_RAY_DIR              state folder                       (/tmp/convlstm-ray-$USER)
+#   LOCAL_RAY_DIR              state folder                       (/tmp/convlstm-ray-$(id -un))
 #   LOCAL_RAY_PORT             head GCS port                      (6390)
 #   LOCAL_RAY_DASHBOARD_PORT   dashboard / job API, on 127.0.0.1  (8265)
 #   LOCAL_RAY_CPUS             CPUs per node                      (1)

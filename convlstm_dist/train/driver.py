@@ -53,6 +53,11 @@ def resolve(cfg: Config, workdir: str | Path) -> Resolved:
                     cfg.tracking.experiment or cfg.name)
 
 
+# set by Ray's job supervisor in the environment of every `ray job submit` driver (Ray 2.60,
+# ray/_private/runtime_env/constants.py); RAY_JOB_ID is not
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
 def job_output_warning(cfg: Config, res: Resolved) -> str | None:
     """Inside ``ray job submit``: a line saying which outputs would stay on the node that runs the driver
     (with the default ``--workdir``, inside the job's temporary working dir), and how to send them
@@ -61,7 +66,7 @@ def job_output_warning(cfg: Config, res: Resolved) -> str | None:
 
     from convlstm_dist.train.guards import is_shared_storage
 
-    if not os.environ.get("RAY_JOB_ID"):
+    if not os.environ.get(RAY_JOB_ENV):
         return None
     local = []
     if res.tracking_uri and res.tracking_uri.startswith("sqlite:"):

@@ -37,7 +37,7 @@ RAY_WIDE_LISTENERS = {
     "ray::DashboardAgent": "ray::DashboardAgent",
     "ray::RuntimeEnvAgent": "ray::RuntimeEnvAgent",
     "ray.util.client.server": "ray.util.client.server",
-    "monitor.py": "monitor.py",
+    "autoscaler/_private/monitor.py": "monitor.py",
     "dashboard/dashboard.py": "dashboard.py",
 }
 

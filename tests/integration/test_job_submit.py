@@ -138,6 +138,7 @@ def test_local_storage_on_the_two_node_cluster_exits_2_before_any_worker(local_c
         text = logs.stdout
         assert f"run.storage_path {storage} is a local folder, but the Ray cluster has 2 nodes" in text, text[-3000:]
         assert "--set run.storage_path=s3://" in text
+        assert f"warning: this job keeps its checkpoints (set run.storage_path=s3://...) under {tmp / 'wd'}" in text
         assert "Traceback" not in text and "[train]" not in text and "epoch" not in text.lower(), text[-3000:]
         assert not (storage / "radar-smoke").exists()
         client = MlflowClient(tracking_uri=srv.uri)

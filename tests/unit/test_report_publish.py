@@ -33,14 +33,14 @@ def test_local_storage_keeps_outputs_where_they_are(tmp_path):
 
 def test_a_job_is_told_which_outputs_stay_on_the_head(monkeypatch, tmp_path):
     from convlstm_dist.config import Config
-    from convlstm_dist.train.driver import Resolved, job_output_warning
+    from convlstm_dist.train.driver import RAY_JOB_ENV, Resolved, job_output_warning
 
     cfg = Config()
     local = Resolved(tmp_path, "r", str(tmp_path / "runs"), f"sqlite:///{tmp_path}/mlflow.db", "r")
     remote = Resolved(tmp_path, "r", "s3://b/runs", "http://127.0.0.1:5000", "r")
-    monkeypatch.delenv("RAY_JOB_ID", raising=False)
+    monkeypatch.delenv(RAY_JOB_ENV, raising=False)
     assert job_output_warning(cfg, local) is None  # not a job: the workdir is the user's
-    monkeypatch.setenv("RAY_JOB_ID", "02000000")
+    monkeypatch.setenv(RAY_JOB_ENV, '{"runtime_env": {}}')
     msg = job_output_warning(cfg, local)
     assert "MLflow runs (set MLFLOW_TRACKING_URI" in msg and "run.storage_path=s3://" in msg and str(tmp_path) in msg
     assert job_output_warning(cfg, remote) is None
