@@ -24,9 +24,18 @@ from pathlib import Path
 FORWARDED_ENV_VARS = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_REGION")
 
 
+def job_api_address(value: str | None) -> bool:
+    """True for an ``http(s)://`` address: Ray's job API (``ray job submit --address``), not a cluster
+    ``ray.init`` can join. Ray's docs export such a ``RAY_ADDRESS`` for the job CLI; local commands
+    run with it set must not try to join it."""
+    return bool(value) and value.split("://", 1)[0].lower() in ("http", "https")
+
+
 def in_ray_job() -> bool:
-    """True inside ``ray job submit`` (or with ``RAY_ADDRESS`` exported): Ray is joined, never started."""
-    return bool(os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"))
+    """True inside ``ray job submit`` (or with a cluster ``RAY_ADDRESS`` exported): Ray is joined, never
+    started. An ``http(s)://`` ``RAY_ADDRESS`` (a job API address) does not count."""
+    addr = os.environ.get("RAY_ADDRESS")
+    return bool(os.environ.get("RAY_JOB_ID") or (addr and not job_api_address(addr)))
 
 
 def forwarded_env_vars() -> dict[str, str]:
@@ -76,6 +85,10 @@ def start_or_join_ray(address: str | None = None, *, num_cpus: int | None = None
     kw = ray_init_kwargs(address, num_cpus=num_cpus, env_vars=env_vars, dashboard=dashboard,
                          log_to_driver=log_to_driver, logging_level=logging_level, oom_retries=oom_retries)
     local = kw["address"] == "local"
+    if local and job_api_address(os.environ.get("RAY_ADDRESS")):
+        # a job API address exported for `ray job submit`: the local Ray started here (and its workers,
+        # which inherit this environment) must not read it as the cluster to join
+        os.environ.pop("RAY_ADDRESS")
     port_var = None
     if local and pin_gcs_port:
         from ray.util import get_node_ip_address

@@ -2,7 +2,10 @@
 
 `storage_options_for(url, endpoint_url)` builds the fsspec/s3fs options from the standard AWS
 environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE,
-AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION); local paths need none (`{}`).
+AWS_SHARED_CREDENTIALS_FILE, AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION); local paths need
+none (`{}`). A credentials file passed by path (AWS_SHARED_CREDENTIALS_FILE, profile AWS_PROFILE or
+`default`) is how a Ray job gets a key without the key itself in its runtime env, which
+`ray job list` and the dashboard show.
 Credentials never reach logs, error messages or tracked parameters: pass options through
 `redact()` before printing or logging them. S3 clients get a short connect timeout and few
 retries so a wrong endpoint or key fails within seconds with a message naming the URL and what
@@ -82,6 +85,8 @@ def storage_options_for(url: str, endpoint_url: str | None = None) -> dict:
         opts["secret"] = env["AWS_SECRET_ACCESS_KEY"]
         if env.get("AWS_SESSION_TOKEN"):
             opts["token"] = env["AWS_SESSION_TOKEN"]
+    elif env.get("AWS_SHARED_CREDENTIALS_FILE"):
+        opts.update(credentials_from_file(env["AWS_SHARED_CREDENTIALS_FILE"], env.get("AWS_PROFILE") or "default"))
     elif env.get("AWS_PROFILE"):
         opts["profile"] = env["AWS_PROFILE"]
     client: dict[str, Any] = {}
@@ -99,6 +104,29 @@ def storage_options_for(url: str, endpoint_url: str | None = None) -> dict:
         "retries": {"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
     }
     return opts
+
+
+def credentials_from_file(path: str, profile: str = "default") -> dict:
+    """``{"key", "secret"[, "token"]}`` of ``profile`` in an AWS shared-credentials file (INI text, read
+    as text only); ``UserError`` naming the file and the profile when either is missing."""
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            parser.read_file(fh)
+    except (OSError, UnicodeDecodeError, configparser.Error) as err:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+        raise UserError(f"cannot read the S3 credentials file {path} (AWS_SHARED_CREDENTIALS_FILE): {why}") from None
+    section = parser[profile] if parser.has_section(profile) else None
+    if section is None or not section.get("aws_access_key_id") or not section.get("aws_secret_access_key"):
+        raise UserError(f"no profile [{profile}] with aws_access_key_id and aws_secret_access_key in the S3 "
+                        f"credentials file {path} (AWS_SHARED_CREDENTIALS_FILE; the profile is AWS_PROFILE "
+                        f"or 'default')")
+    out = {"key": section["aws_access_key_id"].strip(), "secret": section["aws_secret_access_key"].strip()}
+    if section.get("aws_session_token"):
+        out["token"] = section["aws_session_token"].strip()
+    return out
 
 
 def with_fast_fail(options: dict | None, url: str) -> dict:

@@ -53,6 +53,34 @@ def resolve(cfg: Config, workdir: str | Path) -> Resolved:
                     cfg.tracking.experiment or cfg.name)
 
 
+# set by Ray's job supervisor in the environment of every `ray job submit` driver (Ray 2.60,
+# ray/_private/runtime_env/constants.py); RAY_JOB_ID is not
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def job_output_warning(cfg: Config, res: Resolved) -> str | None:
+    """Inside ``ray job submit``: a line saying which outputs would stay on the node that runs the driver
+    (with the default ``--workdir``, inside the job's temporary working dir), and how to send them
+    elsewhere; None when nothing would."""
+    import os
+
+    from convlstm_dist.train.guards import is_shared_storage
+
+    if not os.environ.get(RAY_JOB_ENV):
+        return None
+    local = []
+    if res.tracking_uri and res.tracking_uri.startswith("sqlite:"):
+        local.append("MLflow runs (set MLFLOW_TRACKING_URI in the job's runtime env)")
+    if not is_shared_storage(res.storage_path):
+        local.append("checkpoints (set run.storage_path=s3://...)")
+    if not local:
+        return None
+    inside = Path.cwd().resolve() in (res.workdir, *res.workdir.parents)  # the job's unpacked working dir
+    return (f"[convlstm-dist] warning: this job keeps its {' and '.join(local)} under {res.workdir} on the node "
+            f"that runs its driver" + (", inside the job's temporary working dir (removed with Ray's session)"
+                                       if inside else ""))
+
+
 def init_ray(cfg: Config, res: Resolved) -> bool:
     """Connect to (or start) Ray by the project's policy (:func:`convlstm_dist.runtime.start_or_join_ray`),
     Ray's logs linked under the workdir; True if this call started a local Ray instance (this process owns it)."""
@@ -101,11 +129,12 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
     from ray.train.torch import TorchTrainer
 
     from convlstm_dist.train.fit import fault_nan_at
-    from convlstm_dist.train.guards import check_cluster_resources
+    from convlstm_dist.train.guards import check_cluster_resources, check_storage_shared
     from convlstm_dist.train.ray_worker import train_loop_per_worker
     from convlstm_dist.train.recovery import repair_checkpoints
 
     check_cluster_resources(cfg)  # resources the cluster can never give: fail now, not wait forever
+    check_storage_shared(storage_path)  # a local folder on a multi-node cluster: refused before a worker starts
     memory = data_loader(cfg, plan) == "memory"
     path, fs = ray_storage(storage_path, cfg.data.endpoint_url)
     repair_checkpoints(path, fs, run_name)  # a damaged newest checkpoint: resume from the newest intact one
@@ -143,16 +172,27 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
 
 def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = True) -> TrainOutcome:
     from convlstm_dist.train.data_pin import log_pin, pin_run
-    from convlstm_dist.train.guards import check_cluster_resources
+    from convlstm_dist.train.guards import check_cluster_resources, check_storage_shared
 
     res, plan = preflight(cfg, workdir)
     say = functools.partial(print, flush=True) if progress else (lambda *a, **k: None)  # progress reaches pipes now
+    warning = job_output_warning(cfg, res)
+    if warning:
+        say(warning)
+    own_ray = init_ray(cfg, res)
+    try:
+        check_storage_shared(res.storage_path)  # before the run's folder, a worker or an MLflow run exists
+    except BaseException:
+        if own_ray:
+            import ray
+
+            ray.shutdown()
+        raise
     plan, version = pin_run(cfg, res.workdir, f"{res.storage_path.rstrip('/')}/{res.run_name}",
                             cfg.data.endpoint_url, plan)
     say(f"[convlstm-dist] run '{res.run_name}': windows per split {plan.counts()}, "
         f"crop {plan.crop[0]}x{plan.crop[1]}, {cfg.scaling.num_workers} worker(s), "
         f"{data_loader(cfg, plan)} batches ({plan.memory_bytes() / 2**30:.2f} GiB of frames)")
-    own_ray = init_ray(cfg, res)
     check_cluster_resources(cfg)  # before an MLflow run is opened for a run that could never start
     init = None
     if cfg.train.init_from:
@@ -211,6 +251,11 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
         # WorkerGroupError: show its one line, keep the ~700-line traceback in <workdir>/logs/
         user = user_error_from_failure(exc, res.workdir / "logs", res.run_name)
         if user is not None:
+            log = getattr(user, "log_path", None)
+            if log is not None:
+                from convlstm_dist.train.report import publish_outputs
+
+                publish_outputs(log, res.storage_path, res.run_name, "logs", cfg.data.endpoint_url, say)
             if own_ray:  # stop Ray's forwarded worker logs now, so that the message is the last line
                 ray.shutdown()
             raise user from None
@@ -229,7 +274,10 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
     out = TrainOutcome(res.run_name, ckpt.path if ckpt else None, metrics, tracker.run_id if tracker else None,
                        res.tracking_uri, history, stopped=stopped)
     if ckpt is not None:
-        _final_report(cfg, plan, ckpt, tracker, out, res.workdir, progress, res.run_name, full)
+        report_dir = _final_report(cfg, plan, ckpt, tracker, out, res.workdir, progress, res.run_name, full)
+        from convlstm_dist.train.report import publish_outputs
+
+        publish_outputs(report_dir, res.storage_path, res.run_name, "reports", cfg.data.endpoint_url, say)
     elif tracker is not None and tracker.offline:
         _keep_in_outbox(cfg, tracker, res.workdir, res.run_name, [], None, {}, 0, bool(stopped), say, full)
     return out
@@ -312,9 +360,10 @@ def _progress_lines(clock, say, every_s: float = 0.5):
 
 
 def _final_report(cfg, plan, ckpt, tracker, out: TrainOutcome, workdir: Path, progress: bool,
-                  run_name: str = "", full_history: list[dict] | None = None) -> None:
+                  run_name: str = "", full_history: list[dict] | None = None) -> Path:
     """Skill table (CSV + plot) of the best checkpoint, a forecast figure, the model in MLflow (or,
-    with the tracking server gone, all of it in the workdir's outbox: ``tracking/outbox.py``)."""
+    with the tracking server gone, all of it in the workdir's outbox: ``tracking/outbox.py``); the
+    folder of the report files."""
     from convlstm_dist.checkpoint import load_model, slim_checkpoint
     from convlstm_dist.train.report import final_report
 
@@ -332,3 +381,4 @@ def _final_report(cfg, plan, ckpt, tracker, out: TrainOutcome, workdir: Path, pr
         _keep_in_outbox(cfg, tracker, workdir, run_name or out.run_name, files, model_dir, test,
                         int(payload["train"].get("epoch") or 0), bool(out.stopped),
                         say or (lambda *a, **k: None), full_history)
+    return report_dir

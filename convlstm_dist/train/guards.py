@@ -6,6 +6,9 @@
 * :func:`check_cluster_resources` — before a ``TorchTrainer`` is built: GPUs or CPUs asked for but
   absent from the Ray cluster make Ray wait forever ("No available node types can fulfill
   resource request"); refuse at once, saying what was asked and what the cluster has.
+* :func:`check_storage_shared` — once Ray is joined, before a worker starts: a local ``run.storage_path``
+  on a cluster of more than one node (or one that autoscales) is refused: each node would write its
+  checkpoints to its own disk, and a resumed run would not find them.
 * :func:`user_error_from_failure` — after ``trainer.fit()`` failed: find a ``UserError`` raised
   inside a worker (wrapped in ``WorkerGroupError`` / ``UserExceptionWithTraceback`` /
   ``RayTaskError``), write the full traceback to a log file and return the one-line message.
@@ -74,7 +77,8 @@ def check_storage_writable(storage_path: str, endpoint_url: str | None = None, w
                            request_timeout=PROBE_REQUEST_TIMEOUT_S,
                            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=PROBE_ATTEMPTS))
     key = f"{path.rstrip('/')}/{name}"
-    where = f"{storage_path} at {endpoint_of(storage_options_for(storage_path, endpoint_url))}"
+    opts = storage_options_for(storage_path, endpoint_url)
+    where = f"{storage_path} at {endpoint_of(opts)}"
     step = "write"
     try:
         with fs.open_output_stream(key) as fh:
@@ -82,7 +86,7 @@ def check_storage_writable(storage_path: str, endpoint_url: str | None = None, w
         step = "delete"
         fs.delete_file(key)
     except OSError as err:
-        text = scrub(str(err), {"secret": _env_secret()})
+        text = scrub(scrub(str(err), opts), {"secret": _env_secret()})
         raise UserError(f"cannot {step} checkpoints under {what} {where}: {_reason(text)}") from None
 
 
@@ -152,6 +156,43 @@ def check_cluster_resources(cfg) -> None:
         if nodes:
             largest = {k: max(float(n.get(k, 0.0)) for n in nodes) for k in per_worker}
     problem = resource_problem(per_worker, s.num_workers, cluster, largest)
+    if problem:
+        raise UserError(problem)
+
+
+# --------------------------------------------------------------------------- shared storage
+
+S3_STORAGE_EXAMPLE = "s3://my-bucket/runs"
+
+
+def is_shared_storage(storage_path: str) -> bool:
+    """True for a URL every node reaches by itself (``s3://``, ``gs://``, ...); False for a folder."""
+    return "://" in str(storage_path) and not str(storage_path).startswith("file://")
+
+
+def storage_problem(storage_path: str, nodes: int, autoscaling: bool = False,
+                    what: str = "run.storage_path") -> str | None:
+    """Why ``storage_path`` cannot hold the checkpoints of a run on a cluster of ``nodes`` live nodes
+    (``autoscaling``: it can add more); None if it can."""
+    if is_shared_storage(storage_path) or (nodes <= 1 and not autoscaling):
+        return None
+    size = f"{nodes} nodes" + (" and autoscales" if autoscaling else "") if nodes > 1 else "an autoscaler"
+    return (f"{what} {storage_path} is a local folder, but the Ray cluster has {size}: each node would keep "
+            f"its checkpoints on its own disk and a resumed run would not find them. Use storage every node "
+            f"reaches, e.g. --set {what}={S3_STORAGE_EXAMPLE} (with AWS_ENDPOINT_URL for a non-AWS S3 server)")
+
+
+def check_storage_shared(storage_path: str, what: str = "run.storage_path") -> None:
+    """``UserError`` when the connected Ray cluster has (or can grow to) more than one node and
+    ``storage_path`` is a local folder (see :func:`storage_problem`)."""
+    import ray
+
+    from convlstm_dist.ray_runtime import autoscaler_max_resources
+
+    if is_shared_storage(storage_path):
+        return
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    problem = storage_problem(storage_path, nodes, bool(autoscaler_max_resources()), what)
     if problem:
         raise UserError(problem)
 
@@ -238,5 +279,7 @@ def user_error_from_failure(exc: BaseException, log_dir: Path, run_name: str) ->
         log.write_text(failure_log_text(exc))
         tail = f"; full traceback in {log}"
     except OSError:
-        tail = ""
-    return UserError(f"{user_message(err)}{where}{tail}")
+        log, tail = None, ""
+    user = UserError(f"{user_message(err)}{where}{tail}")
+    user.log_path = log  # the driver copies it beside the run's checkpoints when those are remote
+    return user

@@ -137,3 +137,30 @@ def final_report(cfg, plan, model, payload: dict, out_dir: Path, tracker=None, s
             say(f"[convlstm-dist] test split ({plan.counts().get('test')} windows, best checkpoint): "
                 f"{key} {test[key]:.4f}")
     return files, model_uri, test
+
+
+def publish_outputs(local: Path, storage_path: str, run_name: str, kind: str, endpoint_url: str | None = None,
+                    say=None) -> str | None:
+    """Copy a run's output folder or file (``kind``: ``reports`` / ``logs``) to
+    ``<storage_path>/<run_name>/<kind>/`` when the run's storage is remote (``s3://``): on a cluster the
+    driver's ``--workdir`` is a folder of the head node (inside ``ray job submit``, its temporary
+    session folder), so the copy beside the checkpoints is the one that lasts. Returns the URL, or
+    None for local storage. A failed copy is said, never raised: the run's results are already in
+    MLflow and its checkpoints."""
+    from convlstm_dist.data import filesystem, is_remote, scrub, storage_options_for
+
+    if not is_remote(storage_path):
+        return None
+    local = Path(local)
+    url = f"{storage_path.rstrip('/')}/{run_name}/{kind}/{local.name}"
+    opts = storage_options_for(url, endpoint_url)
+    try:
+        fs, path = filesystem(url, opts)
+        fs.put(str(local), path, recursive=local.is_dir())
+    except Exception as err:  # noqa: BLE001 - a copy of outputs must not fail a finished run
+        if say is not None:
+            say(f"[convlstm-dist] could not copy {local} to {url}: {scrub(f'{type(err).__name__}: {err}', opts)[:200]}")
+        return None
+    if say is not None:
+        say(f"[convlstm-dist] {kind} copied to {url}")
+    return url

@@ -139,6 +139,7 @@ def test_kuberay_manifests_shape():
     assert rj["kind"] == "RayJob"
     spec = rj["spec"]
     assert spec["entrypoint"].startswith("convlstm-dist train --config pipelines/")
+    assert "data.archive=s3://" in spec["entrypoint"] and "run.storage_path=s3://" in spec["entrypoint"]
     assert spec["shutdownAfterJobFinishes"] is True
     renv = yaml.safe_load(spec["runtimeEnvYAML"])
     assert {"MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL"} <= set(renv["env_vars"])
@@ -448,3 +449,79 @@ def test_mlflow_on_kubernetes_requires_login_and_admits_only_ray_pods():
                 e = _env(ct)
                 for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
                     assert (e.get(k, {}).get("valueFrom") or {}).get("secretKeyRef"), (p, name, k)
+
+
+# --- the recipes point at data: S3 archive + S3 run.storage_path, one bucket (issue 22, item 5) ----------
+
+
+def _train_commands(text: str) -> list[str]:
+    """Every ``convlstm-dist train`` command in ``text`` with its continuation lines joined (shell ``\\``,
+    YAML folded scalars and ``#`` comment blocks alike)."""
+    lines = [re.sub(r"^\s*#\s?", "", ln) for ln in text.splitlines()]
+    cmds = []
+    for i, ln in enumerate(lines):
+        if "convlstm-dist train" not in ln:
+            continue
+        cmd, j = ln, i
+        while (cmd.rstrip().endswith("\\") or (j + 1 < len(lines) and lines[j + 1].strip().startswith("--set"))) \
+                and j + 1 < len(lines):
+            j += 1
+            cmd = cmd.rstrip().rstrip("\\") + " " + lines[j].strip()
+        cmds.append(cmd)
+    return cmds
+
+
+def _bucket_var(cmd: str) -> str:
+    """The shell variable both the archive and the storage path take their bucket from."""
+    archive = re.search(r"--set data\.archive=s3://\$\{?(\w+)\}?/\S+", cmd)
+    storage = re.search(r"--set run\.storage_path=s3://\$\{?(\w+)\}?/\S+", cmd)
+    assert archive and storage, f"a train command without an S3 archive and an S3 run.storage_path: {cmd}"
+    assert archive.group(1) == storage.group(1), cmd
+    return archive.group(1)
+
+
+@pytest.mark.parametrize("path", ["ray_cluster.yaml", "cluster/README.md", "cluster/kuberay/rayjob.yaml"])
+def test_train_recipes_pass_an_s3_archive_and_storage_from_one_bucket(path):
+    text = (REPO / path).read_text()
+    cmds = _train_commands(text)
+    assert cmds, f"no convlstm-dist train command in {path}"
+    for cmd in cmds:
+        var = _bucket_var(cmd)
+        # the bucket is named once: a shell assignment / container env entry in this file, or the env
+        # file of local_cluster.sh (section 6 sources it)
+        assigned = re.findall(rf"(?:^|\s|#)(?:export\s+)?{var}=(\S+)", text) + \
+            re.findall(rf"name:\s*{var},\s*value:\s*(\S+?)\}}", text)
+        if var == "BUCKET" and "source $LOCAL_RAY_DIR/env" in text and not assigned:
+            assert "export BUCKET=$BUCKET" in (REPO / "cluster/local_cluster.sh").read_text()
+            continue
+        assert len(assigned) >= 1, f"{path}: ${var} is used but never set"
+        assert len(set(assigned)) == 1, f"{path}: ${var} is set to different buckets: {assigned}"
+        assert not re.search(r"s3://(?!\$)[a-z0-9][a-z0-9.-]+/(?:archives|runs)", cmd), cmd  # no second, literal bucket
+
+
+def test_rayjob_bucket_reaches_the_submitter_shell():
+    """KubeRay's submitter pod runs ``ray job submit ... -- <entrypoint>`` through its shell: the bucket
+    variable must be set in that container (and nowhere it would be a secret)."""
+    rj = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())
+    var = _bucket_var(" ".join(rj["spec"]["entrypoint"].split()))
+    sub = rj["spec"]["submitterPodTemplate"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in sub["env"]}
+    assert env.get(var), f"{var} is not set in the submitter container"
+
+
+def test_local_quickstart_blocks_are_complete():
+    """cluster/README.md section 6 (run by tests/integration/test_cluster_quickstart.py): S3 on loopback
+    next to Ray, an ingest into s3://, a submit with the archive and the storage path, and no secret
+    passed through the runtime env."""
+    from fixtures_cluster import readme_blocks
+
+    blocks = readme_blocks()
+    assert {"setup", "ingest", "train", "stop"} <= set(blocks)
+    assert "local_cluster.sh s3 start" in blocks["setup"] and "source $LOCAL_RAY_DIR/env" in blocks["setup"]
+    assert "$USER" not in "".join(blocks.values())  # unset in some shells
+    assert "--archive s3://$BUCKET/" in blocks["ingest"]
+    assert "--runtime-env $LOCAL_RAY_DIR/job.yaml" in blocks["train"] and "runtime-env >" in blocks["train"]
+    assert not re.search(r"AWS_SECRET_ACCESS_KEY|aws_secret", blocks["train"], re.I)
+    assert "local_cluster.sh stop" in blocks["stop"]
+    docs = (REPO / "cluster" / "README.md").read_text()
+    assert "local_cluster.sh add-node" in docs  # how to add a node back after one is lost

@@ -153,3 +153,22 @@ def test_only_the_runtime_module_calls_ray_init():
            if f.relative_to(REPO).as_posix() != RUNTIME_MODULE for hit in _ray_init_calls(f)]
     assert not bad, "start or join Ray with convlstm_dist.runtime.start_or_join_ray:\n" + "\n".join(bad)
     assert _ray_init_calls(REPO / RUNTIME_MODULE), "the walker no longer sees runtime's own ray.init"
+
+
+def test_job_api_address_in_env_starts_local_ray(fake_ray, monkeypatch):
+    """``RAY_ADDRESS=http://...`` (the job API, exported for ``ray job submit``) is not a cluster to join:
+    a local command starts its own Ray and its workers do not inherit the http address."""
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    assert runtime.in_ray_job() is False
+    assert runtime.start_or_join_ray() is True
+    (kw,) = fake_ray
+    assert kw["address"] == "local"
+    assert "RAY_ADDRESS" not in os.environ
+
+
+def test_cluster_address_in_env_joins(fake_ray, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert runtime.in_ray_job() is True
+    assert runtime.start_or_join_ray() is False
+    (kw,) = fake_ray
+    assert kw["address"] == "auto"

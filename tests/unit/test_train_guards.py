@@ -168,3 +168,62 @@ def test_resume_with_another_architecture_is_one_clear_line(tmp_path):
     msg = str(err.value)
     assert "run 'radar-smoke' cannot resume" in msg and "another architecture" in msg and "size mismatch" in msg
     assert "new run.name" in msg and "\n" not in msg
+
+
+# --------------------------------------------------------------------------- shared storage on a cluster
+
+
+def test_local_storage_on_a_multi_node_cluster_is_refused_with_an_s3_example():
+    msg = guards.storage_problem("/tmp/runs", nodes=2)
+    assert msg is not None
+    assert "run.storage_path /tmp/runs" in msg and "2 nodes" in msg
+    assert "--set run.storage_path=s3://" in msg
+    assert guards.storage_problem("/tmp/runs", nodes=1, autoscaling=True) is not None  # can grow: refused too
+    assert guards.storage_problem("/tmp/runs", nodes=1) is None  # one node: its disk is everyone's
+    assert guards.storage_problem("s3://b/runs", nodes=5, autoscaling=True) is None
+    assert guards.storage_problem("file:///tmp/runs", nodes=2) is not None  # still one node's disk
+
+
+def _fake_cluster(monkeypatch, alive: int, autoscaler=None):
+    import ray
+
+    import convlstm_dist.ray_runtime as rr
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 1.0}} for _ in range(alive)] + [{"Alive": False}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    monkeypatch.setattr(rr, "autoscaler_max_resources", lambda: autoscaler)
+
+
+def test_check_storage_shared_counts_live_nodes(monkeypatch):
+    _fake_cluster(monkeypatch, alive=2)
+    with pytest.raises(UserError, match=r"run.storage_path /x is a local folder, but the Ray cluster has 2 nodes"):
+        guards.check_storage_shared("/x")
+    guards.check_storage_shared("s3://bucket/runs")  # shared: fine
+    _fake_cluster(monkeypatch, alive=1)
+    guards.check_storage_shared("/x")  # a single node: fine
+    _fake_cluster(monkeypatch, alive=1, autoscaler={"CPU": 64.0})
+    with pytest.raises(UserError, match="autoscaler"):
+        guards.check_storage_shared("/x")
+
+
+def test_train_refuses_local_storage_on_a_cluster_before_anything_starts(monkeypatch, tmp_path):
+    """``run_training`` on a 2-node cluster with a local ``run.storage_path``: UserError (exit 2 in the CLI)
+    right after joining Ray, before the run's folder is pinned, an MLflow run is opened or a trainer built."""
+    from convlstm_dist.config import load_config
+    from convlstm_dist.train import data_pin, driver
+
+    cfg = load_config(str(Path(__file__).resolve().parents[2] / "pipelines" / "radar_smoke.yaml"))
+    res = driver.Resolved(tmp_path, "smoke", str(tmp_path / "runs"), None, "smoke")
+    monkeypatch.setattr(driver, "preflight", lambda c, w: (res, object()))
+    monkeypatch.setattr(driver, "init_ray", lambda c, r: False)
+    _fake_cluster(monkeypatch, alive=2)
+
+    def must_not_run(*a, **k):
+        raise AssertionError("reached past the storage guard")
+
+    monkeypatch.setattr(data_pin, "pin_run", must_not_run)
+    monkeypatch.setattr(driver, "build_trainer", must_not_run)
+    with pytest.raises(UserError) as err:
+        driver.run_training(cfg, tmp_path, progress=False)
+    assert "run.storage_path" in str(err.value) and "s3://" in str(err.value)
+    assert not (tmp_path / "runs" / "smoke").exists()
