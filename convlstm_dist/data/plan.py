@@ -326,9 +326,13 @@ class DataPlan:
             out[s] = MultiMemorySplit(parts, [src.weight for src in self.sources])
         return out
 
-    def datasets(self, seed: int, clock_name: str | None, crops_per_window: int = 1, augment: bool = False) -> dict:
-        """``{"train", "val"}`` Ray datasets of compact rows (+ ``src``); training weighted and reshuffled per epoch."""
-        from convlstm_dist.data.datasource import window_dataset
+    def datasets(self, seed: int, clock_name: str | None, crops_per_window: int = 1, augment: bool = False,
+                 read_block_mb: float | None = None) -> dict:
+        """``{"train", "val"}`` Ray datasets of compact rows (+ ``src``); training weighted and reshuffled per epoch.
+        ``read_block_mb``: decoded frames per read task (``data.read_block_mb``; None: the default)."""
+        from convlstm_dist.data.datasource import READ_BLOCK_MB, window_dataset
+
+        block = READ_BLOCK_MB if read_block_mb is None else read_block_mb
 
         def sources(split, weighted):
             return [(src.archives[split], src.starts[split], src.weight if weighted else 1.0) for src in self.sources]
@@ -336,7 +340,8 @@ class DataPlan:
         return {
             "train": window_dataset(None, None, self.in_len, self.out_len, self.crop, seed=seed, shuffle=True,
                                     clock_name=clock_name, crops_per_window=crops_per_window, augment=augment,
-                                    compact=True, sources=sources("train", True)),
+                                    compact=True, sources=sources("train", True), read_block_mb=block),
             "val": window_dataset(None, None, self.in_len, self.out_len, self.crop, seed=seed + 10_000,
-                                  shuffle=False, fixed_epoch=0, compact=True, sources=sources("val", False)),
+                                  shuffle=False, fixed_epoch=0, compact=True, sources=sources("val", False),
+                                  read_block_mb=block),
         }
