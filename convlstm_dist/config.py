@@ -121,7 +121,7 @@ class DataConfig(_Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
     seed: int = 0
     crops_per_window: int = Field(1, ge=1)
-    read_block_mb: float = Field(128.0, ge=1, le=4096,
+    read_block_mb: float = Field(96.0, ge=1, le=4096,
                                  description="data.loader stream: decoded frames (MiB, float32) one Ray Data read "
                                              "task covers; it reads that many consecutive time chunks (at least "
                                              "one, and at least one window long), each frame once, and streams "

@@ -174,6 +174,11 @@ class WindowDatasource(Datasource):
         return int(max(min(m, a.time_chunk * self.cpw) * rb
                        for m, rb, (a, _, _) in zip(self.max_rows, self._row_bytes, self.sources)))
 
+    def task_out_bytes(self) -> int:
+        """The rows (bytes) of the largest read task: what one task puts into the object store in all."""
+        return int(max((len(g) * self.cpw * rb for (_, gs, _), rb in zip(self.sources, self._row_bytes) for g in gs),
+                       default=0))
+
     def _units(self):
         from convlstm_dist.data.mix import epoch_units
 
@@ -212,7 +217,7 @@ class WindowDatasource(Datasource):
         return tasks
 
 
-READ_BLOCK_MB = 128.0
+READ_BLOCK_MB = 96.0
 """Default of ``data.read_block_mb`` (see :func:`window_dataset`; measured in
 benchmarks/results/data-scale-2026-12-04.md)."""
 

@@ -87,3 +87,12 @@ def test_byte_sized_tasks_stream_the_rows_of_chunk_tasks_and_carry_no_table(arch
     small = WindowDatasource(arc, starts[:4], 3, 2, (16, 16), crops_per_window=3, compact=True)
     size = [len(cp.dumps(t.read_fn)) for t in (src.get_read_tasks(1)[0], small.get_read_tasks(1)[0])]
     assert abs(size[0] - size[1]) < 64 and size[0] < 4000, size
+
+
+def test_config_default_read_block_is_the_datasource_default():
+    from convlstm_dist.config import DataConfig
+    from convlstm_dist.data.datasource import READ_BLOCK_MB
+
+    assert DataConfig().read_block_mb == READ_BLOCK_MB
+    with pytest.raises(ValueError, match="read_block_mb"):
+        DataConfig(read_block_mb=0)
