@@ -121,6 +121,11 @@ class DataConfig(_Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
     seed: int = 0
     crops_per_window: int = Field(1, ge=1)
+    read_block_mb: float = Field(96.0, ge=1, le=4096,
+                                 description="data.loader stream: decoded frames (MiB, float32) one Ray Data read "
+                                             "task covers; it reads that many consecutive time chunks (at least "
+                                             "one, and at least one window long), each frame once, and streams "
+                                             "its rows out in blocks of at most one chunk's windows")
     loader: Literal["auto", "stream", "memory"] = Field(
         "auto", description="how Ray Train workers get batches: stream (Ray Data read tasks, any archive size), "
                             "memory (each worker reads the frames once and cuts its batches in a background "

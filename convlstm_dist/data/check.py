@@ -42,7 +42,8 @@ def check_batches(plan, data_cfg, n_batches: int) -> BatchCheck:
     import ray
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = plan.datasets(data_cfg.seed, None, data_cfg.crops_per_window, data_cfg.augment)["train"]
+    ds = plan.datasets(data_cfg.seed, None, data_cfg.crops_per_window, data_cfg.augment,
+                       data_cfg.read_block_mb)["train"]
     out = BatchCheck()
     t0 = time.perf_counter()
     for i, batch in enumerate(ds.iter_batches(batch_size=data_cfg.batch_size, batch_format="numpy")):

@@ -4,9 +4,16 @@ Ray's built-in ``read_zarr`` reads Zarr v2 only; :class:`WindowDatasource` reads
 archive (``convlstm_dist.data.archive``) on local disk or ``s3://`` through Ray's
 ``Datasource`` API.
 
-* **Read tasks are chunk-aligned.** Window starts are grouped by the time chunk of their first
-  frame; one read task reads its group's frames in one call (its chunk plus the ``length - 1``
-  frames the last windows reach into the next chunk) and emits every window of the group.
+* **Read tasks are sized by bytes.** Window starts are grouped by the time chunk of their first
+  frame, and one read task covers as many consecutive chunks as ``read_block_mb`` of decoded
+  frames allow (``data.read_block_mb``; :func:`windows.chunks_per_task`). A task reads only the
+  frames its windows touch, chunk by chunk, each frame once (:func:`samples.iter_windows`), and
+  streams its rows out in blocks of at most one chunk's windows and ``OUT_BLOCK_BYTES``: the
+  object store holds a few such blocks, never a whole task. A chunk that the last windows of one
+  task reach into is read again by the next task (at most twice in all).
+* **The window table travels once.** Archives, window starts and task bounds are one object in
+  the object store (``ray.put`` when the dataset first plans its tasks); a read task carries only
+  its slot and fetches the table once per worker process.
 * **Rows** (one per window and crop): ``x`` (in_len, 1, h, w) and ``y`` (out_len, 1, h, w) in the
   model's range (``transforms``), NaN → 0; ``mask`` (out_len, 1, h, w) 1.0 where the target is
   valid; ``t0`` (window start index in its archive), ``cy``/``cx`` (crop corner), ``src`` (int16,
@@ -31,8 +38,8 @@ import ray
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockAccessor, BlockMetadata
 
-from convlstm_dist.data.samples import read_windows  # noqa: F401  (re-exported)
-from convlstm_dist.data.windows import group_by_chunk
+from convlstm_dist.data.samples import load_block, read_windows  # noqa: F401  (read_windows re-exported)
+from convlstm_dist.data.windows import chunks_per_task, group_by_chunks
 
 
 class EpochClock:
@@ -130,47 +137,93 @@ def read_with_retries(read, what: str, retries: int = DEFAULT_READ_RETRIES, note
         return out
 
 
-def _read_task_fn(sources, slot, in_len, out_len, crop, seed, shuffle, clock_name, fixed_epoch, cpw,
-                  augment=False, compact=False, read_retries=DEFAULT_READ_RETRIES, notes_name=None):
-    """Read task ``slot``: at run time it looks up the epoch, draws the epoch's units (chunk groups of
-    every archive, weighted; :mod:`convlstm_dist.data.mix`) and reads unit number ``slot`` (retrying
-    while the store is unreachable: :func:`read_with_retries`)."""
+OUT_BLOCK_BYTES = 32 << 20
+"""Largest block a read task emits: a task streams its rows out in blocks of at most this size (and of
+at most one time chunk's windows), so the object store holds a few of them, never a whole task."""
+
+_TABLES: dict = {}  # per worker process: the window table of a dataset, fetched once (ObjectRef hex -> table)
+
+
+def _table(ref):
+    key = ref.hex()
+    t = _TABLES.get(key)
+    if t is None:
+        if len(_TABLES) >= 4:  # a long-lived worker serves a few datasets (train, val) at a time
+            _TABLES.pop(next(iter(_TABLES)))
+        t = _TABLES[key] = ray.get(ref)
+    return t
+
+
+def _read_task_fn(table_ref, slot, in_len, out_len, crop, seed, shuffle, clock_name, fixed_epoch, cpw,
+                  augment=False, compact=False, max_rows=None, read_retries=DEFAULT_READ_RETRIES, notes_name=None):
+    """Read task ``slot``: at run time it looks up the epoch, draws the epoch's units (task groups of
+    every archive, weighted; :mod:`convlstm_dist.data.mix`) and streams unit number ``slot``'s rows.
+    The window table (archives, starts, task bounds, weights) is one object in the object store,
+    fetched once per worker process; the task itself carries only its slot. Every read of frames is
+    retried while the store is unreachable (:func:`read_with_retries`)."""
     def fn():
         from convlstm_dist.data.mix import epoch_units
+        from convlstm_dist.data.samples import iter_windows
 
+        sources = _table(table_ref)
         epoch = _current_epoch(clock_name, fixed_epoch)
-        units = epoch_units([len(s[1]) for s in sources], [s[2] for s in sources], seed, epoch, shuffle)
+        units = epoch_units([len(s["bounds"]) - 1 for s in sources], [s["weight"] for s in sources], seed, epoch,
+                            shuffle)
         i, g, r = (int(v) for v in units[slot])
-        archive, groups, _ = sources[i]
-        starts = groups[g]
-        lo, hi = int(min(starts)), int(max(starts)) + in_len + out_len
-        batch = read_with_retries(
-            lambda: read_windows(copy.copy(archive), starts, in_len, out_len, crop, seed, epoch, cpw, augment,
-                                 compact=compact, draw_offset=r * cpw),
-            f"frames {lo}..{hi - 1} of {archive.url}", read_retries, notes_name)
-        batch["src"] = np.full(len(batch["t0"]), i, dtype=np.int16)
-        return [BlockAccessor.batch_to_block(batch)]
+        src = sources[i]
+        starts = src["starts"][src["bounds"][g]:src["bounds"][g + 1]]
+
+        current = {}  # the archive this task reads through; a failed read swaps in a fresh copy (new connections)
+
+        def load(archive, lo, hi):
+            def read():
+                a = current.setdefault("archive", archive)
+                try:
+                    return load_block(a, lo, hi)
+                except Exception:
+                    current["archive"] = copy.copy(archive)
+                    raise
+
+            return read_with_retries(read, f"frames {lo}..{hi - 1} of {archive.url}", read_retries, notes_name)
+
+        for batch in iter_windows(src["archive"], starts, in_len, out_len, crop, seed, epoch, cpw, augment,
+                                  compact, draw_offset=r * cpw, max_rows=max_rows[i], load=load):
+            batch["src"] = np.full(len(batch["t0"]), i, dtype=np.int16)
+            yield BlockAccessor.batch_to_block(batch)
 
     return fn
+
+
+def frame_bytes(archive) -> int:
+    """Bytes of one decoded frame (float32) of ``archive``: the unit of ``data.read_block_mb``."""
+    _, H, W = archive.shape
+    return 4 * H * W
 
 
 class WindowDatasource(Datasource):
     """Ray Data datasource over the windows of one or several archives (see module docstring).
 
     ``sources``: a list of ``(archive, starts, weight)``, or pass ``archive, starts`` for one archive.
-    Read tasks never span archives: each reads one chunk group of one archive. Rows carry ``src``
-    (int16), the index of their archive in ``sources``. Training (``shuffle``) applies the weights at
-    the level of chunk groups (``mix.epoch_units``); validation reads every window once."""
+    Read tasks never span archives: each reads one group of consecutive time chunks of one archive,
+    as many as ``read_block_bytes`` of decoded frames allow (:func:`windows.chunks_per_task`; None:
+    one chunk per task). Rows carry ``src`` (int16), the index of their archive in ``sources``.
+    Training (``shuffle``) applies the weights at the level of task groups (``mix.epoch_units``);
+    validation reads every window once."""
 
     def __init__(self, archive=None, starts=None, in_len=1, out_len=1, crop=None, seed=0, shuffle=False,
                  clock_name=None, fixed_epoch=0, crops_per_window=1, augment=False, compact=False, sources=None,
-                 read_retries=DEFAULT_READ_RETRIES, notes_name=None):
+                 read_block_bytes=None, read_retries=DEFAULT_READ_RETRIES, notes_name=None):
         super().__init__()
         self.read_retries, self.notes_name = int(read_retries), notes_name if notes_name is not None else clock_name
         if sources is None:
             sources = [(archive, starts, 1.0)]
         self.augment, self.compact = augment, compact
-        self.sources = [(a, group_by_chunk(np.sort(np.asarray(st)), a.time_chunk), float(w)) for a, st, w in sources]
+        length = in_len + out_len
+        self.chunks_per_task = [1 if read_block_bytes is None else
+                                chunks_per_task(frame_bytes(a), a.time_chunk, length, int(read_block_bytes))
+                                for a, _, _ in sources]
+        self.sources = [(a, group_by_chunks(np.sort(np.asarray(st)), a.time_chunk, k), float(w))
+                        for (a, st, w), k in zip(sources, self.chunks_per_task)]
         self.archive = self.sources[0][0]
         self.groups = [g for _, gs, _ in self.sources for g in gs]  # every group once (sizes, estimates)
         self.in_len, self.out_len = in_len, out_len
@@ -184,9 +237,21 @@ class WindowDatasource(Datasource):
             h, w = crop or (H, W)
             self._row_bytes.append(((2 * (in_len + out_len) + out_len) if compact else 4 * (in_len + 2 * out_len))
                                    * h * w + 26)
+        self.max_rows = [max(crops_per_window, OUT_BLOCK_BYTES // rb) for rb in self._row_bytes]
+        self._table_ref = None
 
     def get_name(self) -> str:
         return "ZarrWindows"
+
+    def out_block_bytes(self) -> int:
+        """The largest block a read task emits (bytes; rows of at most one time chunk and OUT_BLOCK_BYTES)."""
+        return int(max(min(m, a.time_chunk * self.cpw) * rb
+                       for m, rb, (a, _, _) in zip(self.max_rows, self._row_bytes, self.sources)))
+
+    def task_out_bytes(self) -> int:
+        """The rows (bytes) of the largest read task: what one task puts into the object store in all."""
+        return int(max((len(g) * self.cpw * rb for (_, gs, _), rb in zip(self.sources, self._row_bytes) for g in gs),
+                       default=0))
 
     def _units(self):
         from convlstm_dist.data.mix import epoch_units
@@ -194,6 +259,18 @@ class WindowDatasource(Datasource):
         # the epoch's count of units is the same in every epoch: plan the tasks with epoch 0
         return epoch_units([len(gs) for _, gs, _ in self.sources], [w for _, _, w in self.sources],
                            self.seed, 0, self.shuffle)
+
+    def _table(self):
+        """The window table in the object store (once per datasource; every read task fetches it by reference)."""
+        if self._table_ref is None:
+            table = []
+            for a, gs, w in self.sources:
+                sizes = np.array([len(g) for g in gs], dtype=np.int64)
+                table.append({"archive": a, "weight": w,
+                              "starts": np.concatenate(gs) if gs else np.zeros(0, np.int64),
+                              "bounds": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)})
+            self._table_ref = ray.put(table)
+        return self._table_ref
 
     def estimate_inmemory_data_size(self) -> int:
         return int(sum(len(self.sources[i][1][g]) * self.cpw * self._row_bytes[i] for i, g, _ in self._units()))
@@ -203,31 +280,40 @@ class WindowDatasource(Datasource):
         rows_of = [len(self.sources[i][1][g]) * self.cpw for i, g, _ in units]
         mean_rows = int(np.mean(rows_of)) if rows_of else 0
         row_bytes = int(np.mean([self._row_bytes[i] for i, _, _ in units])) if len(units) else 0
+        ref = self._table()
         tasks = []
         for slot in range(len(units)):
             rows = rows_of[slot] if not self.shuffle else mean_rows
             meta = BlockMetadata(num_rows=rows, size_bytes=rows * row_bytes, input_files=None, exec_stats=None)
-            fn = _read_task_fn(self.sources, slot, self.in_len, self.out_len, self.crop, self.seed, self.shuffle,
-                               self.clock_name, self.fixed_epoch, self.cpw, self.augment, self.compact,
+            fn = _read_task_fn(ref, slot, self.in_len, self.out_len, self.crop, self.seed, self.shuffle,
+                               self.clock_name, self.fixed_epoch, self.cpw, self.augment, self.compact, self.max_rows,
                                self.read_retries, self.notes_name)
             tasks.append(ReadTask(fn, meta, per_task_row_limit=per_task_row_limit))
         return tasks
 
 
+READ_BLOCK_MB = 96.0
+"""Default of ``data.read_block_mb`` (see :func:`window_dataset`; measured in
+benchmarks/results/data-scale-2026-12-04.md)."""
+
+
 def window_dataset(archive, starts, in_len, out_len, crop=None, seed=0, shuffle=False, clock_name=None,
                    fixed_epoch=0, crops_per_window=1, augment=False, compact=False, sources=None,
-                   read_retries=DEFAULT_READ_RETRIES, notes_name=None):
+                   read_block_mb: float | None = READ_BLOCK_MB, read_retries=DEFAULT_READ_RETRIES, notes_name=None):
     """A ``ray.data.Dataset`` of training windows (rows as in the module docstring plus ``src``;
     ``compact``: float16 values and a uint8 mask, see ``samples.cut_windows``). Several archives:
     ``sources=[(archive, starts, weight), ...]`` (``archive``/``starts`` then ignored).
-    ``read_retries``: retries of a read while the store is unreachable (:func:`read_with_retries`);
-    ``notes_name``: the run's :class:`EpochClock` that gets those log lines (default ``clock_name``)."""
+    ``read_block_mb``: decoded frames (MiB, float32) one read task covers; it sets how many
+    consecutive time chunks a task reads (None: one chunk per task). ``read_retries``: retries of a
+    read while the store is unreachable (:func:`read_with_retries`); ``notes_name``: the run's
+    :class:`EpochClock` that gets those log lines (default ``clock_name``)."""
     if sources is None:
         sources = [(archive, starts, 1.0)]
     if sum(len(st) for _, st, _ in sources) == 0:
         raise ValueError("no windows to read: the split is empty (check data.split and the archive's time range)")
     src = WindowDatasource(in_len=in_len, out_len=out_len, crop=crop, seed=seed, shuffle=shuffle,
                            clock_name=clock_name, fixed_epoch=fixed_epoch, crops_per_window=crops_per_window,
-                           augment=augment, compact=compact, sources=sources, read_retries=read_retries,
-                           notes_name=notes_name)
+                           augment=augment, compact=compact, sources=sources,
+                           read_block_bytes=None if read_block_mb is None else int(read_block_mb * (1 << 20)),
+                           read_retries=read_retries, notes_name=notes_name)
     return ray.data.read_datasource(src, override_num_blocks=max(1, len(src._units())))

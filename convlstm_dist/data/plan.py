@@ -327,14 +327,16 @@ class DataPlan:
         return out
 
     def datasets(self, seed: int, clock_name: str | None, crops_per_window: int = 1, augment: bool = False,
-                 read_retries: int | None = None) -> dict:
+                 read_retries: int | None = None, read_block_mb: float | None = None) -> dict:
         """``{"train", "val"}`` Ray datasets of compact rows (+ ``src``); training weighted and reshuffled per epoch.
         ``read_retries``: see ``datasource.read_with_retries`` (None: its default); retries of both
-        datasets are noted on ``clock_name``'s clock."""
-        from convlstm_dist.data.datasource import DEFAULT_READ_RETRIES, window_dataset
+        datasets are noted on ``clock_name``'s clock. ``read_block_mb``: decoded frames per read task
+        (``data.read_block_mb``; None: the default)."""
+        from convlstm_dist.data.datasource import DEFAULT_READ_RETRIES, READ_BLOCK_MB, window_dataset
 
         retry = {"read_retries": DEFAULT_READ_RETRIES if read_retries is None else int(read_retries),
-                 "notes_name": clock_name}
+                 "notes_name": clock_name,
+                 "read_block_mb": READ_BLOCK_MB if read_block_mb is None else read_block_mb}
 
         def sources(split, weighted):
             return [(src.archives[split], src.starts[split], src.weight if weighted else 1.0) for src in self.sources]

@@ -110,3 +110,52 @@ def to_compute(x, y, mask):
     """Batch tensors (compact or not, already on the device) as the step wants them: float32
     inputs and targets, a bool mask. Conversion happens on the device, after the copy."""
     return x.float(), y.float(), mask > 0
+
+
+def iter_windows(archive, starts: np.ndarray, in_len: int, out_len: int, crop: tuple[int, int] | None,
+                 seed: int = 0, epoch: int = 0, crops_per_window: int = 1, augment: bool = False,
+                 compact: bool = False, draw_offset: int = 0, max_rows: int | None = None, load=None):
+    """The rows of :func:`read_windows` for a read task over several time chunks, as a stream of
+    batches (each at most ``max_rows`` rows, windows in time order). ``load(archive, lo, hi)`` reads
+    frames ``[lo, hi)`` as :func:`load_block` does (default: it; the Ray read tasks retry it while
+    the store is unreachable).
+
+    The task reads only the frames its windows touch (:func:`windows.read_runs`), each frame once:
+    it reads chunk by chunk, keeping the ``length - 1`` frames the windows of one chunk reach into
+    the next, so it holds about one chunk plus one window of frames at a time, never the whole task.
+    Every row is bit-identical to :func:`read_windows`'s row of the same window and draw."""
+    from convlstm_dist.data.windows import group_by_chunk, read_runs
+
+    starts = np.sort(np.asarray(starts, dtype=np.int64))
+    length = in_len + out_len
+    tc = archive.time_chunk
+    _, H, W = archive.shape
+    h, w = crop or (H, W)
+    per_window = max(1, (max_rows or 1 << 30) // crops_per_window)
+    for lo, hi in read_runs(starts, length):
+        run = starts[(starts >= lo) & (starts < hi)]
+        vals = valid = None
+        off = have = lo  # the buffer holds frames [off, have)
+        for g in group_by_chunk(run, tc):
+            need = int(g[-1]) + length
+            keep = int(g[0]) - off
+            if vals is not None and keep > 0:
+                vals, valid, off = vals[keep:], valid[keep:], int(g[0])
+            if need > have:
+                v, m = (load or load_block)(archive, have, need)
+                if compact and len(g) * crops_per_window * length * h * w > (need - int(g[0])) * H * W:
+                    v = v.astype(np.float16)  # as read_windows: crops cover the frames more than once
+                if vals is not None and vals.dtype != v.dtype:
+                    vals = vals.astype(v.dtype)
+                vals = v if vals is None else np.concatenate([vals, v])
+                valid = m if valid is None else np.concatenate([valid, m])
+                have = need
+            for i in range(0, len(g), per_window):
+                part = g[i:i + per_window]
+                if draw_offset:
+                    draws = np.tile(np.arange(crops_per_window), len(part)) + int(draw_offset)
+                    yield cut_windows(vals, valid, off, np.repeat(part, crops_per_window), in_len, out_len, crop,
+                                      seed, epoch, augment=augment, draws=draws, compact=compact)
+                else:
+                    yield cut_windows(vals, valid, off, part, in_len, out_len, crop, seed, epoch, crops_per_window,
+                                      augment, compact=compact)

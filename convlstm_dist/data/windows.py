@@ -181,3 +181,55 @@ def group_by_chunk(starts: np.ndarray, time_chunk: int) -> list[np.ndarray]:
     chunk = starts // time_chunk
     cuts = np.flatnonzero(np.diff(chunk)) + 1
     return [g for g in np.split(np.asarray(starts), cuts) if len(g)]
+
+
+def chunks_per_task(frame_bytes: int, time_chunk: int, length: int, target_bytes: int) -> int:
+    """How many consecutive time chunks one read task covers so that the frames it holds (the windows
+    starting in those chunks reach ``length - 1`` frames further) stay within ``target_bytes``; at least
+    one chunk, and enough chunks that a task spans a whole window (then no chunk is read by more than
+    two tasks)."""
+    if frame_bytes <= 0 or time_chunk <= 0 or length < 1 or target_bytes <= 0:
+        raise ValueError("frame_bytes, time_chunk, length and target_bytes must be > 0")
+    k = int((target_bytes // frame_bytes - (length - 1)) // time_chunk)
+    return max(k, 1, -(-(length - 1) // time_chunk))
+
+
+def group_by_chunks(starts: np.ndarray, time_chunk: int, chunks: int) -> list[np.ndarray]:
+    """Window starts (sorted) grouped into read tasks of up to ``chunks`` *consecutive* time chunks (by
+    the chunk of each window's first frame); a task ends early where the next window starts in a chunk
+    that does not follow the task's last one (a gap in the windows: another split, dry or missing
+    frames). ``chunks=1`` is :func:`group_by_chunk`."""
+    per_chunk = group_by_chunk(starts, time_chunk)
+    out: list[np.ndarray] = []
+    cur: list[np.ndarray] = []
+    first = prev = -2
+    for g in per_chunk:
+        c = int(g[0]) // time_chunk
+        if cur and (c != prev + 1 or c - first >= chunks):
+            out.append(np.concatenate(cur))
+            cur = []
+        if not cur:
+            first = c
+        cur.append(g)
+        prev = c
+    if cur:
+        out.append(np.concatenate(cur))
+    return out
+
+
+def read_runs(starts: np.ndarray, length: int) -> list[tuple[int, int]]:
+    """The frame ranges ``[lo, hi)`` a group of windows (sorted starts) needs, as few contiguous reads:
+    windows whose frames touch or overlap share a read, a gap between them starts a new one."""
+    s = np.asarray(starts, dtype=np.int64)
+    if len(s) == 0:
+        return []
+    cuts = np.flatnonzero(s[1:] > s[:-1] + length) + 1
+    return [(int(p[0]), int(p[-1]) + length) for p in np.split(s, cuts)]
+
+
+def chunks_read(starts: np.ndarray, length: int, time_chunk: int) -> set[int]:
+    """The time chunks a group of windows reads (the chunks of its :func:`read_runs`)."""
+    out: set[int] = set()
+    for lo, hi in read_runs(starts, length):
+        out.update(range(lo // time_chunk, (hi - 1) // time_chunk + 1))
+    return out

@@ -165,7 +165,8 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
             callbacks=callbacks or [],
         ),
         datasets=None if memory else plan.datasets(cfg.data.seed, clock_name, cfg.data.crops_per_window,
-                                                   cfg.data.augment, cfg.data.read_retries),
+                                                   cfg.data.augment, cfg.data.read_retries,
+                                                   cfg.data.read_block_mb),
         dataset_config=None if memory else ray.train.DataConfig(datasets_to_split=["train"]),
     )
 

@@ -58,3 +58,41 @@ def test_empty_split_is_a_clear_error(archive):
     arc, _ = archive
     with pytest.raises(ValueError, match="split is empty"):
         window_dataset(arc, np.array([], dtype=np.int64), 3, 2)
+
+
+def test_byte_sized_tasks_stream_the_rows_of_chunk_tasks_and_carry_no_table(archive, ray_local):
+    """Tasks over several chunks (read_block_mb) give bit-identical compact rows to one-chunk tasks;
+    every read task carries only a reference to the window table, not the table."""
+    import ray.cloudpickle as cp
+
+    from convlstm_dist.data.datasource import WindowDatasource
+
+    arc, _ = archive
+    starts = np.arange(0, 36)
+
+    def rows(block_mb):
+        ds = window_dataset(arc, starts, 3, 2, crop=(16, 16), seed=4, shuffle=True, crops_per_window=3,
+                            compact=True, read_block_mb=block_mb)
+        out = {k: np.concatenate([b[k] for b in ds.iter_batches(batch_size=None, batch_format="numpy")])
+               for k in ("x", "y", "mask", "t0", "cy", "cx", "src")}
+        order = np.lexsort((out["cx"], out["cy"], out["t0"]))
+        return {k: v[order] for k, v in out.items()}
+
+    one, big = rows(None), rows(0.1)  # 48x48 frames: 0.1 MiB covers 11 chunks of 8 frames, i.e. all of them
+    assert len(one["t0"]) == 36 * 3
+    for k in one:
+        assert one[k].dtype == big[k].dtype and np.array_equal(one[k], big[k]), k
+    src = WindowDatasource(arc, starts, 3, 2, (16, 16), crops_per_window=3, compact=True, read_block_bytes=1 << 20)
+    assert len(src.groups) == 1 and src.chunks_per_task == [(1048576 // (48 * 48 * 4) - 4) // 8]
+    small = WindowDatasource(arc, starts[:4], 3, 2, (16, 16), crops_per_window=3, compact=True)
+    size = [len(cp.dumps(t.read_fn)) for t in (src.get_read_tasks(1)[0], small.get_read_tasks(1)[0])]
+    assert abs(size[0] - size[1]) < 64 and size[0] < 4000, size
+
+
+def test_config_default_read_block_is_the_datasource_default():
+    from convlstm_dist.config import DataConfig
+    from convlstm_dist.data.datasource import READ_BLOCK_MB
+
+    assert DataConfig().read_block_mb == READ_BLOCK_MB
+    with pytest.raises(ValueError, match="read_block_mb"):
+        DataConfig(read_block_mb=0)

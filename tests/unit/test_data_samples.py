@@ -94,3 +94,31 @@ def test_compact_rows_identical_when_the_block_is_converted_once(tmp_path):
     slow = cut_windows(vals, valid, 0, starts, 3, 4, (16, 16), 5, 0, 8, compact=True)
     for k in slow:
         assert fast[k].dtype == slow[k].dtype and np.array_equal(fast[k], slow[k], equal_nan=True), k
+
+
+@pytest.mark.parametrize("draw_offset, max_rows", [(0, None), (0, 5), (8, 3)])
+def test_a_task_over_several_chunks_streams_the_rows_of_read_windows_bit_for_bit(tmp_path, draw_offset, max_rows):
+    """``iter_windows`` (a read task over several time chunks, chunk by chunk, with gaps) yields exactly
+    the compact rows ``read_windows`` cuts window by window, in time order, in blocks of <= max_rows."""
+    from convlstm_dist.data.samples import iter_windows
+
+    make_archive(tmp_path / "t.zarr", n=60, h=32, w=32, chunk_t=8)
+    arc = open_archive(str(tmp_path / "t.zarr"))
+    starts = np.array([0, 1, 5, 8, 9, 15, 16, 17, 30, 31, 44])  # gaps: 17 -> 30 and 31 -> 44 start new runs
+    reads = []
+    orig = arc.read
+    arc.read = lambda lo, hi, *a: reads.append((lo, hi)) or orig(lo, hi, *a)
+    parts = list(iter_windows(arc, starts, 3, 4, (16, 16), seed=3, epoch=2, crops_per_window=4, compact=True,
+                              draw_offset=draw_offset, max_rows=max_rows))
+    arc.read = orig
+    got = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    want = {k: np.concatenate([read_windows(arc, np.array([s]), 3, 4, (16, 16), seed=3, epoch=2, crops_per_window=4,
+                                            compact=True, draw_offset=draw_offset)[k] for s in starts])
+            for k in parts[0]}
+    for k in want:
+        assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
+    assert max(len(p["t0"]) for p in parts) <= (max_rows or 1 << 30) or max_rows < 4
+    # every frame read once, only the frames the windows touch
+    frames = [f for lo, hi in reads for f in range(lo, hi)]
+    assert len(frames) == len(set(frames))
+    assert set(frames) == {f for s in starts for f in range(s, s + 7)}

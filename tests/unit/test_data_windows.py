@@ -102,3 +102,43 @@ def test_bad_rules_rejected(bad):
 def test_group_by_chunk():
     groups = group_by_chunk(np.array([0, 3, 15, 16, 17, 40]), 16)
     assert [g.tolist() for g in groups] == [[0, 3, 15], [16, 17], [40]]
+
+
+def test_chunks_per_task_from_bytes():
+    from convlstm_dist.data.windows import chunks_per_task
+
+    mib = 1 << 20
+    # 512x512 float32 frames (1 MiB), chunks of 16, 20-frame windows: (128 - 19) // 16 = 6 chunks
+    assert chunks_per_task(mib, 16, 20, 128 * mib) == 6
+    # 4 chunks (the prototype) at 83 MiB; a tiny budget still covers one whole window (2 chunks of 16)
+    assert chunks_per_task(mib, 16, 20, 83 * mib) == 4
+    assert chunks_per_task(mib, 16, 20, 1 * mib) == 2
+    assert chunks_per_task(mib, 16, 5, 1 * mib) == 1
+    with pytest.raises(ValueError):
+        chunks_per_task(0, 16, 20, mib)
+
+
+def test_tasks_cover_consecutive_chunks_and_read_each_chunk_at_most_twice():
+    from convlstm_dist.data.windows import chunks_read, group_by_chunks, read_runs
+
+    tc, length = 16, 20
+    rule = SplitRule(block_hours=6, val_every=3, gap_steps=1)  # 72-frame blocks, every third one val
+    idx = build_index(times(2000), STEP, 5, 15, rule)
+    starts = idx.starts["train"]
+    tasks = group_by_chunks(starts, tc, 4)
+    assert np.array_equal(np.concatenate(tasks), starts)  # every window once, in order
+    for t in tasks:
+        chunks = sorted({int(s) // tc for s in t})
+        assert chunks == list(range(chunks[0], chunks[0] + len(chunks))) and len(chunks) <= 4
+    # a task reads only the chunks its windows touch, and no chunk is read by more than two tasks
+    reads: dict[int, int] = {}
+    for t in tasks:
+        touched = {c for s in t for c in range(int(s) // tc, (int(s) + length - 1) // tc + 1)}
+        assert chunks_read(t, length, tc) == touched
+        for c in touched:
+            reads[c] = reads.get(c, 0) + 1
+    assert max(reads.values()) == 2
+    # the val blocks between train blocks are not read: runs stop at gaps
+    assert read_runs(np.array([0, 1, 2, 100, 101]), 20) == [(0, 22), (100, 121)]
+    assert read_runs(np.array([0, 20]), 20) == [(0, 40)]  # touching windows share a read
+    assert [g.tolist() for g in group_by_chunks(np.array([0, 16, 33, 80, 97]), 16, 2)] == [[0, 16], [33], [80, 97]]
