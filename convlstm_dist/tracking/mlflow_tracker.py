@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,22 @@ def artifact_location(uri: str, experiment: str) -> str | None:
         return None
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("_") or "experiment"
     return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts" / slug).as_uri()
+
+
+@contextmanager
+def global_tracking_uri(uri: str):
+    """MLflow's global tracking URI set to ``uri`` for the block (``Model.log`` and ``models:/``
+    loading read the global one), then put back as it was: unset stays unset. MLflow's
+    ``set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; restoring a default URI by setting it
+    would leave that variable behind, and every later command of the process would track there."""
+    mlflow = _mlflow()
+    was_set = "MLFLOW_TRACKING_URI" in os.environ
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous if was_set else None)
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
@@ -282,11 +299,9 @@ class Tracker:
             if same:  # this run already registered these very weights (a rerun of a finished run)
                 return f"models:/{registered_name}/{max(int(v.version) for v in same)}"
         mlflow = _mlflow()
-        previous = mlflow.get_tracking_uri()
         # Model.log logs to the global tracking URI, and a local registry finds the LoggedModel
         # there too: set it to this run's for the call only
-        mlflow.set_tracking_uri(self.uri)
-        try:
+        with global_tracking_uri(self.uri):
             with tempfile.TemporaryDirectory() as d:
                 info = self._log_pyfunc(payload, Path(d), example, digest)
             if not registered_name:
@@ -298,8 +313,6 @@ class Tracker:
                     raise
             mv = self.client.create_model_version(registered_name, info.model_uri, run_id=self.run_id,
                                                   tags={WEIGHTS_TAG: digest}, model_id=info.model_id)
-        finally:
-            mlflow.set_tracking_uri(previous)
         return f"models:/{registered_name}/{mv.version}"
 
     def _log_pyfunc(self, payload: dict, tmp: Path, example, digest: str):

@@ -49,8 +49,10 @@ def load_mlflow_model(ref: str, uri: str, device: str, tried: list[str], trust: 
     try:
         import yaml
 
-        mlflow.set_tracking_uri(uri)
-        model = mlflow.pytorch.load_model(model_uri, map_location=device)
+        from convlstm_dist.tracking.mlflow_tracker import global_tracking_uri
+
+        with global_tracking_uri(uri):
+            model = mlflow.pytorch.load_model(model_uri, map_location=device)
         with tempfile.TemporaryDirectory() as d:
             tree = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", d)).read_text())
     except Exception as err:  # noqa: BLE001

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from convlstm_dist.config import load_config
+from convlstm_dist.tracking.mlflow_tracker import global_tracking_uri
 from synthetic import make_archive
 
 pytestmark = pytest.mark.integration
@@ -59,9 +60,7 @@ def test_trained_model_loads_with_mlflow_pyfunc(trained):
     from convlstm_dist.nowcast import Nowcaster
 
     workdir, uri, cwd = trained
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    with global_tracking_uri(uri):  # models:/ resolves through the global registry URI
         info = mlflow.models.get_model_info(f"models:/{NAME}/1")
         assert info.signature is not None
         assert info.signature.inputs.inputs[0].shape == (4, -1, -1)
@@ -84,8 +83,6 @@ def test_trained_model_loads_with_mlflow_pyfunc(trained):
         fc = model.predict(example)
         assert fc.shape == (4, 32, 32) and fc.dtype == np.float32 and np.isfinite(fc).all()
         assert model.predict(example, params={"leads": 6}).shape == (6, 32, 32)
-    finally:
-        mlflow.set_tracking_uri(previous)
 
     # the project's own loader reads the same weights and forecasts the same
     nc = Nowcaster.load(f"models:/{NAME}/1", tracking_uri=uri)
@@ -134,12 +131,8 @@ def test_mlflow_models_serve_answers_invocations(trained, tmp_path, how):
             time.sleep(1)
         import mlflow
 
-        previous = mlflow.get_tracking_uri()  # models:/ resolves through the global registry URI
-        mlflow.set_tracking_uri(uri)
-        try:
+        with global_tracking_uri(uri):  # models:/ resolves through the global registry URI
             local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/1", dst_path=str(tmp_path / "m"))
-        finally:
-            mlflow.set_tracking_uri(previous)
         body = Path(local, "serving_input_example.json").read_bytes()
         assert json.loads(body)["params"] == {"leads": 4}
         req = urllib.request.Request(base + "/invocations", data=body, headers={"Content-Type": "application/json"})
