@@ -97,12 +97,12 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
     from convlstm_dist.train.fit import fault_nan_at
     from convlstm_dist.train.guards import check_cluster_resources
     from convlstm_dist.train.ray_worker import train_loop_per_worker
-    from convlstm_dist.train.recovery import repair_checkpoints
+    from convlstm_dist.train.recovery import check_before_resume
 
     check_cluster_resources(cfg)  # resources the cluster can never give: fail now, not wait forever
     memory = data_loader(cfg, plan) == "memory"
     path, fs = ray_storage(storage_path, cfg.data.endpoint_url)
-    repair_checkpoints(path, fs, run_name)  # a damaged newest checkpoint: resume from the newest intact one
+    check_before_resume(path, fs, run_name)  # a damaged newest checkpoint: resume from the newest intact one
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker
@@ -111,7 +111,7 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "variable": plan.variable, "clock": clock_name,
                            "tracking_uri": tracking_uri, "run_id": run_id, "fault_nan_at": fault_nan_at(),
                            "data_version": data_version, "plan": plan if memory else None,
-                           "sources": plan.source_names()},
+                           "sources": plan.source_names(), "storage": (path, fs)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -197,8 +197,7 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
         raise
     stopped = ray.get(clock.stop_reason.remote())
     ray.kill(clock)
-    best = result.get_best_checkpoint(cfg.run.checkpoint_metric, "min") if result.best_checkpoints else None
-    ckpt = best or result.checkpoint
+    ckpt = _best_intact(cfg, res, result)
     metrics = dict(result.metrics or {})
     history = []
     if tracker:
@@ -211,6 +210,24 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
     if ckpt is not None:
         _final_report(cfg, plan, ckpt, tracker, out, res.workdir, progress)
     return out
+
+
+def _best_intact(cfg: Config, res: Resolved, result):
+    """The best checkpoint Ray kept that the run's manifest lists as verified and not damaged (Ray may
+    still track a damaged one it restored past); without a manifest, Ray's best or latest."""
+    from convlstm_dist.train.recovery import intact_names, prune_deleted
+
+    path, fs = ray_storage(res.storage_path, cfg.data.endpoint_url)
+    prune_deleted(path, fs, res.run_name)
+    ok = intact_names(path, fs, res.run_name)
+    kept = [(c, m) for c, m in (result.best_checkpoints or [])
+            if ok is None or c.path.rstrip("/").rsplit("/", 1)[-1] in ok]
+    scored = [(c, m) for c, m in kept if cfg.run.checkpoint_metric in (m or {})]
+    if scored:
+        return min(scored, key=lambda cm: cm[1][cfg.run.checkpoint_metric])[0]
+    if result.checkpoint is not None and (ok is None or result.checkpoint.path.rstrip("/").rsplit("/", 1)[-1] in ok):
+        return result.checkpoint
+    return kept[-1][0] if kept else None
 
 
 @contextmanager

@@ -41,6 +41,7 @@ class RayTrainBackend(Backend):
         self.device = ray.train.torch.get_device()
         self.run_name = ctx.get_experiment_name()
         self.clock = ray.get_actor(config["clock"]) if config.get("clock") else None
+        self.storage = config.get("storage")  # (path, pyarrow filesystem or None): the run's checkpoint storage
         plan = config.get("plan")
         self.splits = plan.memory_splits(("train", "val")) if plan is not None else None  # data.loader: memory
         if self.splits is None:
@@ -65,15 +66,21 @@ class RayTrainBackend(Backend):
         return model
 
     def restore(self):
+        """The newest intact checkpoint of the run's manifest (``train/recovery.py``); Ray's latest when
+        the run has no manifest."""
         import ray.train
 
         from convlstm_dist.checkpoint import read_checkpoint
+        from convlstm_dist.train.recovery import choose_checkpoint
 
         ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return read_checkpoint(d), ckpt.path
+        if self.storage is None:
+            if ckpt is None:
+                return None
+            with ckpt.as_directory() as d:
+                return read_checkpoint(d), ckpt.path
+        latest = ckpt.path.rstrip("/").rsplit("/", 1)[-1] if ckpt is not None else None
+        return choose_checkpoint(self.storage[0], self.storage[1], self.run_name, latest, say=self.say)
 
     def begin_epoch(self, epoch: int) -> None:
         import ray
@@ -104,9 +111,18 @@ class RayTrainBackend(Backend):
         if self.rank != 0:
             ray.train.report(metrics)
             return
+        from convlstm_dist.checkpoint import FILENAME
+        from convlstm_dist.train.recovery import checkpoint_dir_name, record_verified
+
         with tempfile.TemporaryDirectory() as d:
             write(d)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            name = checkpoint_dir_name(int(metrics.get("epoch", 0)))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
+            if self.storage is not None:  # read the upload back; only a verified checkpoint joins the manifest
+                why = record_verified(self.storage[0], self.storage[1], self.run_name, name, f"{d}/{FILENAME}",
+                                      int(metrics.get("epoch", 0)), metrics)
+                if why:
+                    self.say(f"[convlstm-dist] checkpoint {name} is not verified ({why}); a resume will not use it")
 
     def nan_stop(self, message: str, epoch: int, step: int) -> None:
         import ray
