@@ -190,6 +190,10 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
         # a UserError raised in a worker (e.g. the archive vanished) arrives wrapped in Ray Train's
         # WorkerGroupError: show its one line, keep the ~700-line traceback in <workdir>/logs/
         user = user_error_from_failure(exc, res.workdir / "logs", res.run_name)
+        if user is None:  # Ray Train's controller failed to write its own files to the storage
+            from convlstm_dist.train.recovery import storage_refusal
+
+            user = storage_refusal(exc, *ray_storage(res.storage_path, cfg.data.endpoint_url), res.run_name)
         if user is not None:
             if own_ray:  # stop Ray's forwarded worker logs now, so that the message is the last line
                 ray.shutdown()

@@ -239,9 +239,47 @@ def check_before_resume(storage_path: str, filesystem, run_name: str, say=print)
     return list(bad)
 
 
+def newest_verified(storage_path: str, filesystem, run_name: str) -> dict | None:
+    """The manifest entry of the newest verified, not damaged checkpoint, or None."""
+    data = read_manifest(storage_path, filesystem, run_name)
+    if data is None:
+        return None
+    ok = [e for e in data["checkpoints"] if e["dir"] not in data["damaged"]]
+    return max(ok, key=lambda e: int(e.get("seq", 0))) if ok else None
+
+
 def intact_names(storage_path: str, filesystem, run_name: str) -> set[str] | None:
     """Folder names of the verified, not damaged checkpoints; None when the run has no manifest."""
     data = read_manifest(storage_path, filesystem, run_name)
     if data is None:
         return None
     return {e["dir"] for e in data["checkpoints"]} - set(data["damaged"])
+
+
+REFUSALS = ("Operation not permitted", "Permission denied", "Read-only file system", "AccessDenied",
+            "Access Denied", "No space left on device", "InvalidAccessKeyId", "SignatureDoesNotMatch")
+
+
+def storage_refusal(exc: BaseException, storage_path: str, filesystem, run_name: str):
+    """Driver, after ``fit()`` failed: a ``UserError`` (one line) when the failure is the checkpoint storage
+    refusing a write (Ray Train's controller writes there too), naming the newest intact checkpoint; else None."""
+    from convlstm_dist.errors import UserError
+
+    texts, seen = [], exc
+    while seen is not None and len(texts) < 10:
+        texts.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(" ".join(texts).split())
+    rd = run_dir(storage_path, run_name)
+    if rd not in text or not any(r in text for r in REFUSALS):
+        return None
+    reason = next(r for r in REFUSALS if r in text)
+    where = ("s3://" if filesystem is not None else "") + rd
+    try:
+        prev = newest_verified(storage_path, filesystem, run_name)
+    except Exception:  # noqa: BLE001 - the storage may refuse reads too
+        prev = None
+    kept = (f"the previous checkpoint {prev['dir']} (epoch {prev['epoch']}) is intact" if prev
+            else "no checkpoint of this run is verified")
+    return UserError(f"the checkpoint storage refused a write under {where} ({reason}); {kept}. Make the storage "
+                     "writable again (permissions, credentials, free space), then run the same command to resume")
