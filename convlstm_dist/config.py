@@ -141,6 +141,10 @@ class DataConfig(_Strict):
                                                     "(run.max_failures), then stops with the endpoint and the key")
     augment: bool = Field(False, description="training crops get one of the 8 flips/rotations of the square "
                                              "(the same for every frame of a window); validation never")
+    skip_damaged: bool = Field(False, description="read every chunk of each archive before planning and leave out "
+                                                  "the windows that touch a chunk that no longer decodes (logged "
+                                                  "with their count); off: such a chunk stops training with an "
+                                                  "error naming it and its time range")
     # Moving MNIST (generated): sequences per split
     mnist_train: int = Field(2000, ge=1)
     mnist_val: int = Field(200, ge=1)

@@ -58,6 +58,11 @@ def register(subparsers) -> None:
                                           "and statistics of an archive.")
     q.add_argument("url", metavar="URL", help="archive folder or s3:// URL")
     q.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (default: AWS_ENDPOINT_URL / AWS)")
+    q.add_argument("--verify", action="store_true",
+                   help="read every chunk (in parallel) and list the damaged ones with their time ranges; "
+                        "exit status 1 when any is damaged")
+    q.add_argument("--workers", type=int, default=8, metavar="N", help="parallel reads of --verify (default 8)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar (--verify)")
     q.set_defaults(func=run_archive_info)
 
 
@@ -114,5 +119,37 @@ def run_archive_info(args) -> int:
     if is_remote(args.url):
         exists(args.url, opts)  # one request under a deadline: a silent endpoint fails in seconds, not minutes
     archive = open_archive(args.url, opts)
+    if args.verify:
+        return run_verify(archive, args.workers, not args.quiet)
     print(format_summary(summary(archive)))
     return 0
+
+
+def run_verify(archive, workers: int, progress: bool) -> int:
+    """``archive-info --verify``: every chunk read once; damaged ones listed; 1 if any."""
+    from tqdm.auto import tqdm
+
+    from convlstm_dist.data import merge_ranges, verify_archive
+
+    bar = tqdm(total=0, desc="verify", unit="chunk", disable=not progress)
+
+    def step(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        damaged = verify_archive(archive, workers=max(1, workers), progress=step)
+    finally:
+        bar.close()
+    if not damaged:
+        print(f"verified {archive.url}: every chunk of {archive.n_frames} frames decodes")
+        return 0
+    times = archive.times
+    print(f"{archive.url}: {len(damaged)} damaged chunk(s)")
+    for d in damaged:
+        print(f"  {d.describe()}")
+    print("damaged time ranges:")
+    for t0, t1 in merge_ranges(damaged):
+        print(f"  {times[t0]} .. {times[t1 - 1]}  (frames {t0}..{t1 - 1})")
+    print("re-ingest the files of those times into a new archive, or train with data.skip_damaged: true")
+    return 1

@@ -12,6 +12,7 @@ Importing this package loads none of its modules; each public name is imported o
   without Ray (:mod:`.samples`), Ray Data streaming (:mod:`.datasource`).
 * Moving MNIST (:mod:`.moving_mnist`, on the device :mod:`.mnist_device`) and the shipped sample
   (:mod:`.shipped`); the onboarding check of ``convlstm-dist data-check`` (:mod:`.check`).
+* damaged chunks (:mod:`.verify`): ``archive-info --verify``, ``data.skip_damaged``.
 """
 
 from convlstm_dist.lazy import lazy_exports
@@ -33,6 +34,7 @@ _PUBLIC = {
                 "is_remote", "scrub", "storage_options_for"],
     "transforms": ["choose_crop"],
     "units": ["to_rain_mmh"],
+    "verify": ["DamagedArchiveError", "DamagedChunk", "find_damaged", "merge_ranges", "verify_archive"],
     "windows": ["SplitRule", "build_index", "gap_free_starts"],
 }
 __all__ = [name for names in _PUBLIC.values() for name in names]

@@ -224,20 +224,27 @@ class Archive:
     """Read-only view of an archive. Picklable: holds url + storage_options (+ length), opens lazily.
 
     ``length``: see only the first ``length`` frames (a data version pinned to a run; frames appended
-    later stay invisible). Longer than the archive: an error on first use."""
+    later stay invisible). Longer than the archive: an error on first use.
 
-    def __init__(self, url: str, storage_options: dict | None = None, length: int | None = None):
+    ``skip``: frame ranges ``[(t0, t1), ...]`` known to be damaged (``data.skip_damaged``): reads
+    return NaN ("no data") there instead of decoding them. A read that hits a damaged chunk not in
+    ``skip`` raises :class:`convlstm_dist.data.verify.DamagedArchiveError` naming the chunk and its times."""
+
+    def __init__(self, url: str, storage_options: dict | None = None, length: int | None = None,
+                 skip: list[tuple[int, int]] | None = None):
         self.url = str(url)
         self.storage_options = dict(storage_options or {})
         self.length = None if length is None else int(length)
+        self.skip = [(int(a), int(b)) for a, b in (skip or ())]
         self._group = None
         self._cache: dict = {}
 
     def __getstate__(self):
-        return {"url": self.url, "storage_options": self.storage_options, "length": self.length}
+        return {"url": self.url, "storage_options": self.storage_options, "length": self.length,
+                "skip": self.skip}
 
     def __setstate__(self, state):
-        self.__init__(state["url"], state["storage_options"], state.get("length"))
+        self.__init__(state["url"], state["storage_options"], state.get("length"), state.get("skip"))
 
     def __repr__(self):
         return f"Archive({self.url!r})" if self.length is None else f"Archive({self.url!r}, length={self.length})"
@@ -356,9 +363,39 @@ class Archive:
         T = self.n_frames  # a read task must not fetch the whole time coordinate (10 years: 8 MB) per read
         if not (0 <= t_start <= t_stop <= T):
             raise IndexError(f"time range [{t_start}, {t_stop}) outside archive of {T} frames")
+        arr = self._g[self.variable]
+        pieces, t = [], t_start
+        for a, b in self.skip:  # known damaged ranges: "no data", never decoded
+            a, b = max(a, t_start), min(b, t_stop)
+            if a >= b:
+                continue
+            if a > t:
+                pieces.append(self._read(arr, t, a, y, x))
+            pieces.append(b - a)
+            t = b
+        if t < t_stop or not pieces:
+            pieces.append(self._read(arr, t, t_stop, y, x))
+        if len(pieces) == 1 and not isinstance(pieces[0], int):
+            return pieces[0]
+        shape = next((p.shape[1:] for p in pieces if isinstance(p, np.ndarray)), None)
+        if shape is None:
+            shape = np.empty(arr.shape[1:], dtype=np.int8)[y, x].shape
+        return np.concatenate([p if isinstance(p, np.ndarray) else np.full((p,) + shape, np.nan, np.float32)
+                               for p in pieces])
+
+    def _read(self, arr, t_start: int, t_stop: int, y, x) -> np.ndarray:
         try:
-            out = self._g[self.variable][t_start:t_stop, y, x]
+            out = arr[t_start:t_stop, y, x]
         except Exception as exc:  # noqa: BLE001 - translated for the user
+            from convlstm_dist.data.verify import DamagedArchiveError, find_damaged, is_storage_error
+
+            if not is_storage_error(exc):  # a codec error: which chunk, which times?
+                try:
+                    damaged = find_damaged(self, t_start, t_stop)
+                except Exception:  # noqa: BLE001 - the store failed while probing: report the first error
+                    damaged = []
+                if damaged:
+                    raise DamagedArchiveError(self.url, damaged) from None
             raise storage_error(self.url, self.storage_options, exc, "read") from None
         return np.asarray(out, dtype=np.float32)
 

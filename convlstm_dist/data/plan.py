@@ -109,6 +109,28 @@ def _open(url: str, opts: dict, pins: dict | None, what: str):
     return arc
 
 
+def _skip_damaged(arc, starts: dict, length: int, what: str) -> tuple[dict, dict]:
+    """``data.skip_damaged``: read every chunk of ``arc``'s variable, mark the damaged frame ranges as
+    "no data" on the archive (reads never decode them) and drop the windows that touch them."""
+    from convlstm_dist.data.verify import merge_ranges, verify_archive, windows_touching
+
+    damaged = verify_archive(arc, data_only=True)
+    ranges = merge_ranges(damaged)
+    arc.skip = ranges
+    kept, dropped = {}, {}
+    for split, st in starts.items():
+        hit = windows_touching(st, length, ranges)
+        kept[split], dropped[split] = np.asarray(st)[~hit], int(hit.sum())
+    times = arc.times
+    rec = {"chunks": [d.key for d in damaged], "dropped_windows": dropped,
+           "ranges": [[str(times[a]), str(times[b - 1])] for a, b in ranges]}
+    if damaged:
+        print(f"[convlstm-dist] data.skip_damaged: {what} {arc.url} has {len(damaged)} damaged chunk(s) "
+              f"({'; '.join(f'{a} .. {b}' for a, b in rec['ranges'])}); dropped {sum(dropped.values())} windows "
+              f"that touch them ({', '.join(f'{s} {n}' for s, n in dropped.items())})", flush=True)
+    return kept, rec
+
+
 @dataclass
 class PlanArchive:
     """One archive of a plan (Moving MNIST: one entry whose three splits live in three archives)."""
@@ -178,7 +200,10 @@ class DataPlan:
         idx: WindowIndex = build_index(arc.times, arc.timestep_s, d.in_len, d.out_len, rule, wet,
                                        d.min_wet_fraction, d.wet_threshold_mmh)
         rec = {"url": url, "weight": weight, "variable": arc.variable, "grid": list(arc.shape[1:]), **idx.summary()}
-        return PlanArchive(i, url, {s: arc for s in SPLITS}, idx.starts, float(weight), rec)
+        starts = idx.starts
+        if d.skip_damaged:
+            starts, rec["damaged"] = _skip_damaged(arc, starts, d.in_len + d.out_len, what)
+        return PlanArchive(i, url, {s: arc for s in SPLITS}, starts, float(weight), rec)
 
     @staticmethod
     def _model_variable(sources: list[PlanArchive]) -> str:

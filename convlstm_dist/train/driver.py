@@ -131,13 +131,13 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
     from convlstm_dist.train.fit import fault_nan_at
     from convlstm_dist.train.guards import check_cluster_resources, check_storage_shared
     from convlstm_dist.train.ray_worker import train_loop_per_worker
-    from convlstm_dist.train.recovery import repair_checkpoints
+    from convlstm_dist.train.recovery import check_before_resume
 
     check_cluster_resources(cfg)  # resources the cluster can never give: fail now, not wait forever
     check_storage_shared(storage_path)  # a local folder on a multi-node cluster: refused before a worker starts
     memory = data_loader(cfg, plan) == "memory"
     path, fs = ray_storage(storage_path, cfg.data.endpoint_url)
-    repair_checkpoints(path, fs, run_name)  # a damaged newest checkpoint: resume from the newest intact one
+    check_before_resume(path, fs, run_name)  # a damaged newest checkpoint: resume from the newest intact one
     init_ref = None
     if cfg.train.init_from:  # the weights travel once through the object store, to workers on any node
         import ray
@@ -153,7 +153,7 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "variable": plan.variable, "clock": clock_name,
                            "tracking_uri": tracking_uri, "run_id": run_id, "fault_nan_at": fault_nan_at(),
                            "data_version": data_version, "plan": plan if memory else None,
-                           "sources": plan.source_names(), "init": init_ref},
+                           "sources": plan.source_names(), "init": init_ref, "storage": (path, fs)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -251,6 +251,10 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
         # a UserError raised in a worker (e.g. the archive vanished) arrives wrapped in Ray Train's
         # WorkerGroupError: show its one line, keep the ~700-line traceback in <workdir>/logs/
         user = user_error_from_failure(exc, res.workdir / "logs", res.run_name)
+        if user is None:  # Ray Train's controller failed to write its own files to the storage
+            from convlstm_dist.train.recovery import storage_refusal
+
+            user = storage_refusal(exc, *ray_storage(res.storage_path, cfg.data.endpoint_url), res.run_name)
         if user is not None:
             log = getattr(user, "log_path", None)
             if log is not None:
@@ -263,8 +267,7 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
         raise
     stopped = ray.get(clock.stop_reason.remote())
     ray.kill(clock)
-    best = result.get_best_checkpoint(cfg.run.checkpoint_metric, "min") if result.best_checkpoints else None
-    ckpt = best or result.checkpoint
+    ckpt = _best_intact(cfg, res, result)
     metrics = dict(result.metrics or {})
     history, full = [], []
     if tracker:
@@ -322,6 +325,24 @@ def _keep_in_outbox(cfg: Config, tracker, workdir: Path, run_name: str, files, m
     say(f"[mlflow] kept for MLflow run {tracker.run_id}: {len(history or [])} epoch(s) of metrics, "
         f"{len(files)} report file(s){' and the model' if model_dir else ''} in {path}; when {tracker.uri} is "
         f"back, upload them with: {upload_command(path)}")
+
+
+def _best_intact(cfg: Config, res: Resolved, result):
+    """The best checkpoint Ray kept that the run's manifest lists as verified and not damaged (Ray may
+    still track a damaged one it restored past); without a manifest, Ray's best or latest."""
+    from convlstm_dist.train.recovery import intact_names, prune_deleted
+
+    path, fs = ray_storage(res.storage_path, cfg.data.endpoint_url)
+    prune_deleted(path, fs, res.run_name)
+    ok = intact_names(path, fs, res.run_name)
+    kept = [(c, m) for c, m in (result.best_checkpoints or [])
+            if ok is None or c.path.rstrip("/").rsplit("/", 1)[-1] in ok]
+    scored = [(c, m) for c, m in kept if cfg.run.checkpoint_metric in (m or {})]
+    if scored:
+        return min(scored, key=lambda cm: cm[1][cfg.run.checkpoint_metric])[0]
+    if result.checkpoint is not None and (ok is None or result.checkpoint.path.rstrip("/").rsplit("/", 1)[-1] in ok):
+        return result.checkpoint
+    return kept[-1][0] if kept else None
 
 
 @contextmanager

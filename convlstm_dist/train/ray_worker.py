@@ -41,6 +41,8 @@ class RayTrainBackend(Backend):
         self.device = ray.train.torch.get_device()
         self.run_name = ctx.get_experiment_name()
         self.clock = ray.get_actor(config["clock"]) if config.get("clock") else None
+        self.storage = config.get("storage")  # (path, pyarrow filesystem or None): the run's checkpoint storage
+        self.last_verified: tuple[str, int] | None = None  # (folder, epoch) of the newest checkpoint known intact
         plan = config.get("plan")
         self.splits = plan.memory_splits(("train", "val")) if plan is not None else None  # data.loader: memory
         if self.splits is None:
@@ -65,15 +67,24 @@ class RayTrainBackend(Backend):
         return model
 
     def restore(self):
+        """The newest intact checkpoint of the run's manifest (``train/recovery.py``); Ray's latest when
+        the run has no manifest."""
         import ray.train
 
         from convlstm_dist.checkpoint import read_checkpoint
+        from convlstm_dist.train.recovery import choose_checkpoint
 
         ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return read_checkpoint(d), ckpt.path
+        if self.storage is None:
+            if ckpt is None:
+                return None
+            with ckpt.as_directory() as d:
+                return read_checkpoint(d), ckpt.path
+        latest = ckpt.path.rstrip("/").rsplit("/", 1)[-1] if ckpt is not None else None
+        chosen = choose_checkpoint(self.storage[0], self.storage[1], self.run_name, latest, say=self.say)
+        if chosen is not None:
+            self.last_verified = (chosen[1].rstrip("/").rsplit("/", 1)[-1], int(chosen[0]["train"].get("epoch", 0)))
+        return chosen
 
     def begin_epoch(self, epoch: int) -> None:
         import ray
@@ -104,9 +115,43 @@ class RayTrainBackend(Backend):
         if self.rank != 0:
             ray.train.report(metrics)
             return
+        from convlstm_dist.checkpoint import FILENAME
+        from convlstm_dist.train.recovery import checkpoint_dir_name, record_verified
+
         with tempfile.TemporaryDirectory() as d:
             write(d)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            name = checkpoint_dir_name(int(metrics.get("epoch", 0)))
+            try:
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
+            except Exception as exc:  # noqa: BLE001 - a refused write: say where and what still holds
+                raise self._write_refused(name, int(metrics.get("epoch", 0)), exc) from exc
+            if self.storage is not None:  # read the upload back; only a verified checkpoint joins the manifest
+                epoch = int(metrics.get("epoch", 0))
+                try:
+                    why = record_verified(self.storage[0], self.storage[1], self.run_name, name, f"{d}/{FILENAME}",
+                                          epoch, metrics)
+                except OSError as err:
+                    why = f"the manifest could not be updated: {' '.join(str(err).split())[:200]}"
+                if why:
+                    self.say(f"[convlstm-dist] checkpoint {name} is not verified ({why}); a resume will not use it")
+                else:
+                    self.last_verified = (name, epoch)
+
+    def _write_refused(self, name: str, epoch: int, exc: BaseException):
+        """The one-line error of a checkpoint upload the storage refused, naming the intact previous one."""
+        from convlstm_dist.errors import UserError
+        from convlstm_dist.train.recovery import run_dir
+
+        where = self.run_name
+        if self.storage:
+            where = ("s3://" if self.storage[1] is not None else "") + run_dir(self.storage[0], self.run_name)
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        prev = self.last_verified  # known here: no read from a storage that is failing
+        kept = (f"the previous checkpoint {prev[0]} (epoch {prev[1]}) is intact"
+                if prev else "no earlier checkpoint of this run was verified")
+        return UserError(f"the checkpoint storage refused to write the checkpoint of epoch {epoch} "
+                         f"({where}/{name}): {reason}; {kept}. Make the storage writable again (permissions, "
+                         "credentials, free space), then run the same command to resume")
 
     def nan_stop(self, message: str, epoch: int, step: int) -> None:
         import ray

@@ -3,7 +3,9 @@
 Trains 2 epochs (1 Ray Train worker, local storage, MLflow in SQLite), then damages the newest
 checkpoint (truncated file, then a deleted folder) and reruns the same command for one more
 epoch each time: the rerun must say which checkpoint it skipped, resume at the epoch after the
-intact one (not from scratch), finish, and leave the damaged folder in place.
+intact one (not from scratch), finish, and leave the damaged folder in place. The choice goes
+through the project's manifest of verified checkpoints (``train/recovery.py``); Ray's own
+``checkpoint_manager_snapshot.json`` is never edited.
 """
 
 from __future__ import annotations
@@ -17,20 +19,20 @@ import pytest
 from convlstm_dist.data.ingest import ingest
 from convlstm_dist.data.shipped import SAMPLE_READER, sample_files
 from convlstm_dist.train.driver import run_training
-from convlstm_dist.train.recovery import SNAPSHOT
+from convlstm_dist.train.recovery import MANIFEST, MISSING
 from test_train import _cfg
 
 pytestmark = pytest.mark.integration
 
 
-def _snapshot(run_dir: Path) -> dict:
-    return json.loads((run_dir / SNAPSHOT).read_text())
+def _manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / MANIFEST).read_text())
 
 
 def _newest(run_dir: Path) -> tuple[Path, int]:
-    snap = _snapshot(run_dir)
-    latest = snap["latest_checkpoint_result"]
-    return run_dir / latest["checkpoint_dir_name"], int(latest["metrics"]["epoch"])
+    m = _manifest(run_dir)
+    latest = max((e for e in m["checkpoints"] if e["dir"] not in m["damaged"]), key=lambda e: e["seq"])
+    return run_dir / latest["dir"], int(latest["epoch"])
 
 
 def test_corrupt_or_deleted_newest_checkpoint_resumes_from_intact_one(ray_local, tmp_path, capsys):
@@ -58,7 +60,9 @@ def test_corrupt_or_deleted_newest_checkpoint_resumes_from_intact_one(ray_local,
     assert "resuming from the newest intact checkpoint" in printed and "(epoch 1)" in printed
     assert out.metrics["epoch"] == 3 and out.stopped is None
     assert newest.exists()                                            # left in place for inspection
-    assert newest.name not in json.dumps(_snapshot(run_dir))
+    assert newest.name in _manifest(run_dir)["damaged"]               # no worker tries it again
+    last = max(_manifest(run_dir)["checkpoints"], key=lambda e: e["seq"])
+    assert (last["epoch"], last["seq"]) == (3, 4), last               # 2 checkpoints + epochs 2, 3: not from scratch
 
     newest, epoch = _newest(run_dir)                                  # now: a deleted folder
     assert epoch == 3
@@ -67,3 +71,4 @@ def test_corrupt_or_deleted_newest_checkpoint_resumes_from_intact_one(ray_local,
     printed = capsys.readouterr().out
     assert "its folder is missing" in printed and "(epoch 2)" in printed
     assert out.metrics["epoch"] == 4
+    assert (newest / MISSING).exists() and not (newest / "checkpoint.pt").exists()  # only for Ray's record
