@@ -32,8 +32,10 @@ WRITTEN = "forecast_written"  # hindcast resume marker along forecast_reference_
 
 
 def rain_attrs(variable: str) -> dict:
-    if variable == "intensity":
-        return {"units": "1", "long_name": "forecast intensity (Moving MNIST)"}
+    from convlstm_dist.data import quantity_of_variable
+
+    if not quantity_of_variable(variable).has_rain_rate:
+        return {"units": "1", "long_name": f"forecast {variable} (no rain rate: no CF standard name)"}
     return {"standard_name": "lwe_precipitation_rate", "units": "mm h-1",
             "long_name": "forecast rain rate (liquid water equivalent); NaN where the model has no observed source"}
 
