@@ -86,7 +86,10 @@ def storage_options_for(url: str, endpoint_url: str | None = None) -> dict:
         if env.get("AWS_SESSION_TOKEN"):
             opts["token"] = env["AWS_SESSION_TOKEN"]
     elif env.get("AWS_SHARED_CREDENTIALS_FILE"):
-        opts.update(credentials_from_file(env["AWS_SHARED_CREDENTIALS_FILE"], env.get("AWS_PROFILE") or "default"))
+        try:
+            opts.update(credentials_from_file(env["AWS_SHARED_CREDENTIALS_FILE"], env.get("AWS_PROFILE") or "default"))
+        except UserError as err:  # say which data needed them
+            raise UserError(f"{url}: {err}") from None
     elif env.get("AWS_PROFILE"):
         opts["profile"] = env["AWS_PROFILE"]
     client: dict[str, Any] = {}
