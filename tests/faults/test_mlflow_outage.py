@@ -98,8 +98,12 @@ def _check_run(uri: str, experiment: str) -> str:
     assert counter == [counter[0] * k for k in range(1, EPOCHS + 1)], counter
     versions = client.search_model_versions(f"name = '{experiment}'")
     assert [v.run_id for v in versions] == [run.info.run_id], versions  # registered, from this run
+    # the model: an MLflow LoggedModel of this run, the registered version made from it
+    source = versions[0].source  # models:/m-<id>: the run's LoggedModel (what pyfunc and `models serve` load)
+    assert source.startswith("models:/m-"), source
+    assert client.get_logged_model(source[len("models:/"):]).source_run_id == run.info.run_id
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert "model" in arts and "config.yaml" in arts and any(a.endswith("skill.csv") for a in arts), arts
+    assert "config.yaml" in arts and any(a.endswith("skill.csv") for a in arts), arts
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
     return run.info.run_id
 
