@@ -52,7 +52,7 @@ def case_figure(path: Path, nc, archive, sel, crop: tuple[int, int] | None = Non
     as ``evaluate`` cut it (``choose_crop`` seeded by ``(data.seed, t0)``). None without windows."""
     from convlstm_dist.data import quantity_of_variable
     from convlstm_dist.data.transforms import choose_crop
-    from convlstm_dist.verify import forecast_figure, get_baseline
+    from convlstm_dist.verify import flow_row, forecast_figure
 
     starts = np.asarray(sel.starts, dtype="int64")
     if not len(starts):
@@ -67,7 +67,7 @@ def case_figure(path: Path, nc, archive, sel, crop: tuple[int, int] | None = Non
     inputs, observed = block[:sel.in_len], block[sel.in_len:]
     q = quantity_of_variable(archive.variable)
     fcst = nc.predict(inputs, sel.n_out, q.physical_variable)
-    flow = get_baseline("optical_flow")(inputs, sel.n_out) if q.has_rain_rate else None
+    flow = flow_row(inputs, sel.n_out, q.has_rain_rate)
     x, y = grid_coords(archive, ys, xs)
     t0 = archive.times[s + sel.in_len - 1]
     return forecast_figure(path, inputs=inputs, model=fcst, observed=observed, flow=flow,

@@ -311,7 +311,7 @@ def _forecast_products(nc, frames, variable: str, analysis_time, step: int, y, x
     from convlstm_dist.data import storage_options_for
     from convlstm_dist.data.quantity import quantity_of_variable
     from convlstm_dist.nowcast.cf import forecast_dataset, write_dataset
-    from convlstm_dist.verify import forecast_figure, forecast_gif, get_baseline
+    from convlstm_dist.verify import flow_row, forecast_figure, forecast_gif
 
     n_out = int(n_out or nc.out_len)
     url, fmt, stem = forecast_paths(out, fmt, workdir)
@@ -323,7 +323,7 @@ def _forecast_products(nc, frames, variable: str, analysis_time, step: int, y, x
     write_dataset(ds, url, fmt, variable, storage_options_for(url, endpoint_url), scratch=Path(workdir) / "tmp")
     stem.parent.mkdir(parents=True, exist_ok=True)
     q = quantity_of_variable(variable)
-    flow = get_baseline("optical_flow")(frames, n_out) if q.has_rain_rate else None
+    flow = flow_row(frames, n_out, q.has_rain_rate)
     x_m, y_m = (x, y) if xy_units == "m" else (None, None)
     title = f"{nc.name} nowcast from {analysis_time} UTC" + (f", {where}" if where else "")
     png = forecast_figure(stem.with_suffix(".png"), inputs=frames, model=fcst, observed=observed, flow=flow,

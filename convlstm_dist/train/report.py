@@ -30,7 +30,7 @@ def forecast_figure(model, plan, quantity: str, loss: str, out_dir: Path, case: 
     from convlstm_dist.data.quantity import get_quantity
     from convlstm_dist.data.samples import read_windows
     from convlstm_dist.verify import forecast_figure as draw
-    from convlstm_dist.verify import get_baseline
+    from convlstm_dist.verify import flow_row
 
     archive = plan.archives["val"]
     starts = plan.starts["val"][:16]
@@ -46,7 +46,7 @@ def forecast_figure(model, plan, quantity: str, loss: str, out_dir: Path, case: 
     obs = np.asarray(q.from_model(win["y"][i, :, 0]), dtype="float32")
     fc = np.asarray(q.from_model(pred[0, :, 0].numpy()), dtype="float32")
     obs = np.where(win["mask"][i, :, 0] > 0.5, obs, np.nan)
-    flow = get_baseline("optical_flow")(inputs, plan.out_len) if q.has_rain_rate else None
+    flow = flow_row(inputs, plan.out_len, q.has_rain_rate)
     h, w = inputs.shape[1:]
     cy, cx = int(win["cy"][i]), int(win["cx"][i])
     coords = getattr(archive, "coords_m", None)  # None: no coordinates (or not an archive: Moving MNIST)

@@ -26,7 +26,7 @@ from convlstm_dist.lazy import lazy_exports
 _PUBLIC = {
     "baselines": ["DEFAULT_BASELINES", "available_baselines", "get_baseline", "run_baseline", "usable_baselines"],
     "fss": ["FSSAccumulator", "FSS_SCALES_KM", "FSS_THRESHOLDS_MMH", "fss_key"],
-    "figures": ["build_forecast_figure", "colour_scale", "forecast_figure", "forecast_gif"],
+    "figures": ["build_forecast_figure", "colour_scale", "flow_row", "forecast_figure", "forecast_gif"],
     "heldout": ["events_from_config", "format_summary", "run_protocol"],
     "postprocess": ["probability_match"],
     "scores": ["DEFAULT_THRESHOLDS_MMH", "SkillAccumulator", "bmse_weights", "metric_key", "skill_metric_names",

@@ -44,6 +44,26 @@ class Scale:
     rain: bool
 
 
+def flow_row(inputs: np.ndarray, n_out: int, has_rain_rate: bool = True) -> np.ndarray | None:
+    """The optical-flow row of a forecast figure (``verify.baselines.optical_flow`` of the same
+    inputs), or None: for a quantity that is no rain rate, or where pysteps/OpenCV are missing (a
+    figure is drawn without that row rather than failing the command that draws it)."""
+    if not has_rain_rate:
+        return None
+    from convlstm_dist.errors import UserError
+    from convlstm_dist.verify.baselines import get_baseline
+
+    try:
+        return get_baseline("optical_flow")(inputs, n_out)
+    except UserError:
+        return None
+
+
+# pysteps' intensity levels, for drawing without pysteps installed
+FALLBACK_LEVELS_MMH = (0.08, 0.16, 0.25, 0.40, 0.63, 1, 1.6, 2.5, 4, 6.3, 10, 16, 25, 40, 63, 100, 160)
+FALLBACK_LEVELS_DBZ = tuple(range(10, 70, 5))
+
+
 def colour_scale(units: str = "mm/h") -> Scale:
     """pysteps' intensity colours for ``mm/h`` (and ``dBZ``); a 0–1 grey scale for anything else."""
     import matplotlib.colors as mcolors
@@ -55,11 +75,19 @@ def colour_scale(units: str = "mm/h") -> Scale:
 
         # pysteps prints its config path on import, and its colour map calls matplotlib's
         # soon-deprecated set_bad/set_under
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore", PendingDeprecationWarning)
-            from pysteps.visualization.precipfields import get_colormap
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore", PendingDeprecationWarning)
+                from pysteps.visualization.precipfields import get_colormap
 
-            cmap, norm, clevs, clevs_str = get_colormap("intensity", units, "pysteps")
+                cmap, norm, clevs, clevs_str = get_colormap("intensity", units, "pysteps")
+        except ImportError:  # a machine without pysteps (a lent GPU box): the same levels, matplotlib colours
+            import matplotlib
+
+            clevs = FALLBACK_LEVELS_MMH if units == "mm/h" else FALLBACK_LEVELS_DBZ
+            clevs_str = [f"{v:g}" for v in clevs]
+            cmap = matplotlib.colormaps["turbo"].resampled(len(clevs) - 1)
+            norm = mcolors.BoundaryNorm(clevs, cmap.N)
         cmap = cmap.with_extremes(bad=NODATA_COLOUR, under="white")
         label = "rain rate (mm/h)" if units == "mm/h" else "reflectivity (dBZ)"
         return Scale(cmap, norm, list(clevs), list(clevs_str), label, True)

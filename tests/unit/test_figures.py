@@ -121,3 +121,23 @@ def test_a_large_grid_is_thinned_for_drawing_and_keeps_its_extent():
     drawn = ax.get_images()[0].get_array()
     assert max(drawn.shape) <= MAX_PANEL_PIXELS and drawn.shape == (417, 14)  # every 3rd pixel
     assert ax.get_ylim() == pytest.approx((-0.5, 1249.5))
+
+
+def test_figures_without_pysteps_keep_the_levels_and_drop_the_flow_row(monkeypatch, tmp_path):
+    """A machine without pysteps (the lent GPU box): the same precipitation levels in matplotlib
+    colours, and the figure without its optical-flow row instead of a failed report."""
+    import sys
+
+    from convlstm_dist.verify import flow_row
+    from convlstm_dist.verify.figures import FALLBACK_LEVELS_MMH
+
+    for name in [m for m in sys.modules if m == "pysteps" or m.startswith("pysteps.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pysteps", None)  # import pysteps -> ImportError
+    scale = colour_scale("mm/h")
+    assert scale.ticks == list(FALLBACK_LEVELS_MMH) and scale.rain
+    frames = np.random.default_rng(0).gamma(0.5, 2.0, size=(3, 16, 16)).astype("float32")
+    assert flow_row(frames, 2) is None
+    path = forecast_figure(tmp_path / "f.png", inputs=frames, model=frames[:2], observed=None, flow=None,
+                           timestep_s=300, units="mm/h")
+    assert path.stat().st_size > 1000
