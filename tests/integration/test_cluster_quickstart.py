@@ -57,7 +57,6 @@ def _s3(lc: LocalCluster):
     import boto3
 
     env = lc.client_env()
-    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"]
     from convlstm_dist.data.storage import credentials_from_file
 
     c = credentials_from_file(env["AWS_SHARED_CREDENTIALS_FILE"])

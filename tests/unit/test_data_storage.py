@@ -27,6 +27,7 @@ def test_s3_options_from_environment(monkeypatch):
 
 
 def test_profile_used_without_keys(monkeypatch):
+    monkeypatch.delenv("AWS_SHARED_CREDENTIALS_FILE", raising=False)
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
     monkeypatch.setenv("AWS_PROFILE", "research")
