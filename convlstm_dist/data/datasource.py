@@ -72,8 +72,14 @@ class EpochClock:
 
 
 def epoch_clock(name: str):
-    """Get or create the named :class:`EpochClock` actor."""
-    return ray.remote(num_cpus=0)(EpochClock).options(name=name, get_if_exists=True).remote()
+    """Get or create the named :class:`EpochClock` actor, on the node of the process that asks (the
+    driver): the run's clock must outlive any worker node, since the workers restarted after a node
+    dies ask it for the epoch (seen on a three-node cluster: a clock on the lost node failed the run)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0)(EpochClock).options(name=name, get_if_exists=True,
+                                                      scheduling_strategy=here).remote()
 
 
 def _current_epoch(clock_name: str | None, fixed_epoch: int) -> int:
