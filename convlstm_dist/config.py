@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from convlstm_dist.errors import UserError
+from convlstm_dist.vocabulary import metric_name
 
 
 class _Strict(BaseModel):
@@ -222,9 +223,6 @@ class RunConfig(_Strict):
     @field_validator("checkpoint_metric")
     @classmethod
     def _metric(cls, v: str) -> str:
-        # imported here: train/ imports config at module level (no config <-> train import cycle)
-        from convlstm_dist.train.metrics import metric_name
-
         return metric_name(v)
 
 

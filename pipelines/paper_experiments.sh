@@ -27,10 +27,10 @@ RADAR_SET=(model.height=128 model.width=128 data.batch_size=16 data.crops_per_wi
            data.split.block_hours=2.0 data.split.val_every=3 data.split.gap_steps=0
            train.epochs=400 train.schedule=none train.early_stopping_patience=null)
 DEV=cuda
-MM_RECIPES=(pipelines/moving_mnist/*.yaml)
+MM_RECIPES=(convlstm_dist/recipes/moving_mnist/*.yaml)
 if [ "$DRY" = 1 ]; then
   BUDGET=15; DEV=cpu
-  MM_RECIPES=(pipelines/moving_mnist/convlstm-5x5-256.yaml)
+  MM_RECIPES=(convlstm_dist/recipes/moving_mnist/convlstm-5x5-256.yaml)
   MM_SET=(data.mnist_train=64 data.mnist_val=32 data.mnist_test=32 train.epochs=2 model.hidden=[8])
   RADAR_SET+=(model.hidden=[8,8] model.height=64 model.width=64 data.crops_per_window=2 train.epochs=2)
 fi
@@ -48,7 +48,7 @@ $PY - "$WD" ${MM_SET[@]+"${MM_SET[@]}"} > "$OUT/logs/mnist-data.log" 2>&1 <<'EOF
 import sys
 from convlstm_dist.config import load_config
 from convlstm_dist.data.plan import DataPlan
-cfg = load_config("pipelines/moving_mnist/convlstm-5x5-256.yaml", sys.argv[2:])
+cfg = load_config("convlstm_dist/recipes/moving_mnist/convlstm-5x5-256.yaml", sys.argv[2:])
 print(DataPlan.from_config(cfg, sys.argv[1]).counts())
 EOF
 echo "--- data ready in $((SECONDS - t0)) s: $(cat "$OUT/logs/mnist-data.log")"

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from convlstm_dist.commands.archive import format_summary
     from convlstm_dist.config import load_config
     from convlstm_dist.data import DataPlan, check_batches, distinct_archives, summary
-    from convlstm_dist.runtime import start_or_join_ray
+    from convlstm_dist.ray_session import start_or_join_ray
 
     cfg = load_config(args.config, args.overrides)
     plan = DataPlan.from_config(cfg, args.workdir)

@@ -47,10 +47,10 @@ def run_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from convlstm_dist.errors import UserError
-    from convlstm_dist.runtime import resolve_tracking_uri
+    from convlstm_dist.addresses import missing_sqlite, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri, args.workdir)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+    if missing_sqlite(uri):
         raise UserError(f"no MLflow database at {uri}: train a model first, or pass --workdir / --tracking-uri")
     argv = serve_argv(args.model, args.port, args.workers)
     # mlflow starts `uvicorn` from PATH: put this environment's bin/ first (a non-activated venv works)

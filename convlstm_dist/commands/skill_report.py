@@ -1,4 +1,4 @@
-"""``convlstm-dist skill-report``: the held-out-event protocol (:mod:`convlstm_dist.verify.heldout`).
+"""``convlstm-dist skill-report``: the held-out-event protocol (:mod:`convlstm_dist.experiments.skill_report`).
 
     convlstm-dist skill-report --config pipelines/radar_multi.yaml --workdir WD --time-budget 240
     convlstm-dist skill-report --config pipelines/radar_multi.yaml --workdir WD --holdout mch-20160711 fmi-20160928
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_skill_report(args: argparse.Namespace) -> int:
     from convlstm_dist.config import load_config
     from convlstm_dist.nowcast import parse_crop
-    from convlstm_dist.verify import events_from_config, format_summary, run_protocol
+    from convlstm_dist.experiments import events_from_config, format_summary, run_protocol
 
     cfg = load_config(args.config, args.overrides)
     events = events_from_config(cfg, args.events)

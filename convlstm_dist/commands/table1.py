@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "table1", help="the six Moving MNIST models of Table 1 on one device, in a time budget",
         description="The six Moving MNIST models of Table 1 (Shi et al. 2015), one after another on one "
-                    "device, data generated there, within a time budget (convlstm_dist.verify.table1_on_device). "
+                    "device, data generated there, within a time budget (convlstm_dist.experiments.table1_device). "
                     "Writes PREFIX.md, .csv, -curves.csv, .png and .json under --out after every model.")
     p.add_argument("--out", required=True, help="folder for the report files")
     add_time_budget_arg(p, "wall-clock seconds for the whole run", dest="budget_s", required=True)
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser(
         "table1-report", help="Table 1 of the paper next to the `train --local` Moving MNIST runs of a workdir",
         description="Table 1 of Shi et al. (2015) next to our Moving MNIST runs (convlstm-dist train --local "
-                    "of pipelines/moving_mnist/*.yaml, found under WORKDIR/local/mm-*).")
+                    "of convlstm_dist/recipes/moving_mnist/*.yaml, found under WORKDIR/local/mm-*).")
     r.add_argument("--workdir", required=True, help="the --workdir of the runs")
     r.add_argument("--out", default=None, help="write the Markdown table here (and table1.png beside it)")
     r.set_defaults(func=run_table1_report)
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_table1(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from convlstm_dist.verify import Table1Options, run_table1_on_device
+    from convlstm_dist.experiments import Table1Options, run_table1_on_device
 
     opts = Table1Options(**{f.name: getattr(args, f.name) for f in fields(Table1Options)})
     command = " ".join(["convlstm-dist", *getattr(args, "argv", sys.argv[1:])])
@@ -71,7 +71,7 @@ def run_table1(args: argparse.Namespace) -> int:
 
 
 def run_table1_report(args: argparse.Namespace) -> int:
-    from convlstm_dist.verify import table1_report_from_runs
+    from convlstm_dist.experiments import table1_report_from_runs
 
     text, files = table1_report_from_runs(args.workdir, args.out)
     print(text)

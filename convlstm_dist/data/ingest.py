@@ -86,7 +86,7 @@ def _decode(reader: Reader, files: list[Path], parallel: bool, progress: bool):
         return out
     import ray
 
-    from convlstm_dist.runtime import start_or_join_ray
+    from convlstm_dist.ray_session import start_or_join_ray
 
     start_or_join_ray()  # a local Ray (or the job's cluster); reuses a running one
     n_cpu = max(1, int(ray.available_resources().get("CPU", 1)))

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from convlstm_dist.data.shipped import mnist_images_path
 from convlstm_dist.errors import UserError
 
 N_SHIPPED = 10_000
@@ -59,12 +60,9 @@ def pool(split: str) -> range:
 
 
 def default_images_path() -> Path:
-    """The MNIST test images: the project's shared data (``<repo>/../shared/data/mnist``) when it is
-    there, else the byte-identical copy shipped in the package (``sample_data/mnist``)."""
-    from convlstm_dist.data.shipped import mnist_images_path
-
-    shared = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist" / IMAGES_NAME
-    return shared if shared.is_file() else mnist_images_path()
+    """The MNIST test images shipped in the package (``sample_data/mnist``); another copy is read
+    only when its path is passed in (``--images``)."""
+    return mnist_images_path()
 
 
 def load_digit_tensor(device: torch.device | str = "cpu", images_path: str | Path | None = None) -> torch.Tensor:

@@ -25,10 +25,8 @@ import numpy as np
 
 from convlstm_dist.data.transforms import norm_to_rain, rain_to_norm
 from convlstm_dist.data.units import WET_THRESHOLDS_INTENSITY
+from convlstm_dist.vocabulary import SKILL_THRESHOLDS_MMH
 
-# Skill thresholds in mm/h: validation during training (the ``val_*_<thr>mmh`` metrics) and
-# ``evaluate`` of a rain model (``verify.DEFAULT_THRESHOLDS_MMH``) both use these.
-SKILL_THRESHOLDS_MMH = (0.5, 2.0, 5.0, 10.0, 30.0)
 
 # Losses computed on logits: a model trained with one of these outputs logits, and its forecast
 # in the model range is ``sigmoid(output)``.

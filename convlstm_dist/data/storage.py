@@ -309,3 +309,26 @@ def cancel_pending_io(timeout_s: float = 2.0) -> int:
         except Exception:  # noqa: BLE001 - best effort at exit
             pass
     return n
+
+
+def ray_storage(storage_path: str, endpoint_url: str | None = None, **fs_options):
+    """``(storage_path, pyarrow filesystem or None)`` for Ray's ``RunConfig`` / Tune.
+
+    A local path is created and gets no filesystem; ``s3://`` gets an explicit ``pyarrow.fs.S3FileSystem``
+    (and the path loses its scheme) whose endpoint, credentials and region come from
+    :func:`storage_options_for`, like every other S3 client of the project.
+    ``fs_options``: extra ``S3FileSystem`` arguments (e.g. the write probe's short timeouts)."""
+    if not storage_path.startswith("s3://"):
+        Path(storage_path).mkdir(parents=True, exist_ok=True)
+        return storage_path, None
+    import pyarrow.fs as pafs
+
+    opts = storage_options_for(storage_path, endpoint_url)
+    client = opts.get("client_kwargs") or {}
+    kw = {"access_key": opts.get("key"), "secret_key": opts.get("secret"), "session_token": opts.get("token"),
+          "region": client.get("region_name") or "us-east-1", **fs_options}
+    endpoint = client.get("endpoint_url")
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kw.update(endpoint_override=host, scheme=scheme)
+    return storage_path[len("s3://"):], pafs.S3FileSystem(**{k: v for k, v in kw.items() if v is not None})

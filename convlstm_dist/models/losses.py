@@ -49,12 +49,18 @@ def bce(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = No
     return _masked_mean(err, valid)
 
 
-def bce_sum(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Binary cross-entropy with logits, summed over valid pixels and divided by the batch size B:
-    the paper's per-sequence cross-entropy (Table 1 reports this for 10 frames of 64×64)."""
+def bce_per_sequence(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy with logits summed over the valid pixels of each sequence -> (B,) float32.
+    The logits (bf16 / fp16 after an autocast forward) are cast to float32 before the loss."""
     valid = valid_mask(target, mask)
-    err = F.binary_cross_entropy_with_logits(pred, _clean(target, valid), reduction="none")
-    return torch.where(valid, err, torch.zeros_like(err)).sum() / max(pred.shape[0], 1)
+    err = F.binary_cross_entropy_with_logits(pred.float(), _clean(target, valid).float(), reduction="none")
+    return torch.where(valid, err, torch.zeros_like(err)).flatten(1).sum(dim=1)
+
+
+def bce_sum(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`bce_per_sequence` summed and divided by the batch size B: the paper's per-sequence
+    cross-entropy (Table 1 reports this for 10 frames of 64×64)."""
+    return bce_per_sequence(pred, target, mask).sum() / max(pred.shape[0], 1)
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

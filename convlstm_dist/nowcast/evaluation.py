@@ -126,7 +126,8 @@ def score_chunk(nc, archive, starts, in_len: int, n_out: int, crop, seed: int, m
     from convlstm_dist.verify.postprocess import probability_match
 
     length = in_len + n_out
-    from convlstm_dist.verify.fss import FSS_SCALES_KM, FSS_THRESHOLDS_MMH, FSSAccumulator
+    from convlstm_dist.verify.fss import FSSAccumulator
+    from convlstm_dist.vocabulary import FSS_SCALES_KM, FSS_THRESHOLDS_MMH
 
     accs = {m: SkillAccumulator(thresholds, n_out) for m in methods}
     q = quantity_of_variable(archive.variable)
@@ -246,12 +247,11 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=None,
     model_label = nc.config.model.kind
     methods = [model_label, *([model_label + PM_SUFFIX] if probability_matching else []), *baselines]
 
-    from convlstm_dist.runtime import start_or_join_ray
+    from convlstm_dist.ray_session import ray_session
 
-    started = not ray.is_initialized()  # connected here: disconnected (a local Ray shut down) at the end
-    # a task the memory monitor kills is retried once, not forever (Ray's default)
-    start_or_join_ray(ray_address, num_cpus=workers, oom_retries=1)
-    try:
+    # connected here: disconnected (a local Ray shut down) at the end; a task the memory monitor kills
+    # is retried once, not forever (Ray's default)
+    with ray_session(ray_address, num_cpus=workers, oom_retries=1):
         task = ray.remote(num_cpus=1)(score_chunk)
         nc_ref = ray.put(nc)
         chunks = _chunks(sel.starts, workers)
@@ -276,9 +276,6 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=None,
             raise
         finally:
             bar.close()
-    finally:
-        if started:
-            ray.shutdown()
     step_min = archive.timestep_s / 60.0
     totals, fss = {}, {}
     for m in methods:
@@ -327,7 +324,8 @@ def metrics_from_rows(rows: list[dict]) -> list[tuple[str, float, int]]:
       reports for the same scores (``verify.scores.skill_metrics``), e.g. ``val_csi_2mmh`` for the
       model and ``val_persistence_mse`` for persistence when ``--split val`` is scored.
     """
-    from convlstm_dist.verify.scores import metric_key, skill_metrics
+    from convlstm_dist.verify.scores import skill_metrics
+    from convlstm_dist.vocabulary import metric_key
 
     out = []
     for r in rows:

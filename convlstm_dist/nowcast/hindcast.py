@@ -194,13 +194,11 @@ def run_hindcast(model: str, archive_url: str, out: str, *, start: str | None = 
     """Write every forecast of ``[start, end]`` to ``out`` (see the module docstring); resumes."""
     import hashlib
 
-    import ray
-
     from convlstm_dist.data import archive_name, is_remote, quantity_of_variable, storage_options_for
     from convlstm_dist.nowcast.cf import pick_format
     from convlstm_dist.nowcast.nowcaster import Nowcaster
     from convlstm_dist.nowcast.run import open_archive_at
-    from convlstm_dist.runtime import start_or_join_ray
+    from convlstm_dist.ray_session import ray_session
 
     t0 = time.monotonic()
     if batch_size < 1 or actors < 1:
@@ -254,13 +252,9 @@ def run_hindcast(model: str, archive_url: str, out: str, *, start: str | None = 
     say(f"[hindcast] {nc.source}: {len(idx)} forecasts of {n_out} leads ({archive.times[idx[0]]} .. "
         f"{archive.times[idx[-1]]}) from {archive.url}; {len(todo)} to write, {actors} actor(s) x batch {batch_size}")
     if len(todo):
-        started = start_or_join_ray(ray_address, num_cpus=None if ray_address else max(2, actors))
-        try:
+        with ray_session(ray_address, num_cpus=None if ray_address else max(2, actors)):
             _run_actors(nc, archive, store, opts, q.physical_variable, n_out, idx, todo, batch_size, actors, gpus,
                         say)
-        finally:
-            if started:
-                ray.shutdown()
     missing = int((~written_markers(store, opts)).sum())
     if missing:
         raise UserError(f"{missing} forecast(s) of {store} were not written; run the same command again to resume")

@@ -14,7 +14,7 @@ What ``MODEL`` may be (tried in this order):
 MLflow models are the LoggedModel's ``artifacts/checkpoint.pt`` (the run's ``model/checkpoint.pt``
 artifact for models logged before the pyfunc flavour): a slim checkpoint (state dict, resolved config
 and quantity). The same model also loads with ``mlflow.pyfunc.load_model`` (see
-:mod:`convlstm_dist.tracking.pyfunc_model`). Nothing is unpickled beyond tensors and plain data unless the
+:mod:`convlstm_dist.nowcast.pyfunc_model`). Nothing is unpickled beyond tensors and plain data unless the
 caller passes ``trust=True`` (``--trust-model``). The tracking URI is the argument, else
 ``MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow.db``.
 
@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 
 from convlstm_dist.errors import UserError
-from convlstm_dist.runtime import resolve_tracking_uri
+from convlstm_dist.addresses import missing_sqlite, resolve_tracking_uri
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 PIXELS_PER_FORWARD = 1 << 20  # windows x pixels per model forward at inference (memory bound)
@@ -98,7 +98,7 @@ class Nowcaster:
     def _from_mlflow(cls, ref: str, uri: str, device: str, tried: list[str], trust: bool = False) -> "Nowcaster":
         from convlstm_dist.config import config_from_dict
 
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        if missing_sqlite(uri):
             tried.append(f"no MLflow database at {uri} (set --tracking-uri or MLFLOW_TRACKING_URI)")
             raise UserError(f"cannot load model {ref!r}: " + "; ".join(tried))
         from convlstm_dist.tracking import load_mlflow_model

@@ -66,14 +66,14 @@ def evaluation_tracking_uri(nc, tracking_uri: str | None, workdir: str | Path) -
     tracking URI, else the workdir's ``mlflow.db`` if it exists; ``None``: nowhere."""
     import os
 
-    from convlstm_dist.runtime import resolve_tracking_uri
+    from convlstm_dist.addresses import missing_sqlite, resolve_tracking_uri
 
     if tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
         return resolve_tracking_uri(tracking_uri)
     if nc.info.get("tracking_uri"):
         return nc.info["tracking_uri"]
     uri = resolve_tracking_uri(None, workdir)
-    return uri if Path(uri[len("sqlite:///"):]).exists() else None
+    return None if missing_sqlite(uri) else uri
 
 
 @dataclass
@@ -121,7 +121,8 @@ def evaluate_on_archive(model: str, archive_url: str, *, split: str | None = Non
     rows, record = run_evaluation(nc, archive, sel, crop, list(baselines), workers, ray_address, probability_matching)
     safe_label = sel.label.replace(":", "").replace("..", "_")
     out = Path(out) if out else Path(workdir) / "evaluate" / f"{nc.name}-{safe_label}.csv"
-    from convlstm_dist.verify.fss import FSS_SCALES_KM, fss_key
+    from convlstm_dist.verify.fss import fss_key
+    from convlstm_dist.vocabulary import FSS_SCALES_KM
     from convlstm_dist.verify.table import CSV_COLUMNS
 
     fss_cols = [fss_key(km) for km in FSS_SCALES_KM if all(fss_key(km) in r for r in rows)]

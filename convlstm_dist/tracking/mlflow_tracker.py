@@ -16,6 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from convlstm_dist.vocabulary import LEADS_PARAM
+
+# The package travels in every logged model's code/ folder; MLflow runs the python_function model
+# from code, nowcast/pyfunc_model.py, which it gets by path (it is not imported here: that file
+# stands above tracking/, on the Nowcaster)
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+PYFUNC_MODEL_FILE = PACKAGE_DIR / "nowcast" / "pyfunc_model.py"
+
 RUN_KEY_TAG = "convlstm_dist.run_key"
 MODEL_ARTIFACT = "model"
 WEIGHTS_TAG = "convlstm_dist.weights_sha256"
@@ -277,7 +285,7 @@ class Tracker:
         register it; returns ``models:/NAME/VERSION`` (or ``models:/MODEL_ID`` without a name).
 
         The model is a ``python_function`` model from code
-        (:mod:`convlstm_dist.tracking.pyfunc_model`), so ``mlflow.pyfunc.load_model`` and ``mlflow
+        (:mod:`convlstm_dist.nowcast.pyfunc_model`), so ``mlflow.pyfunc.load_model`` and ``mlflow
         models serve`` work, with a signature, an input example (``example``: the last ``in_len``
         frames in mm/h, ``(frames, H, W)``; zeros when not given) and pinned requirements. Its
         ``artifacts/checkpoint.pt`` is the slim checkpoint (state dict + resolved config, loadable
@@ -329,8 +337,6 @@ class Tracker:
         ParamSchema, ParamSpec = mlflow.types.ParamSchema, mlflow.types.ParamSpec
         Schema, TensorSpec = mlflow.types.Schema, mlflow.types.TensorSpec
 
-        from convlstm_dist.tracking import pyfunc_model
-
         cfg = payload["config"]
         in_len, out_len = int(cfg["data"]["in_len"]), int(cfg["data"]["out_len"])
         ckpt = slim_checkpoint(payload, tmp / "weights")
@@ -344,9 +350,9 @@ class Tracker:
         signature = ModelSignature(
             inputs=Schema([TensorSpec(np.dtype(np.float32), (in_len, -1, -1))]),
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]),
-            params=ParamSchema([ParamSpec(pyfunc_model.LEADS_PARAM, "long", out_len)]))
+            params=ParamSchema([ParamSpec(LEADS_PARAM, "long", out_len)]))
         code = tmp / "code" / "convlstm_dist"
-        shutil.copytree(Path(pyfunc_model.__file__).resolve().parents[1], code,
+        shutil.copytree(PACKAGE_DIR, code,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "sample_data"))
         run = self.client.get_run(self.run_id)
         # created here, not by Model.log: that would file it under the current experiment of the
@@ -359,10 +365,10 @@ class Tracker:
         try:
             return Model.log(
                 artifact_path=None, name=MODEL_ARTIFACT, flavor=mlflow.pyfunc, run_id=self.run_id,
-                model_id=logged.model_id, python_model=pyfunc_model.__file__,
+                model_id=logged.model_id, python_model=str(PYFUNC_MODEL_FILE),
                 artifacts={"checkpoint": str(ckpt), "recipe": str(recipe)},
                 code_paths=[str(code)], signature=signature,
-                input_example=(example, {pyfunc_model.LEADS_PARAM: out_len}),
+                input_example=(example, {LEADS_PARAM: out_len}),
                 pip_requirements=model_requirements(),
                 metadata={"convlstm_dist": {"checkpoint": "artifacts/checkpoint.pt", "recipe": "artifacts/recipe.yaml",
                                             "format": 1, "loader": "convlstm_dist.Nowcaster.load"}})

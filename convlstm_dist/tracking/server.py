@@ -25,7 +25,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from convlstm_dist.addresses import LOOPBACK as HOST
+from convlstm_dist.addresses import free_port
+
 STARTUP_TIMEOUT_ENV = "CONVLSTM_DIST_MLFLOW_STARTUP_S"
 DEFAULT_STARTUP_TIMEOUT_S = 240.0
 LOG_TAIL_BYTES = 3000
@@ -45,13 +47,6 @@ def default_startup_timeout_s() -> float:
     if not value > 0:
         raise UserError(f"{STARTUP_TIMEOUT_ENV}={raw!r} is not a positive number of seconds")
     return value
-
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _mlflow_executable() -> list[str]:

@@ -17,7 +17,7 @@ _PUBLIC = {
     "engine": ["StepEngine", "choose_engine", "describe_engine"],
     "guards": ["check_cluster_resources"],
     "local": ["LocalOutcome", "train_local"],
-    "metrics": ["check_metric", "metric_name"],
+    "metrics": ["check_metric"],
     "optim": ["make_optimizer", "training_loss"],
 }
 __all__ = [name for names in _PUBLIC.values() for name in names]

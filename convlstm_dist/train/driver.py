@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convlstm_dist.config import Config, build_model_from_config, flatten, to_yaml
-from convlstm_dist.runtime import ray_storage, resolve_tracking_uri, start_or_join_ray
+from convlstm_dist.addresses import resolve_tracking_uri
+from convlstm_dist.data.storage import ray_storage
+from convlstm_dist.ray_session import ray_session, start_or_join_ray
 
 
 @dataclass
@@ -82,7 +84,7 @@ def job_output_warning(cfg: Config, res: Resolved) -> str | None:
 
 
 def init_ray(cfg: Config, res: Resolved) -> bool:
-    """Connect to (or start) Ray by the project's policy (:func:`convlstm_dist.runtime.start_or_join_ray`),
+    """Connect to (or start) Ray by the project's policy (:func:`convlstm_dist.ray_session.start_or_join_ray`),
     Ray's logs linked under the workdir; True if this call started a local Ray instance (this process owns it)."""
     return start_or_join_ray(cfg.scaling.ray_address, workdir=res.workdir)
 
@@ -172,23 +174,24 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
 
 
 def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = True) -> TrainOutcome:
-    from convlstm_dist.train.data_pin import log_pin, pin_run
-    from convlstm_dist.train.guards import check_cluster_resources, check_storage_shared
+    from convlstm_dist.train.guards import check_storage_shared
 
     res, plan = preflight(cfg, workdir)
     say = functools.partial(print, flush=True) if progress else (lambda *a, **k: None)  # progress reaches pipes now
     warning = job_output_warning(cfg, res)
     if warning:
         say(warning)
-    own_ray = init_ray(cfg, res)
-    try:
+    with ray_session(cfg.scaling.ray_address, workdir=res.workdir):  # Ray's logs linked under the workdir
         check_storage_shared(res.storage_path)  # before the run's folder, a worker or an MLflow run exists
-    except BaseException:
-        if own_ray:
-            import ray
+        return _pinned_and_tracked(cfg, res, plan, say, progress)
 
-            ray.shutdown()
-        raise
+
+def _pinned_and_tracked(cfg: Config, res: Resolved, plan, say, progress: bool) -> TrainOutcome:
+    """Pin the data version, open (or resume) the MLflow run, fit and report; the run ends FINISHED,
+    FAILED or KILLED, never RUNNING."""
+    from convlstm_dist.train.data_pin import log_pin, pin_run
+    from convlstm_dist.train.guards import check_cluster_resources
+
     plan, version = pin_run(cfg, res.workdir, f"{res.storage_path.rstrip('/')}/{res.run_name}",
                             cfg.data.endpoint_url, plan)
     say(f"[convlstm-dist] run '{res.run_name}': windows per split {plan.counts()}, "
@@ -217,7 +220,7 @@ def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = 
             if init is not None:
                 tracker.set_tags(init.tags)
             say(f"[convlstm-dist] MLflow {'resumed' if resumed else 'new'} run {tracker.run_id} at {res.tracking_uri}")
-        out = _fit_and_report(cfg, plan, res, tracker, say, progress, own_ray, version, init)
+        out = _fit_and_report(cfg, plan, res, tracker, say, progress, version, init)
     except BaseException as exc:  # never leave the MLflow run RUNNING
         if tracker and tracker.reachable():  # an absent server would hold this exit for MLflow's retries
             try:
@@ -231,7 +234,7 @@ def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = 
 
 
 def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bool,
-                    own_ray: bool = False, data_version: list | None = None, init=None) -> TrainOutcome:
+                    data_version: list | None = None, init=None) -> TrainOutcome:
     import ray
 
     from convlstm_dist.data import epoch_clock
@@ -261,9 +264,7 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
                 from convlstm_dist.train.report import publish_outputs
 
                 publish_outputs(log, res.storage_path, res.run_name, "logs", cfg.data.endpoint_url, say)
-            if own_ray:  # stop Ray's forwarded worker logs now, so that the message is the last line
-                ray.shutdown()
-            raise user from None
+            raise user from None  # ray_session stops Ray's forwarded worker logs before it is printed
         raise
     stopped = ray.get(clock.stop_reason.remote())
     ray.kill(clock)

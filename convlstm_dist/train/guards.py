@@ -71,7 +71,7 @@ def check_storage_writable(storage_path: str, endpoint_url: str | None = None, w
         return
     import pyarrow.fs as pafs
 
-    from convlstm_dist.runtime import ray_storage
+    from convlstm_dist.data.storage import ray_storage
 
     path, fs = ray_storage(storage_path, endpoint_url, connect_timeout=PROBE_CONNECT_TIMEOUT_S,
                            request_timeout=PROBE_REQUEST_TIMEOUT_S,
@@ -146,7 +146,7 @@ def check_cluster_resources(cfg) -> None:
     per_worker = {"CPU": float(s.cpus_per_worker)}
     if s.use_gpu:
         per_worker["GPU"] = float(s.gpus_per_worker)
-    from convlstm_dist.ray_runtime import autoscaler_max_resources
+    from convlstm_dist.ray_internals import autoscaler_max_resources
 
     largest = None
     cluster = autoscaler_max_resources()  # None unless an autoscaler published limits
@@ -187,7 +187,7 @@ def check_storage_shared(storage_path: str, what: str = "run.storage_path") -> N
     ``storage_path`` is a local folder (see :func:`storage_problem`)."""
     import ray
 
-    from convlstm_dist.ray_runtime import autoscaler_max_resources
+    from convlstm_dist.ray_internals import autoscaler_max_resources
 
     if is_shared_storage(storage_path):
         return

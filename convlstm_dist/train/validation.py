@@ -14,9 +14,9 @@ from convlstm_dist.data.quantity import get_quantity
 from convlstm_dist.data.samples import to_compute
 from convlstm_dist.models import get_loss
 from convlstm_dist.train.engine import allreduce
-from convlstm_dist.train.metrics import THRESHOLDS_MMH, VAL_SCOPE
 from convlstm_dist.train.optim import training_loss
-from convlstm_dist.verify.scores import SkillAccumulator, metric_key, skill_metrics
+from convlstm_dist.verify.scores import SkillAccumulator, skill_metrics
+from convlstm_dist.vocabulary import REPORT_THRESHOLDS_MMH, SKILL_THRESHOLDS_MMH, VAL_SCOPE, metric_key
 
 _TRAIN_SUMS = ("loss", "loss_n", "bce_sum", "seqs")  # what only training has (model space)
 EVAL_BATCH = 64  # windows per batch when validation / test windows are cut from memory
@@ -33,8 +33,8 @@ class ValAccumulator:
         self.q, self.loss_name, self.out_len = get_quantity(quantity), loss_name, out_len
         self.loss = training_loss(loss_name, quantity)
         self.sums: torch.Tensor | None = None  # float64 on the device: _TRAIN_SUMS
-        self.model = SkillAccumulator(THRESHOLDS_MMH, out_len)
-        self.persistence = SkillAccumulator(THRESHOLDS_MMH, out_len)
+        self.model = SkillAccumulator(SKILL_THRESHOLDS_MMH, out_len)
+        self.persistence = SkillAccumulator(SKILL_THRESHOLDS_MMH, out_len)
         self.by_source: dict[str, "ValAccumulator"] = {}  # per archive of a multi-archive plan (evaluate_val)
 
     @property
@@ -124,10 +124,9 @@ def evaluate_val(model, batches, cfg, quantity, device, rank, world, amp_dtype,
     return acc
 
 
-_SOURCE_THRESHOLDS = (0.5, 2.0, 5.0, 10.0)
 SOURCE_KEYS = ("loss", "mse", "mae", metric_key("mse", method="persistence"),
-               *(metric_key("csi", t) for t in _SOURCE_THRESHOLDS),
-               *(metric_key("csi", t, "persistence") for t in _SOURCE_THRESHOLDS))
+               *(metric_key("csi", t) for t in REPORT_THRESHOLDS_MMH),
+               *(metric_key("csi", t, "persistence") for t in REPORT_THRESHOLDS_MMH))
 
 
 def source_metrics(acc: ValAccumulator) -> dict[str, float]:

@@ -50,7 +50,7 @@ from convlstm_dist.config import (
     validation_message,
 )
 from convlstm_dist.errors import UserError
-from convlstm_dist.train import metric_name
+from convlstm_dist.vocabulary import metric_name
 
 DERIVED = ("model.depth", "model.kernel", "model.filters")
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")

@@ -167,7 +167,7 @@ def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = Fa
         raise UserError("space.train.epochs: the number of epochs is ASHA's max_t (search.scheduler.max_t); "
                         "do not sweep it")
 
-    from convlstm_dist.runtime import ray_storage
+    from convlstm_dist.data.storage import ray_storage
     from convlstm_dist.train import init_ray, preflight
 
     wd = Path(workdir).resolve()
@@ -203,7 +203,7 @@ def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = Fa
 
     import ray
 
-    from convlstm_dist.runtime import in_ray_job, start_or_join_ray
+    from convlstm_dist.ray_session import in_ray_job, start_or_join_ray
 
     if base_cfg.scaling.ray_address or in_ray_job():
         init_ray(base_cfg, res)  # join the given cluster, as training does

@@ -23,9 +23,8 @@ from typing import Sequence
 import numpy as np
 
 from convlstm_dist.verify._arrays import as_bthw
+from convlstm_dist.vocabulary import FSS_SCALES_KM, FSS_THRESHOLDS_MMH
 
-FSS_THRESHOLDS_MMH = (0.5, 2.0, 5.0)
-FSS_SCALES_KM = (1, 4, 16, 64)
 _SUMS = ("sum_ff", "sum_fo", "sum_oo")
 
 

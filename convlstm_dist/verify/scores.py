@@ -41,38 +41,25 @@ Contract
 
 Metric names
 ------------
-One rule names a score wherever it is logged (MLflow runs of ``train``, ``tune`` and
-``evaluate``; Ray/Tune reports; ``run.checkpoint_metric`` / ``search.metric``):
-:func:`metric_key` = ``[<scope>_][<method>_]<score>[_<thr>mmh]``. ``scope`` names the windows
-scored (``val`` during training and in every Tune trial, ``test`` for the test split, ``evaluate``
-uses its split or ``eval``), ``method`` is empty for the model itself and the baseline's name
-otherwise (``persistence``). :func:`skill_metrics` gives the scores pooled over lead times
-under these names (:data:`SUMMARY_SCORES`): ``val_csi_2mmh``, ``val_persistence_mse``, …
+:func:`skill_metrics` gives the scores pooled over lead times under the names of the one rule,
+:func:`convlstm_dist.vocabulary.metric_key` (:data:`convlstm_dist.vocabulary.SUMMARY_SCORES`):
+``val_csi_2mmh``, ``val_persistence_mse``, …
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from convlstm_dist.data.quantity import SKILL_THRESHOLDS_MMH
 from convlstm_dist.verify._arrays import as_bthw
+from convlstm_dist.vocabulary import SKILL_THRESHOLDS_MMH, metric_key, summary_layout
 
-DEFAULT_THRESHOLDS_MMH = SKILL_THRESHOLDS_MMH  # the thresholds of validation during training too
 
 _COUNTS = ("hits", "misses", "false_alarms", "correct_negatives")
 _SUMS = ("n", "sum_se", "sum_ae", "sum_wse", "sum_x", "sum_y", "sum_xx", "sum_yy", "sum_xy")
 ROW_KEYS = ("lead_index", "threshold_mmh", "csi", "pod", "far", "hss", "mse", "mae", "bmse", "corr", "n") + _COUNTS
 _MAX_CHUNK = 1 << 24  # elements per counting pass (leads are counted in chunks below this size)
-
-# Scores pooled over lead times that :func:`skill_metrics` reports: (per-lead scores, per-threshold
-# scores) for the model itself (method None) and for a reference method (a baseline).
-SUMMARY_SCORES = {
-    "model": (("mse", "mae", "bmse"), ("pod", "far", "csi")),
-    "reference": (("mse", "mae"), ("csi",)),
-}
-
 
 def bmse_weights(obs_mmh: np.ndarray) -> np.ndarray:
     """HKO-7 balancing weights (NaN gets weight 1): ``models.losses.hko7_weights``, the one weight
@@ -82,34 +69,11 @@ def bmse_weights(obs_mmh: np.ndarray) -> np.ndarray:
     return hko7_weights(np.asarray(obs_mmh))
 
 
-def metric_key(score: str, threshold: float | None = None, method: str | None = None,
-               scope: str | None = None) -> str:
-    """The name of a score in every metric log: ``[<scope>_][<method>_]<score>[_<thr>mmh]``.
-
-    ``metric_key("csi", 2.0, scope="val") == "val_csi_2mmh"``;
-    ``metric_key("mse", method="persistence", scope="val") == "val_persistence_mse"``;
-    ``metric_key("csi", 0.5, method="persistence") == "persistence_csi_0.5mmh"`` (evaluate's per-lead series).
-    """
-    name = "_".join(p for p in (scope, method, score) if p)
-    return name if threshold is None else f"{name}_{float(threshold):g}mmh"
-
-
-def _summary_layout(thresholds: Iterable[float], method: str | None) -> list[tuple[str, float | None]]:
-    per_lead, per_thr = SUMMARY_SCORES["model" if method is None else "reference"]
-    return [(s, None) for s in per_lead] + [(s, float(t)) for t in thresholds for s in per_thr]
-
-
-def skill_metric_names(scope: str, method: str | None = None,
-                       thresholds: Iterable[float] = DEFAULT_THRESHOLDS_MMH) -> tuple[str, ...]:
-    """The names :func:`skill_metrics` gives (config validation checks metric names against these)."""
-    return tuple(metric_key(s, t, method, scope) for s, t in _summary_layout(thresholds, method))
-
-
 def skill_metrics(rows: Sequence[dict], scope: str, method: str | None = None) -> dict[str, float]:
     """Scores of one method pooled over its lead times, from its :meth:`SkillAccumulator.compute`
     rows: contingency counts summed over leads (so CSI at 2 mm/h is that of all leads together),
-    MSE/MAE/B-MSE weighted by each lead's pixels. Named by :func:`metric_key`; which scores:
-    :data:`SUMMARY_SCORES` (the model, ``method=None``, or a reference method)."""
+    MSE/MAE/B-MSE weighted by each lead's pixels. Named by :func:`~convlstm_dist.vocabulary.metric_key`; which scores:
+    :data:`~convlstm_dist.vocabulary.SUMMARY_SCORES` (the model, ``method=None``, or a reference method)."""
     thresholds = list(dict.fromkeys(float(r["threshold_mmh"]) for r in rows))
     by_lead = {int(r["lead_index"]): r for r in rows}  # lead-only scores repeat per threshold
     n = np.array([float(r["n"]) for r in by_lead.values()])
@@ -118,7 +82,7 @@ def skill_metrics(rows: Sequence[dict], scope: str, method: str | None = None) -
                                                                           "correct_negatives"))}
     cat = _categorical(counts["a"], counts["b"], counts["c"], counts["d"])
     out = {}
-    for score, thr in _summary_layout(thresholds, method):
+    for score, thr in summary_layout(thresholds, method):
         if thr is None:
             v = np.array([float(r[score]) for r in by_lead.values()])
             ok = n > 0
@@ -202,7 +166,7 @@ def _batch_sums(f, o, valid, thresholds) -> dict:
 class SkillAccumulator:
     """Partial sums of categorical and continuous scores, per lead time (and threshold)."""
 
-    def __init__(self, thresholds_mmh: Sequence[float] = DEFAULT_THRESHOLDS_MMH, n_leads: int = 1, device=None):
+    def __init__(self, thresholds_mmh: Sequence[float] = SKILL_THRESHOLDS_MMH, n_leads: int = 1, device=None):
         thr = np.asarray(thresholds_mmh, dtype=np.float64).reshape(-1)
         if thr.size == 0 or not np.all(np.isfinite(thr)):
             raise ValueError(f"thresholds_mmh must be finite numbers, got {thresholds_mmh!r}")

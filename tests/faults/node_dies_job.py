@@ -52,7 +52,7 @@ def main() -> int:
     if mode == "kill":
         from ray.util.state import list_actors
 
-        from convlstm_dist.runtime import ray_storage
+        from convlstm_dist.data.storage import ray_storage
 
         path, fs = ray_storage(storage)
         deadline = time.time() + 900

@@ -7,7 +7,7 @@ Must hold afterwards:
   when ``torch.load`` would still accept the file; the resume takes the newest intact checkpoint and
   says which one it skipped; the damaged file is left in place;
 - no source file writes (or names) Ray's ``checkpoint_manager_snapshot.json``;
-- every ``ray._private`` use is in ``ray_runtime.py``, listed in its docstring with the Ray version it
+- every ``ray._private`` use is in ``ray_internals.py``, listed in its docstring with the Ray version it
   was checked against, and still works on the installed Ray.
 (The full Ray Train run through this fallback is ``tests/integration/test_checkpoint_recovery.py``.)
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from convlstm_dist import ray_runtime
+from convlstm_dist import ray_internals
 from convlstm_dist.checkpoint import FILENAME, save_checkpoint
 from convlstm_dist.config import build_model_from_config, load_config
 from convlstm_dist.train.recovery import (
@@ -92,20 +92,20 @@ def _private_imports(path: Path) -> set[str]:
 def test_every_ray_private_use_is_listed_with_its_ray_version(ray_local):
     import ray
 
-    doc = ray_runtime.__doc__ or ""
+    doc = ray_internals.__doc__ or ""
     assert "Ray 2.60.0" in doc and ray.__version__ == "2.60.0", (
-        f"ray_runtime.py was checked against Ray 2.60.0, installed {ray.__version__}: re-check its list")
-    used = _private_imports(PKG / "ray_runtime.py")
+        f"ray_internals.py was checked against Ray 2.60.0, installed {ray.__version__}: re-check its list")
+    used = _private_imports(PKG / "ray_internals.py")
     assert used == {"ray_constants", "worker.global_worker", "state.state"}, used
     listed = " ".join(doc.split())
     for name in ("ray_constants.GCS_PORT_ENVIRONMENT_", "worker.global_worker", "state.state.get_max_resources_from_"):
-        assert name in listed, f"{name} is not listed in ray_runtime.py's docstring"
+        assert name in listed, f"{name} is not listed in ray_internals.py's docstring"
     for p in PKG.rglob("*.py"):                        # nowhere else (test_layers checks imports; this, text)
-        if p.name != "ray_runtime.py":
+        if p.name != "ray_internals.py":
             assert "ray._private" not in p.read_text(), p
     # each still works on this Ray
-    assert ray_runtime.gcs_port_env_var() == "RAY_GCS_SERVER_PORT"
-    logs = ray_runtime.session_log_dir()
+    assert ray_internals.gcs_port_env_var() == "RAY_GCS_SERVER_PORT"
+    logs = ray_internals.session_log_dir()
     assert logs is not None and Path(logs).is_dir()
-    limits = ray_runtime.autoscaler_max_resources()
+    limits = ray_internals.autoscaler_max_resources()
     assert limits is None or isinstance(limits, dict)

@@ -32,7 +32,7 @@ EXCLUDES = [".venv", ".git", "workdir", "runs", "mlruns", "out", "tests/artifact
 
 
 def _free_port() -> int:
-    from convlstm_dist.tracking.server import free_port
+    from convlstm_dist.addresses import free_port
 
     return free_port()
 
@@ -94,7 +94,7 @@ def test_local_commands_work_with_the_env_file_sourced(local_cluster):
     a local command starts its own Ray instead of crashing on it."""
     _, env = local_cluster
     assert "RAY_ADDRESS" not in env and env["RAY_API_SERVER_ADDRESS"].startswith("http://127.0.0.1:")
-    probe = ("from convlstm_dist.runtime import start_or_join_ray; import ray; "
+    probe = ("from convlstm_dist.ray_session import start_or_join_ray; import ray; "
              "print('own', start_or_join_ray(num_cpus=1)); print('nodes', len(ray.nodes())); ray.shutdown()")
     for extra in ({}, {"RAY_ADDRESS": env["RAY_API_SERVER_ADDRESS"]}):  # also with the http address exported by hand
         out = _run([sys.executable, "-c", probe], {**env, **extra}, 300)

@@ -51,7 +51,7 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_ui_signal_stops_the_mlflow_server(tmp_path, sig):
-    from convlstm_dist.tracking.server import free_port
+    from convlstm_dist.addresses import free_port
 
     port = free_port()
     log = open(tmp_path / "ui.out", "w+")

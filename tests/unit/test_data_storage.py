@@ -56,7 +56,7 @@ def _no_aws_keys(monkeypatch):
 def test_credentials_file_passed_by_path(monkeypatch, tmp_path):
     """A job gets only the file's path (AWS_SHARED_CREDENTIALS_FILE): the keys come from the file, and
     Ray's S3 filesystem for checkpoints gets the same key."""
-    from convlstm_dist.runtime import ray_storage
+    from convlstm_dist.data.storage import ray_storage
 
     _no_aws_keys(monkeypatch)
     cred = tmp_path / "credentials"

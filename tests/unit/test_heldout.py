@@ -9,7 +9,7 @@ import pytest
 
 from convlstm_dist.config import load_config
 from convlstm_dist.errors import UserError
-from convlstm_dist.verify.heldout import (
+from convlstm_dist.experiments.heldout import (
     Event,
     Fold,
     HeldoutLeakError,
@@ -18,10 +18,9 @@ from convlstm_dist.verify.heldout import (
     event_name,
     events_from_config,
     fold_config,
-    markdown_table,
     plan_folds,
-    pool_rows,
 )
+from convlstm_dist.verify.pooled import markdown_table, pool_rows
 
 RECIPE = Path(__file__).resolve().parents[2] / "pipelines" / "radar_multi.yaml"
 NAMES = ["knmi-20100826", "fmi-20160928", "mch-20150515", "mch-20170131", "mch-20160711"]

@@ -13,9 +13,11 @@ import torch
 from convlstm_dist.data.quantity import RAIN_NORM
 from convlstm_dist.nowcast.evaluation import evaluation_rows, metrics_from_rows
 from convlstm_dist.train import fit
-from convlstm_dist.train.metrics import metric_name, reported_metrics, val_metrics
+from convlstm_dist.train.metrics import reported_metrics, val_metrics
+from convlstm_dist.vocabulary import metric_name
 from convlstm_dist.train.validation import ValAccumulator
-from convlstm_dist.verify.scores import SkillAccumulator, metric_key
+from convlstm_dist.verify.scores import SkillAccumulator
+from convlstm_dist.vocabulary import metric_key
 
 B, T_IN, T_OUT, H, W = 3, 4, 3, 8, 8
 

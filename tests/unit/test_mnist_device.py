@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from convlstm_dist.cli import main
 from convlstm_dist.data import mnist_device as md
 from convlstm_dist.data import moving_mnist as mm
-from convlstm_dist.models.losses import bce_sum
-from convlstm_dist.verify import table1_on_device as t1
+from convlstm_dist.models.losses import bce_per_sequence, bce_sum
+from convlstm_dist.experiments import table1_device as t1
+from convlstm_dist.experiments import table1_report as t1_report
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_cross_entropy_upcasts_low_precision_logits(low):
     target = torch.rand(3, 10, 1, 64, 64, generator=g) ** 4
     logits = (torch.randn(3, 10, 1, 64, 64, generator=g) * 4 - 3).to(low)
     ref = _reference_ce(logits, target)
-    per_seq = t1.sequence_cross_entropy(logits, target)
+    per_seq = bce_per_sequence(logits, target)
     assert per_seq.dtype == torch.float32 and per_seq.shape == (3,)
     ours = float(per_seq.mean())
     assert abs(ours - ref) / ref < 2e-6
@@ -169,7 +170,7 @@ def test_evaluation_after_autocast_is_fp32_and_matches_float64(data):
     ce32 = t1.evaluate_cross_entropy(model, test, 10, 10, None, batch_size=3)
     x, y = md.split_io(test.all().double(), 10)
     with torch.no_grad():
-        ref64 = float(t1.sequence_cross_entropy(model.double()(x, 10)[0], y).mean())  # float32 loss of fp64 logits
+        ref64 = float(bce_per_sequence(model.double()(x, 10)[0], y).mean())  # float32 loss of fp64 logits
         z = model(x, 10)[0]
     assert ce32 == pytest.approx(_reference_ce(z, y), rel=1e-5) and ce32 == pytest.approx(ref64, rel=1e-5)
     model.float()
@@ -183,8 +184,8 @@ def test_share_weights_and_ranking_helpers():
     assert t1.share_weight("mm-fc-lstm-2048-2048", ["5x5-128-64-64=2"]) == 1.0
     with pytest.raises(ValueError):
         t1.share_weight("x", ["x=0"])
-    assert t1._ranks([3.0, 1.0, 2.0]) == [3, 1, 2]
-    assert t1.kendall_tau([1, 2, 3], [10, 20, 30]) == 1.0 and t1.kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+    assert t1_report._ranks([3.0, 1.0, 2.0]) == [3, 1, 2]
+    assert t1_report.kendall_tau([1, 2, 3], [10, 20, 30]) == 1.0 and t1_report.kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
 
 
 def test_dry_run_of_one_model_writes_the_report(tmp_path):

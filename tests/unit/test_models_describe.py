@@ -27,7 +27,7 @@ RECIPES = {
 def test_describe_recipe(recipe, want, capsys):
     ap = argparse.ArgumentParser()
     describe.register(ap.add_subparsers())
-    args = ap.parse_args(["describe", "--config", str(ROOT / f"pipelines/moving_mnist/{recipe}.yaml")])
+    args = ap.parse_args(["describe", "--config", str(ROOT / f"convlstm_dist/recipes/moving_mnist/{recipe}.yaml")])
     assert args.func(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert f"parameters: {want}" in lines

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from convlstm_dist.data.quantity import (INTENSITY, QUANTITIES, RAIN_NORM, SKILL_THRESHOLDS_MMH, get_quantity,
+from convlstm_dist.vocabulary import SKILL_THRESHOLDS_MMH
+from convlstm_dist.data.quantity import (INTENSITY, QUANTITIES, RAIN_NORM, get_quantity,
                                          quantity_of_source, quantity_of_variable)
 from convlstm_dist.data.units import dbz_to_rain_mmh, rain_mmh_to_dbz
 
@@ -90,8 +91,8 @@ def test_reported_metrics_follow_the_registry():
 
 
 def test_one_set_of_skill_thresholds():
-    from convlstm_dist.train.metrics import THRESHOLDS_MMH
-    from convlstm_dist.verify import DEFAULT_THRESHOLDS_MMH
+    from convlstm_dist.train.validation import SKILL_THRESHOLDS_MMH as THRESHOLDS_MMH
+    from convlstm_dist.verify.scores import SKILL_THRESHOLDS_MMH as DEFAULT_THRESHOLDS_MMH
 
     assert THRESHOLDS_MMH is SKILL_THRESHOLDS_MMH and DEFAULT_THRESHOLDS_MMH is SKILL_THRESHOLDS_MMH
     assert RAIN_NORM.skill_thresholds == SKILL_THRESHOLDS_MMH

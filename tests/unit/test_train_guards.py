@@ -13,7 +13,8 @@ import torch
 
 from convlstm_dist.errors import UserError
 from convlstm_dist.train import fit, guards, validation
-from convlstm_dist.train.metrics import TRAIN_METRICS, check_metric, metric_problem, val_metrics
+from convlstm_dist.train.metrics import check_metric, metric_problem, val_metrics
+from convlstm_dist.vocabulary import TRAIN_METRICS
 
 # --------------------------------------------------------------------------- metric names
 
@@ -187,7 +188,7 @@ def test_local_storage_on_a_multi_node_cluster_is_refused_with_an_s3_example():
 def _fake_cluster(monkeypatch, alive: int, autoscaler=None):
     import ray
 
-    import convlstm_dist.ray_runtime as rr
+    import convlstm_dist.ray_internals as rr
 
     nodes = [{"Alive": True, "Resources": {"CPU": 1.0}} for _ in range(alive)] + [{"Alive": False}]
     monkeypatch.setattr(ray, "nodes", lambda: nodes)

@@ -15,7 +15,7 @@ from convlstm_dist.cli import main
 from convlstm_dist.config import load_config
 from convlstm_dist.errors import UserError
 from convlstm_dist.train.local import train_local
-from convlstm_dist.verify import table1_from_runs as paper
+from convlstm_dist.experiments import table1_report as paper
 from synthetic import make_archive
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +90,7 @@ def test_refusals_are_clear(archive, tmp_path):
 
 
 def test_moving_mnist_cross_entropy_and_table1_report(tmp_path, capsys):
-    recipe = ROOT / "pipelines" / "moving_mnist" / "convlstm-5x5-128-64-64.yaml"
+    recipe = ROOT / "convlstm_dist" / "recipes" / "moving_mnist" / "convlstm-5x5-128-64-64.yaml"
     cfg = load_config(recipe, ["model.hidden=[4,4,4]", "data.mnist_train=16", "data.mnist_val=8",
                                "data.mnist_test=8", "train.epochs=1", "tracking.enabled=false"])
     out = train_local(cfg, tmp_path, device="cpu", progress=False)

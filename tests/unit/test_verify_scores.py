@@ -234,7 +234,8 @@ def test_big_grids_are_counted_a_few_leads_at_a_time(monkeypatch):
 
 
 def test_skill_metrics_pool_counts_over_leads():
-    from convlstm_dist.verify.scores import skill_metric_names, skill_metrics
+    from convlstm_dist.verify.scores import skill_metrics
+    from convlstm_dist.vocabulary import skill_metric_names
 
     f, o = random_pair(9)
     acc = SkillAccumulator((0.5, 5.0), n_leads=4).accumulate(f, o)

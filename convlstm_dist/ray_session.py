@@ -1,24 +1,27 @@
-"""The runtime every command shares: starting or joining Ray, the MLflow tracking URI, S3 storage for Ray.
+"""Starting or joining Ray, the one way every command does it.
 
-* :func:`start_or_join_ray` is the only place that calls ``ray.init`` (``tests/unit/test_runtime.py`` keeps
+* :func:`ray_session` is the context manager train, evaluate, hindcast and the experiments use: it
+  connects by :func:`start_or_join_ray` if this process is not connected yet, and on leaving
+  disconnects only what it connected (a local Ray it started is shut down with it; a Ray that was
+  already running stays).
+* :func:`start_or_join_ray` is the only place that calls ``ray.init`` (``tests/unit/test_ray_session.py`` keeps
   it so). Its address policy: inside ``ray job submit`` (``RAY_JOB_ID`` / ``RAY_ADDRESS`` set) join the
   job's cluster (``address="auto"``); an explicit address joins that cluster; otherwise start a *local*
   Ray (``address="local"``, never a bare ``ray.init()``, which may attach to a stale cluster recorded in
   Ray's temp dir) without a dashboard, quiet, with the driver's environment forwarded to the workers.
-* :func:`resolve_tracking_uri`: explicit URI, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow.db``.
-* :func:`ray_storage` gives Ray's ``RunConfig`` / Tune its ``(storage_path, pyarrow filesystem)``, with the
-  endpoint and credentials that :func:`convlstm_dist.data.storage.storage_options_for` reads for everything
-  else (fsspec users call that and :func:`convlstm_dist.data.storage.filesystem` directly).
 
-Import-light: Ray, pyarrow and the storage helpers are imported inside the functions. Ray's private
-internals stay in :mod:`convlstm_dist.ray_runtime`.
+Import-light: Ray is imported inside the functions. Ray's private internals stay in
+:mod:`convlstm_dist.ray_internals`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
+
+from convlstm_dist.addresses import free_port
 
 # what the driver hands to every Ray worker (runtime_env) when it starts or joins a cluster itself
 FORWARDED_ENV_VARS = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_REGION")
@@ -93,9 +96,9 @@ def start_or_join_ray(address: str | None = None, *, num_cpus: int | None = None
     if local and pin_gcs_port:
         from ray.util import get_node_ip_address
 
-        from convlstm_dist.ray_runtime import gcs_port_env_var
+        from convlstm_dist.ray_internals import gcs_port_env_var
 
-        port = _free_port()
+        port = free_port("0.0.0.0")
         port_var = gcs_port_env_var()
         os.environ[port_var] = str(port)
         env = dict((kw["runtime_env"] or {}).get("env_vars") or {})
@@ -114,7 +117,7 @@ def start_or_join_ray(address: str | None = None, *, num_cpus: int | None = None
 def link_ray_logs(workdir: str | Path) -> Path | None:
     """``<workdir>/logs/ray`` -> this Ray session's log folder (worker output, Ray's own chatter); None
     when attached to a remote cluster (its logs live there)."""
-    from convlstm_dist.ray_runtime import session_log_dir
+    from convlstm_dist.ray_internals import session_log_dir
 
     logs = session_log_dir()
     if logs is None:
@@ -128,39 +131,17 @@ def link_ray_logs(workdir: str | Path) -> Path | None:
     return link
 
 
-def _free_port() -> int:
-    import socket
+@contextmanager
+def ray_session(address: str | None = None, **kwargs):
+    """Ray for the ``with`` block, by :func:`start_or_join_ray` (same arguments); yields True if it
+    started a local Ray. On leaving, a connection this block made is closed (a local Ray it started is
+    shut down with it); a Ray that was already connected stays as it was."""
+    import ray
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("0.0.0.0", 0))
-        return s.getsockname()[1]
-
-
-def resolve_tracking_uri(uri: str | None = None, workdir: str | Path = "workdir") -> str:
-    """``uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow.db`` (workdir made absolute)."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
-
-
-def ray_storage(storage_path: str, endpoint_url: str | None = None, **fs_options):
-    """``(storage_path, pyarrow filesystem or None)`` for Ray's ``RunConfig`` / Tune.
-
-    A local path is created and gets no filesystem; ``s3://`` gets an explicit ``pyarrow.fs.S3FileSystem``
-    (and the path loses its scheme) whose endpoint, credentials and region come from
-    :func:`~convlstm_dist.data.storage.storage_options_for`, like every other S3 client of the project.
-    ``fs_options``: extra ``S3FileSystem`` arguments (e.g. the write probe's short timeouts)."""
-    if not storage_path.startswith("s3://"):
-        Path(storage_path).mkdir(parents=True, exist_ok=True)
-        return storage_path, None
-    import pyarrow.fs as pafs
-
-    from convlstm_dist.data import storage_options_for
-
-    opts = storage_options_for(storage_path, endpoint_url)
-    client = opts.get("client_kwargs") or {}
-    kw = {"access_key": opts.get("key"), "secret_key": opts.get("secret"), "session_token": opts.get("token"),
-          "region": client.get("region_name") or "us-east-1", **fs_options}
-    endpoint = client.get("endpoint_url")
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kw.update(endpoint_override=host, scheme=scheme)
-    return storage_path[len("s3://"):], pafs.S3FileSystem(**{k: v for k, v in kw.items() if v is not None})
+    connected_here = not ray.is_initialized()
+    started = start_or_join_ray(address, **kwargs)
+    try:
+        yield started
+    finally:
+        if connected_here and ray.is_initialized():
+            ray.shutdown()

@@ -10,9 +10,9 @@ this list matches the imports below and that each still works on the installed R
 ``ray._private`` name                     used by                             why there is no public door (Ray 2.60.0)
 ========================================  ==================================  ==========================================
 ``ray_constants.GCS_PORT_ENVIRONMENT_     :func:`gcs_port_env_var`            ``ray.init(address="local")`` has no GCS
-VARIABLE``                                (``runtime.py``, the sweep)         port argument; only this variable fixes it
+VARIABLE``                                (``ray_session.py``, sweep)          port argument; only this variable fixes it
 ``worker.global_worker``                  :func:`session_log_dir`             no public API names the session's log
-(``.node.get_session_dir_path()``)        (``runtime.py``: logs link)         folder of a local node
+(``.node.get_session_dir_path()``)        (``ray_session.py``: logs)          folder of a local node
 ``state.state.get_max_resources_from_     :func:`autoscaler_max_resources`    the autoscaler's maximum cluster size has
 cluster_config()``                        (``train/guards.py``)               no public getter; Ray Train's own worker-
                                                                               group check uses the same call

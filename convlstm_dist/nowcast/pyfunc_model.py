@@ -1,7 +1,7 @@
 """The ``python_function`` flavour of a convlstm-dist model, logged as MLflow *models from code*.
 
 :meth:`Tracker.log_model <convlstm_dist.tracking.mlflow_tracker.Tracker.log_model>` hands this file
-to ``mlflow.pyfunc`` as ``python_model``: MLflow copies the file into the model and runs it when the
+(by its path, :data:`convlstm_dist.tracking.mlflow_tracker.PYFUNC_MODEL_FILE`) to ``mlflow.pyfunc`` as ``python_model``: MLflow copies the file into the model and runs it when the
 model is loaded, so nothing is pickled. The model's artifacts are ``checkpoint.pt`` (the slim
 checkpoint: state dict, resolved config and quantity, read with ``weights_only=True``) and
 ``recipe.yaml`` (the same config, for people). The ``convlstm_dist`` package itself travels in the
@@ -19,7 +19,7 @@ import mlflow.models
 import mlflow.pyfunc
 import numpy as np
 
-LEADS_PARAM = "leads"
+from convlstm_dist.vocabulary import LEADS_PARAM
 
 
 class ConvLSTMForecaster(mlflow.pyfunc.PythonModel):

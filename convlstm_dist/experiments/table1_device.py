@@ -5,9 +5,9 @@ alone on the device at full speed, within one time budget, data generated on the
     convlstm-dist table1 --out DIR --time-budget 120 --device cpu --dry-run
 
 :func:`run_table1_on_device` runs it from :class:`Table1Options` (the command's options). The other
-way to the same table, from ``train --local`` runs made one by one, is :mod:`.table1_from_runs`.
+way to the same table, from ``train --local`` runs made one by one, is :func:`.table1_report.table1_report_from_runs`.
 
-* Models and training: the recipes ``pipelines/moving_mnist/*.yaml`` (RMSProp, lr 1e-3, decay 0.9,
+* Models and training: the recipes ``convlstm_dist/recipes/moving_mnist/*.yaml`` (RMSProp, lr 1e-3, decay 0.9,
   batch 16, 4×4 patches, 10 → 10 frames, ``bce`` loss), built by ``build_model_from_config`` and
   trained by the project's :class:`~convlstm_dist.train.engine.StepEngine` in the mode
   ``choose_engine`` picks (on one CUDA device: the whole step as one CUDA graph, bf16 autocast).
@@ -36,9 +36,7 @@ seconds on a CPU.
 
 from __future__ import annotations
 
-import csv
 import gc
-import json
 import math
 import os
 import platform
@@ -47,7 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from convlstm_dist.data import (
     POOLS,
@@ -57,20 +54,11 @@ from convlstm_dist.data import (
     split_io,
 )
 from convlstm_dist.errors import UserError
-from convlstm_dist.verify.table1_from_runs import PAPER_TABLE1
+from convlstm_dist.experiments.table1_report import (PAPER_TABLE1, ModelRun, device_markdown, entropy_floor, verdict,
+                                                     write_report)
+from convlstm_dist.models.losses import bce_per_sequence
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "moving_mnist"
-TARGET_RECIPE = "mm-convlstm-5x5-128-64-64"  # the issue's target: test CE <= the paper's 3670.85
-
-
-# ---- the paper's cross-entropy, in fp32 --------------------------------------------------------
-def sequence_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sequence cross-entropy (N,) float32: binary cross-entropy of ``logits`` against
-    ``target`` in [0, 1], summed over every predicted frame and pixel of a sequence. The logits
-    (bf16 / fp16 after an autocast forward) are cast to float32 before the loss. Its mean over
-    sequences is ``losses.bce_sum`` (all pixels valid), the number of the paper's Table 1."""
-    err = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
-    return err.flatten(1).sum(dim=1)
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes" / "moving_mnist"
 
 
 @torch.no_grad()
@@ -87,7 +75,7 @@ def evaluate_cross_entropy(model: torch.nn.Module, data: EvalSet, in_len: int, o
         x, y = split_io(seq, in_len)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits, _ = model(x, out_len)
-        total += sequence_cross_entropy(logits, y).to(torch.float64).sum()
+        total += bce_per_sequence(logits, y).to(torch.float64).sum()
         n += seq.shape[0]
     model.train(was_training)
     return float(total) / max(n, 1)
@@ -95,44 +83,14 @@ def evaluate_cross_entropy(model: torch.nn.Module, data: EvalSet, in_len: int, o
 
 @torch.no_grad()
 def target_entropy(data: EvalSet, in_len: int, batch_size: int = 100) -> float:
-    """The cross-entropy of a perfect forecast of ``data`` (float64): the summed binary entropy of
-    the grey-level targets, averaged over sequences."""
+    """The cross-entropy of a perfect forecast of ``data``: :func:`.table1_report.entropy_floor` of
+    the grey-level targets, over all sequences."""
     total, n = 0.0, 0
     for seq in data.batches(batch_size):
-        p = split_io(seq, in_len)[1].to(torch.float64)
-        h = -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p))
-        total += float(h.sum())
-        n += seq.shape[0]
+        y = split_io(seq, in_len)[1].cpu().numpy()
+        total += entropy_floor(y) * len(y)
+        n += len(y)
     return total / max(n, 1)
-
-
-# ---- one model -----------------------------------------------------------------------------------
-@dataclass
-class ModelRun:
-    recipe: str
-    model: str
-    params: int
-    paper_ce: float
-    engine: str = ""
-    precision: str = ""
-    batch_size: int = 0
-    slot_s: float = 0.0
-    steps: int = 0
-    sequences: int = 0
-    train_s: float = 0.0          # stepping only (graph capture included), no validation
-    eval_s: float = 0.0           # validation + test
-    wall_s: float = 0.0
-    samples_per_s: float = 0.0
-    val_ce_best: float = math.nan
-    best_step: int = 0
-    test_ce: float = math.nan
-    test_ce_fp32_forward: float | None = None
-    stopped: str | None = None
-    peak_gpu_memory_gib: float | None = None
-    curve: list[dict] = field(default_factory=list)
-
-    def row(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "curve"}
 
 
 def _sync(device: torch.device) -> None:
@@ -299,135 +257,6 @@ def full_size_params(cfg) -> int:
         return sum(p.numel() for p in build_model_from_config(cfg).parameters())
 
 
-# ---- report --------------------------------------------------------------------------------------
-def _ranks(values: list[float]) -> list[int]:
-    order = sorted(range(len(values)), key=lambda i: (math.isnan(values[i]), values[i]))
-    r = [0] * len(values)
-    for k, i in enumerate(order):
-        r[i] = k + 1
-    return r
-
-
-def kendall_tau(a: list[float], b: list[float]) -> float:
-    n, s = len(a), 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            s += (1 if (a[i] - a[j]) * (b[i] - b[j]) > 0 else -1 if (a[i] - a[j]) * (b[i] - b[j]) < 0 else 0)
-    return s / (n * (n - 1) / 2) if n > 1 else math.nan
-
-
-def verdict(runs: list[ModelRun]) -> dict:
-    ours, paper = [r.test_ce for r in runs], [r.paper_ce for r in runs]
-    target = next((r for r in runs if r.recipe == TARGET_RECIPE), None)
-    full = len(runs) == len(PAPER_TABLE1)
-    return {
-        "paper_rank": _ranks(paper), "our_rank": _ranks(ours),
-        "ranking_reproduced": full and _ranks(paper) == _ranks(ours),
-        "kendall_tau": kendall_tau(ours, paper),
-        "target_recipe": TARGET_RECIPE,
-        "target_met": bool(target is not None and target.test_ce <= target.paper_ce),
-    }
-
-
-def markdown(runs: list[ModelRun], meta: dict) -> str:
-    v = verdict(runs)
-    fp32 = any(r.test_ce_fp32_forward is not None for r in runs)
-    head = ("| model (Table 1) | parameters | paper CE | our test CE | ours − paper | best val CE | rank paper / ours "
-            "| steps | epochs (10k seqs) | train time | samples/s | engine |")
-    lines = [f"# Moving MNIST, Table 1 of Shi et al. (2015), on one device{' (DRY RUN)' if meta['dry_run'] else ''}",
-             "",
-             (f"- Device: {meta['device_name']}; torch {meta['torch']}; budget {meta['budget_s']:.0f} s, "
-              f"used {meta['wall_s']:.0f} s; {meta['when']}."),
-             f"- Command: `{meta['command']}`",
-             (f"- Data: generated on the device per batch; digit pools train {meta['pools']['train']}, "
-              f"validation {meta['pools']['val']}, test {meta['pools']['test']} (indices into the 10,000 MNIST "
-              f"test digits, no overlap); {meta['n_val']} validation and {meta['n_test']} test sequences "
-              f"(fixed seeds), 2 digits, 20 frames of 64×64 (10 → 10)."),
-             ("- Cross-entropy: binary cross-entropy summed over the 10 predicted 64×64 frames, averaged over "
-              "sequences; logits cast to float32 before the loss (forward under the training autocast); test "
-              "CE with the weights of the best validation CE."),
-             (f"- A perfect forecast of these test sequences scores **{meta['test_entropy']:.2f}** (entropy of "
-              "the grey-level targets)."),
-             ""]
-    if meta["dry_run"]:
-        lines += ["**Dry run**: the models are trained at 1/32 of their width for a fixed few steps (the budget "
-                  "only sizes the shares); the numbers below only show that the path works. Full-size parameter counts (meta device) against the "
-                  "paper's: " + ", ".join(f"{r['recipe']} {r['full_params']:,} "
-                                          f"({'ok' if r['full_params'] == r['paper_params'] else 'MISMATCH'})"
-                                          for r in meta["param_check"]) + ".", ""]
-    lines += [head + (" test CE, fp32 forward |" if fp32 else ""),
-              "| --- | ---: | ---: | ---: | ---: | ---: | :---: | ---: | ---: | ---: | ---: | --- |"
-              + (" ---: |" if fp32 else "")]
-    for r, rp, ro in zip(runs, v["paper_rank"], v["our_rank"]):
-        lines.append(f"| {r.model} | {r.params:,} | {r.paper_ce:.2f} | {r.test_ce:.2f} | {r.test_ce - r.paper_ce:+.2f} | "
-                     f"{r.val_ce_best:.2f} | {rp} / {ro} | {r.steps} | {r.sequences / 10_000:.2f} | {r.train_s:.0f} s | "
-                     f"{r.samples_per_s:.0f} | {r.engine} {r.precision}"
-                     + (f"{' (' + r.stopped + ')' if r.stopped else ''} |")
-                     + (f" {r.test_ce_fp32_forward:.2f} |" if fp32 else ""))
-    target = next((r for r in runs if r.recipe == TARGET_RECIPE), None)
-    lines += ["",
-              (f"- **Ranking** (1 = lowest CE): paper {v['paper_rank']}, ours {v['our_rank']}: "
-               f"{'reproduced' if v['ranking_reproduced'] else 'not reproduced'} (Kendall τ {v['kendall_tau']:.2f}"
-               f"{'' if len(runs) == len(PAPER_TABLE1) else f', only {len(runs)} of 6 models'})."),
-              "- **Target** (3-layer 5×5 model, test CE ≤ the paper's 3670.85): "
-              + ("not run" if target is None else
-                 f"{target.test_ce:.2f} → {'met' if v['target_met'] else 'not met'}") + ".",
-              f"- Learning curves: `{meta['prefix']}.png`; every validation point: `{meta['prefix']}-curves.csv`.",
-              ""]
-    return "\n".join(lines)
-
-
-def plot(runs: list[ModelRun], path: Path, floor: float | None = None) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
-    colors = ["C0", "C1", "C2", "C3", "C4", "C5"]
-    for r, c in zip(runs, colors):
-        if not r.curve:
-            continue
-        ce = [p["val_ce"] for p in r.curve]
-        for ax, key in zip(axes, ("train_s", "epochs")):
-            ax.plot([p[key] for p in r.curve], ce, "-o", ms=3, color=c, label=f"{r.model} (test {r.test_ce:.0f})")
-            ax.axhline(r.paper_ce, color=c, ls=":", lw=0.8)
-    for ax, xl in zip(axes, ("training time (s)", "epochs (10,000 sequences)")):
-        if floor is not None:
-            ax.axhline(floor, color="k", ls="--", lw=0.8)
-        ax.set_xlabel(xl)
-        ax.set_ylabel("validation cross-entropy per sequence")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6)
-    axes[1].set_title("dotted: paper's Table 1; dashed: perfect forecast", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    return path
-
-
-def write_report(runs: list[ModelRun], meta: dict, out: Path, prefix: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {**meta, "prefix": prefix}
-    files = [out / f"{prefix}.md", out / f"{prefix}.csv", out / f"{prefix}-curves.csv", out / f"{prefix}.png",
-             out / f"{prefix}.json"]
-    files[0].write_text(markdown(runs, meta))
-    rows = [r.row() for r in runs]
-    with files[1].open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    points = [p for r in runs for p in r.curve]
-    with files[2].open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(points[0]) if points else ["recipe"])
-        w.writeheader()
-        w.writerows(points)
-    plot(runs, files[3], meta.get("test_entropy"))
-    files[4].write_text(json.dumps({"meta": meta, "verdict": verdict(runs), "runs": [r.__dict__ for r in runs]},
-                                   indent=1, default=float))
-    return files
-
-
 # ---- the whole run -------------------------------------------------------------------------------
 @dataclass
 class Table1Options:
@@ -498,7 +327,7 @@ def _prepare(o: Table1Options, command: str, t0: float):
                                                                                   f"{torch.get_num_threads()} threads)",
         "budget_s": o.budget_s, "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command,
         "pools": {k: f"{lo}-{hi - 1}" for k, (lo, hi) in POOLS.items()}, "n_val": n_val, "n_test": n_test,
-        "images": os.path.relpath(images, RECIPES_DIR.parents[1]), "test_entropy": floor, "overrides": overrides,
+        "images": os.path.relpath(images, RECIPES_DIR.parents[2]), "test_entropy": floor, "overrides": overrides,
         "seed": o.seed, "param_check": param_check, "weights": o.weight, "setup_s": time.perf_counter() - t0,
         "prefix": o.prefix or ("table1-dryrun" if dry else "table1"),
     }
@@ -533,4 +362,4 @@ def run_table1_on_device(o: Table1Options, command: str = "convlstm-dist table1"
             torch.cuda.empty_cache()
         meta["wall_s"] = time.perf_counter() - t0
         files = write_report(runs, meta, Path(o.out), meta["prefix"])
-    return Table1Result(runs, meta, files, time.perf_counter() - t0, verdict(runs), markdown(runs, meta))
+    return Table1Result(runs, meta, files, time.perf_counter() - t0, verdict(runs), device_markdown(runs, meta))

@@ -1,4 +1,4 @@
-"""convlstm_dist.runtime: the Ray address policy (no real Ray: ``ray.init`` is replaced), the tracking-URI
+"""convlstm_dist.ray_session: the Ray address policy (no real Ray: ``ray.init`` is replaced), the tracking-URI
 precedence, Ray's S3 storage, and that no other module calls ``ray.init`` itself."""
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from convlstm_dist import runtime
+from convlstm_dist import addresses
+from convlstm_dist import ray_session as runtime
+from convlstm_dist.data import storage
 
 REPO = Path(__file__).resolve().parents[2]
-RUNTIME_MODULE = "convlstm_dist/runtime.py"
+RUNTIME_MODULE = "convlstm_dist/ray_session.py"
 
 
 @pytest.fixture
@@ -25,7 +27,7 @@ def fake_ray(monkeypatch):
     state = {"up": False}
 
     def init(**kw):
-        from convlstm_dist.ray_runtime import gcs_port_env_var
+        from convlstm_dist.ray_internals import gcs_port_env_var
 
         calls.append({**kw, "_gcs_port_env": os.environ.get(gcs_port_env_var())})
         state["up"] = True
@@ -79,7 +81,7 @@ def test_inside_a_job_joins_auto(fake_ray, monkeypatch, var, value):
 
 
 def test_pinned_gcs_port_is_handed_to_workers(fake_ray):
-    from convlstm_dist.ray_runtime import gcs_port_env_var
+    from convlstm_dist.ray_internals import gcs_port_env_var
 
     runtime.start_or_join_ray(dashboard=True, log_to_driver=True, logging_level=logging.INFO, pin_gcs_port=True)
     (kw,) = fake_ray
@@ -91,7 +93,7 @@ def test_pinned_gcs_port_is_handed_to_workers(fake_ray):
 
 
 def test_workdir_gets_ray_logs_link(fake_ray, monkeypatch, tmp_path):
-    import convlstm_dist.ray_runtime as rr
+    import convlstm_dist.ray_internals as rr
 
     session = tmp_path / "session" / "logs"
     session.mkdir(parents=True)
@@ -103,12 +105,12 @@ def test_workdir_gets_ray_logs_link(fake_ray, monkeypatch, tmp_path):
 
 def test_tracking_uri_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
-    assert runtime.resolve_tracking_uri("http://explicit:5000", tmp_path) == "http://explicit:5000"
-    assert runtime.resolve_tracking_uri(None, tmp_path) == "http://env:5000"
+    assert addresses.resolve_tracking_uri("http://explicit:5000", tmp_path) == "http://explicit:5000"
+    assert addresses.resolve_tracking_uri(None, tmp_path) == "http://env:5000"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert runtime.resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert addresses.resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)
-    assert runtime.resolve_tracking_uri(None, "wd") == f"sqlite:///{tmp_path.resolve() / 'wd' / 'mlflow.db'}"
+    assert addresses.resolve_tracking_uri(None, "wd") == f"sqlite:///{tmp_path.resolve() / 'wd' / 'mlflow.db'}"
 
 
 def test_callers_share_the_tracking_uri(monkeypatch, tmp_path):
@@ -116,14 +118,14 @@ def test_callers_share_the_tracking_uri(monkeypatch, tmp_path):
     from convlstm_dist.config import load_config
     from convlstm_dist.train.driver import resolve
 
-    assert inference.resolve_tracking_uri is runtime.resolve_tracking_uri
+    assert inference.resolve_tracking_uri is addresses.resolve_tracking_uri
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = load_config(str(REPO / "convlstm_dist" / "recipes" / "demo.yaml"), [])
-    assert resolve(cfg, tmp_path).tracking_uri == runtime.resolve_tracking_uri(None, tmp_path)
+    assert resolve(cfg, tmp_path).tracking_uri == addresses.resolve_tracking_uri(None, tmp_path)
 
 
 def test_ray_storage_local_and_s3(monkeypatch, tmp_path):
-    path, fs = runtime.ray_storage(str(tmp_path / "runs"))
+    path, fs = storage.ray_storage(str(tmp_path / "runs"))
     assert fs is None and Path(path).is_dir()
     for k in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION"):
         monkeypatch.delenv(k, raising=False)
@@ -131,7 +133,7 @@ def test_ray_storage_local_and_s3(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "SECRET")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
-    path, fs = runtime.ray_storage("s3://bucket/prefix/runs")
+    path, fs = storage.ray_storage("s3://bucket/prefix/runs")
     assert path == "bucket/prefix/runs"
     assert type(fs).__name__ == "S3FileSystem" and fs.region == "eu-central-1"
 
@@ -151,7 +153,7 @@ def _ray_init_calls(path: Path) -> list[str]:
 def test_only_the_runtime_module_calls_ray_init():
     bad = [hit for f in sorted((REPO / "convlstm_dist").rglob("*.py"))
            if f.relative_to(REPO).as_posix() != RUNTIME_MODULE for hit in _ray_init_calls(f)]
-    assert not bad, "start or join Ray with convlstm_dist.runtime.start_or_join_ray:\n" + "\n".join(bad)
+    assert not bad, "start or join Ray with convlstm_dist.ray_session.start_or_join_ray:\n" + "\n".join(bad)
     assert _ray_init_calls(REPO / RUNTIME_MODULE), "the walker no longer sees runtime's own ray.init"
 
 
