@@ -3,7 +3,7 @@
 A checkpoint is a directory holding ``checkpoint.pt``, a ``torch.save`` dict:
 
 * ``format``: 1; ``config``: the resolved config (a plain dict; rebuilds the model);
-* ``quantity``: what the model predicts (``rain_norm`` or ``intensity``, see ``data.transforms``);
+* ``quantity``: what the model predicts (``rain_norm`` or ``intensity``, see ``data.quantity``);
 * ``model``: the *unwrapped* model's ``state_dict`` (no ``module.`` prefix from DDP);
 * ``train``: what training adds to continue — optimizer, scaler, scheduler, epoch, step, RNG
   states, data position, best metric, history, MLflow run id. Inference ignores it.
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from convlstm_dist.errors import UserError
 
 FORMAT = 1
 FILENAME = "checkpoint.pt"
@@ -72,8 +73,6 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> dict:
     strings) only, so a crafted file cannot run code. A file that needs full unpickling (one written
     by a version that stored numpy objects, or a malicious one) is refused unless ``trust=True``.
     """
-    from convlstm_dist.errors import UserError
-
     p = Path(path)
     if p.is_dir():
         p = p / FILENAME
@@ -97,7 +96,6 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> dict:
 def load_model(path: str | Path, device: str | torch.device = "cpu", trust: bool = False):
     """``(model in eval mode, Config, payload)`` from a checkpoint directory or file."""
     from convlstm_dist.config import build_model_from_config, config_from_dict
-    from convlstm_dist.errors import UserError
 
     payload = read_checkpoint(path, trust=trust)
     cfg = config_from_dict(payload["config"], origin=f"checkpoint {path}")

@@ -12,6 +12,7 @@ import sys
 
 from convlstm_dist import __version__
 from convlstm_dist.commands import COMMAND_MODULES
+from convlstm_dist.data.storage import cancel_pending_io
 from convlstm_dist.errors import UserError
 
 DESCRIPTION = """\
@@ -53,7 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         # storage requests an error left in flight would print "Exception ignored" tracebacks at exit
-        from convlstm_dist.data.storage import cancel_pending_io
 
         cancel_pending_io()
 

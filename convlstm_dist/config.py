@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from convlstm_dist.data.quantity import get_quantity, quantity_of_source
 from convlstm_dist.errors import UserError
 from convlstm_dist.vocabulary import metric_name
 
@@ -254,8 +255,6 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _check_frame(self) -> "Config":
         if self.model.frame == "lagrangian":
-            from convlstm_dist.data.quantity import get_quantity, quantity_of_source
-
             q = quantity_of_source(self.data.source)
             if self.model.kind != "convlstm":
                 raise ValueError("model.frame=lagrangian needs model.kind=convlstm")

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from convlstm_dist.addresses import free_port
+from convlstm_dist.ray_internals import gcs_port_env_var, session_log_dir
 
 # what the driver hands to every Ray worker (runtime_env) when it starts or joins a cluster itself
 FORWARDED_ENV_VARS = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_REGION")
@@ -96,8 +97,6 @@ def start_or_join_ray(address: str | None = None, *, num_cpus: int | None = None
     if local and pin_gcs_port:
         from ray.util import get_node_ip_address
 
-        from convlstm_dist.ray_internals import gcs_port_env_var
-
         port = free_port("0.0.0.0")
         port_var = gcs_port_env_var()
         os.environ[port_var] = str(port)
@@ -117,8 +116,6 @@ def start_or_join_ray(address: str | None = None, *, num_cpus: int | None = None
 def link_ray_logs(workdir: str | Path) -> Path | None:
     """``<workdir>/logs/ray`` -> this Ray session's log folder (worker output, Ray's own chatter); None
     when attached to a remote cluster (its logs live there)."""
-    from convlstm_dist.ray_internals import session_log_dir
-
     logs = session_log_dir()
     if logs is None:
         return None

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from convlstm_dist.data import (
+    DEFAULT_CHUNKS, exists, get_reader, is_remote, merge_ranges, open_archive, parse_reader_options,
+    quantity_of_variable, storage_options_for, summary, verify_archive,
+)
+from convlstm_dist.data.ingest import ingest
 
 INGEST_HELP = """\
 Decode radar files with READER and append them to the Zarr archive at --archive (a local
@@ -27,8 +32,6 @@ examples:
 
 
 def register(subparsers) -> None:
-    from convlstm_dist.data import DEFAULT_CHUNKS
-
     p = subparsers.add_parser("ingest", help="decode radar files into a Zarr archive",
                               description=INGEST_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reader", required=True,
@@ -67,9 +70,6 @@ def register(subparsers) -> None:
 
 
 def run_ingest(args) -> int:
-    from convlstm_dist.data import get_reader, parse_reader_options, storage_options_for
-    from convlstm_dist.data.ingest import ingest
-
     reader = get_reader(args.reader, parse_reader_options(args.reader_option))
     opts = storage_options_for(args.archive, args.endpoint_url)
     report = ingest(reader, args.files, args.archive, storage_options=opts,
@@ -81,8 +81,6 @@ def run_ingest(args) -> int:
 
 
 def format_summary(s: dict) -> str:
-    from convlstm_dist.data import quantity_of_variable
-
     lines = [
         f"archive     {s['url']}",
         f"variable    {s['variable']} [{s['units']}]  source {s['attrs'].get('source')}  "
@@ -107,14 +105,6 @@ def format_summary(s: dict) -> str:
 
 
 def run_archive_info(args) -> int:
-    from convlstm_dist.data import (
-        exists,
-        is_remote,
-        open_archive,
-        storage_options_for,
-        summary,
-    )
-
     opts = storage_options_for(args.url, args.endpoint_url)
     if is_remote(args.url):
         exists(args.url, opts)  # one request under a deadline: a silent endpoint fails in seconds, not minutes
@@ -128,8 +118,6 @@ def run_archive_info(args) -> int:
 def run_verify(archive, workers: int, progress: bool) -> int:
     """``archive-info --verify``: every chunk read once; damaged ones listed; 1 if any."""
     from tqdm.auto import tqdm
-
-    from convlstm_dist.data import merge_ranges, verify_archive
 
     bar = tqdm(total=0, desc="verify", unit="chunk", disable=not progress)
 

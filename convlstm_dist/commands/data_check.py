@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from convlstm_dist.commands.archive import format_summary
 from convlstm_dist.commands.common import add_config_args, add_workdir_arg
+from convlstm_dist.data import DataPlan, check_batches, distinct_archives, summary
+from convlstm_dist.ray_session import start_or_join_ray
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,10 +42,7 @@ def format_windows(plan) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from convlstm_dist.commands.archive import format_summary
     from convlstm_dist.config import load_config
-    from convlstm_dist.data import DataPlan, check_batches, distinct_archives, summary
-    from convlstm_dist.ray_session import start_or_join_ray
 
     cfg = load_config(args.config, args.overrides)
     plan = DataPlan.from_config(cfg, args.workdir)

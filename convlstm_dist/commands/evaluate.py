@@ -16,6 +16,12 @@ import argparse
 import time
 
 from convlstm_dist.commands.common import add_workdir_arg
+from convlstm_dist.data import parse_reader_options
+from convlstm_dist.errors import UserError
+from convlstm_dist.nowcast import (
+    evaluate_on_archive, evaluation_tracking_uri, log_evaluation, nowcast_from_archive, nowcast_from_files, parse_crop,
+    run_hindcast as hindcast,
+)
 
 MODEL_HELP = ("checkpoint directory or checkpoint.pt, an MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS, "
               "runs:/RUN_ID/model) or a registered model name (latest version)")
@@ -114,13 +120,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from convlstm_dist.nowcast import (
-        evaluate_on_archive,
-        evaluation_tracking_uri,
-        log_evaluation,
-        parse_crop,
-    )
-
     t0 = time.time()
     crop = parse_crop(args.crop)
     baselines = [] if args.baselines.strip().lower() == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
@@ -143,9 +142,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_nowcast(args: argparse.Namespace) -> int:
-    from convlstm_dist.errors import UserError
-    from convlstm_dist.nowcast import nowcast_from_archive, nowcast_from_files, parse_crop
-
     common = dict(n_out=args.n_out, crop=parse_crop(args.crop), gif=args.gif, fmt=args.fmt, workdir=args.workdir,
                   tracking_uri=args.tracking_uri, endpoint_url=args.endpoint_url, trust=args.trust_model)
     if args.reader:
@@ -153,7 +149,6 @@ def run_nowcast(args: argparse.Namespace) -> int:
             raise UserError("--reader forecasts from the latest FILES: leave out --archive and --at")
         if not args.files:
             raise UserError("--reader needs radar FILES (the latest in_len frames are used)")
-        from convlstm_dist.data import parse_reader_options
 
         f = nowcast_from_files(args.model, args.reader, args.files, args.out,
                                reader_options=parse_reader_options(args.reader_option), **common)
@@ -175,8 +170,6 @@ def run_nowcast(args: argparse.Namespace) -> int:
 
 
 def run_hindcast(args: argparse.Namespace) -> int:
-    from convlstm_dist.nowcast import run_hindcast as hindcast
-
     h = hindcast(args.model, args.archive, args.out, start=args.start, end=args.end, fmt=args.fmt, n_out=args.n_out,
                  batch_size=args.batch_size, actors=args.actors, gpus=args.gpus, ray_address=args.ray_address,
                  workdir=args.workdir, tracking_uri=args.tracking_uri, endpoint_url=args.endpoint_url,

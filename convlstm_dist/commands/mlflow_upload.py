@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from convlstm_dist.tracking.outbox import upload_outbox
 
 HELP = """\
 A training run whose MLflow tracking server went away and did not come back before the end of
@@ -26,7 +27,5 @@ def register(subparsers) -> None:
 
 
 def run_upload(args) -> int:
-    from convlstm_dist.tracking.outbox import upload_outbox
-
     upload_outbox(args.outbox, args.tracking_uri, say=lambda line: print(line, flush=True))
     return 0

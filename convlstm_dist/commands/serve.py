@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from convlstm_dist.addresses import missing_sqlite, resolve_tracking_uri
+from convlstm_dist.commands.common import add_workdir_arg
+from convlstm_dist.errors import UserError
 
 SERVE_HELP = """\
 Serve a model of the workdir's MLflow store (or --tracking-uri) with MLflow's own scoring server
@@ -18,8 +21,6 @@ example:
 
 
 def register(subparsers) -> None:
-    from convlstm_dist.commands.common import add_workdir_arg
-
     p = subparsers.add_parser("serve", help="serve a registered model over HTTP (mlflow models serve) on 127.0.0.1",
                               description=SERVE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, metavar="MODEL",
@@ -45,9 +46,6 @@ def run_serve(args: argparse.Namespace) -> int:
     import os
     import sys
     from pathlib import Path
-
-    from convlstm_dist.errors import UserError
-    from convlstm_dist.addresses import missing_sqlite, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri, args.workdir)
     if missing_sqlite(uri):

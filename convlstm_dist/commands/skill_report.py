@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from convlstm_dist.commands.common import DeprecatedConst, add_config_args, add_time_budget_arg, add_workdir_arg
+from convlstm_dist.nowcast import parse_crop
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_skill_report(args: argparse.Namespace) -> int:
     from convlstm_dist.config import load_config
-    from convlstm_dist.nowcast import parse_crop
     from convlstm_dist.experiments import events_from_config, format_summary, run_protocol
 
     cfg = load_config(args.config, args.overrides)

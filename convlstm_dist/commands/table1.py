@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from convlstm_dist.commands.common import add_time_budget_arg
+from convlstm_dist.experiments import table1_report_from_runs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,8 +72,6 @@ def run_table1(args: argparse.Namespace) -> int:
 
 
 def run_table1_report(args: argparse.Namespace) -> int:
-    from convlstm_dist.experiments import table1_report_from_runs
-
     text, files = table1_report_from_runs(args.workdir, args.out)
     print(text)
     if files:

@@ -7,8 +7,11 @@ import os
 import sys
 from pathlib import Path
 
-from convlstm_dist.commands.common import (DeprecatedConst, StoreWithAlias, add_config_args,
-                                           add_time_budget_arg, add_workdir_arg)
+from convlstm_dist.commands.common import (
+    DeprecatedConst, StoreWithAlias, add_config_args, add_time_budget_arg, add_workdir_arg,
+)
+from convlstm_dist.data import SAMPLE_READER, sample_files
+from convlstm_dist.data.ingest import ingest
 
 DEMO_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo.yaml"
 
@@ -113,8 +116,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     from convlstm_dist.config import load_config
-    from convlstm_dist.data import SAMPLE_READER, sample_files
-    from convlstm_dist.data.ingest import ingest
     from convlstm_dist.train import run_training
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")

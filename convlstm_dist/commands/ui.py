@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+from convlstm_dist.commands.common import add_workdir_arg
+from convlstm_dist.errors import UserError
+from convlstm_dist.tracking import MlflowServer
 
 UI_HELP = """\
 Start an MLflow server on 127.0.0.1 for the runs in DIR/mlflow.db (artifacts in DIR/mlartifacts)
@@ -20,8 +23,6 @@ example:
 
 
 def register(subparsers) -> None:
-    from convlstm_dist.commands.common import add_workdir_arg
-
     p = subparsers.add_parser("ui", help="serve the MLflow UI for a workdir on 127.0.0.1",
                               description=UI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_workdir_arg(p)
@@ -72,9 +73,6 @@ def stop_signals(signums=(signal.SIGTERM, signal.SIGHUP)):
 
 def run_ui(args) -> int:
     from pathlib import Path
-
-    from convlstm_dist.errors import UserError
-    from convlstm_dist.tracking import MlflowServer
 
     if args.port is not None and not (0 < args.port < 65536):
         raise UserError(f"--port {args.port} is not a TCP port (1..65535)")

@@ -32,7 +32,7 @@ _PUBLIC = {
     "storage": ["archive_key", "archive_name", "cancel_pending_io", "endpoint_of", "exists", "filesystem",
                 "storage_error",
                 "is_remote", "ray_storage", "scrub", "storage_options_for"],
-    "transforms": ["choose_crop"],
+    "crops": ["choose_crop"],
     "units": ["to_rain_mmh"],
     "verify": ["DamagedArchiveError", "DamagedChunk", "find_damaged", "merge_ranges", "verify_archive"],
     "windows": ["SplitRule", "build_index", "gap_free_starts"],

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from convlstm_dist.data import units as U
-from convlstm_dist.data.archive import (DEFAULT_CHUNKS, GRID_KEYS, Archive, GridSpec, append_frames,
-                                        create_archive)
+from convlstm_dist.data.archive import Archive, DEFAULT_CHUNKS, GRID_KEYS, GridSpec, append_frames, create_archive
 from convlstm_dist.data.lock import DEFAULT_TIMEOUT_S, writer_lock
 from convlstm_dist.data.readers import Reader, get_reader
 from convlstm_dist.data.storage import exists, redact, storage_error
 from convlstm_dist.errors import UserError
+from convlstm_dist.ray_session import start_or_join_ray
 
 ATTRIBUTIONS = {
     "KNMI": "Contains radar data from KNMI (Royal Netherlands Meteorological Institute), "
@@ -85,8 +85,6 @@ def _decode(reader: Reader, files: list[Path], parallel: bool, progress: bool):
         bar.close()
         return out
     import ray
-
-    from convlstm_dist.ray_session import start_or_join_ray
 
     start_or_join_ray()  # a local Ray (or the job's cluster); reuses a running one
     n_cpu = max(1, int(ray.available_resources().get("CPU", 1)))

@@ -31,6 +31,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from convlstm_dist.data.storage import filesystem, is_remote, storage_error
 from convlstm_dist.errors import UserError
 
 HEARTBEAT_S = float(os.environ.get("CONVLSTM_LOCK_HEARTBEAT_S", "10"))
@@ -198,8 +199,6 @@ class _ObjectLock(WriterLock):
 
 
 def _acquire_object(archive_url: str, storage_options: dict | None, timeout_s: float) -> _ObjectLock:
-    from convlstm_dist.data.storage import filesystem
-
     fs, path = filesystem(lock_url(archive_url), storage_options)
     info = _holder()
     deadline = time.monotonic() + timeout_s
@@ -259,8 +258,6 @@ def _is_precondition(exc: BaseException) -> bool:
 def writer_lock(archive_url: str, storage_options: dict | None = None,
                 timeout_s: float = DEFAULT_TIMEOUT_S):
     """Hold the archive's writer lock for the duration of the block (see the module doc)."""
-    from convlstm_dist.data.storage import is_remote, storage_error
-
     try:
         lock = (_acquire_object(archive_url, storage_options, timeout_s) if is_remote(archive_url)
                 else _acquire_local(archive_url, timeout_s))

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from convlstm_dist.data.moving_mnist import load_digits
 from convlstm_dist.data.shipped import mnist_images_path
 from convlstm_dist.errors import UserError
 
@@ -67,8 +68,6 @@ def default_images_path() -> Path:
 
 def load_digit_tensor(device: torch.device | str = "cpu", images_path: str | Path | None = None) -> torch.Tensor:
     """The shipped MNIST digits as a uint8 tensor (10000, 28, 28) on ``device``."""
-    from convlstm_dist.data.moving_mnist import load_digits
-
     digits = load_digits(images_path or default_images_path())
     if len(digits) < N_SHIPPED:
         raise UserError(f"the digit pools need the {N_SHIPPED:,} MNIST test digits, got {len(digits):,}")

@@ -30,9 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
+from convlstm_dist.data import moving_mnist
 from convlstm_dist.data.archive import open_archive
+from convlstm_dist.data.memory import MemorySplit, MultiMemorySplit
+from convlstm_dist.data.quantity import quantity_of_variable
+from convlstm_dist.data.shipped import mnist_images_path
 from convlstm_dist.data.storage import archive_name, exists, is_remote, storage_options_for
-from convlstm_dist.data.windows import SPLITS, SplitRule, WindowIndex, build_index
+from convlstm_dist.data.verify import merge_ranges, verify_archive, windows_touching
+from convlstm_dist.data.windows import SPLITS, SplitRule, WindowIndex, build_index, gap_free_starts
 from convlstm_dist.errors import UserError
 
 MNIST_SEEDS = {"train": 1, "val": 2, "test": 3}
@@ -112,8 +117,6 @@ def _open(url: str, opts: dict, pins: dict | None, what: str):
 def _skip_damaged(arc, starts: dict, length: int, what: str) -> tuple[dict, dict]:
     """``data.skip_damaged``: read every chunk of ``arc``'s variable, mark the damaged frame ranges as
     "no data" on the archive (reads never decode them) and drop the windows that touch them."""
-    from convlstm_dist.data.verify import merge_ranges, verify_archive, windows_touching
-
     damaged = verify_archive(arc, data_only=True)
     ranges = merge_ranges(damaged)
     arc.skip = ranges
@@ -207,8 +210,6 @@ class DataPlan:
 
     @staticmethod
     def _model_variable(sources: list[PlanArchive]) -> str:
-        from convlstm_dist.data.quantity import quantity_of_variable
-
         variables = {s.url: s.archives["train"].variable for s in sources}
         quantities = {quantity_of_variable(v).name for v in variables.values()}
         if len(quantities) > 1:
@@ -232,10 +233,6 @@ class DataPlan:
 
     @classmethod
     def _moving_mnist(cls, cfg, workdir: Path, pins: dict | None) -> "DataPlan":
-        from convlstm_dist.data import moving_mnist
-        from convlstm_dist.data.shipped import mnist_images_path
-        from convlstm_dist.data.windows import gap_free_starts
-
         d = cfg.data
         length = d.in_len + d.out_len
         root = workdir / "moving_mnist"
@@ -330,8 +327,6 @@ class DataPlan:
 
     def memory_bytes(self, splits=SPLITS) -> int:
         """Bytes :meth:`memory_splits` will hold (float32 values + validity of every split's frame span)."""
-        from convlstm_dist.data.memory import MemorySplit
-
         length = self.in_len + self.out_len
         return sum(MemorySplit.nbytes(src.archives[s], src.starts[s], length)
                    for src in self.sources for s in splits if len(src.starts.get(s, ())))
@@ -340,8 +335,6 @@ class DataPlan:
         """Split -> :class:`convlstm_dist.data.memory.MultiMemorySplit` (frames read into memory once, one
         part per archive, training weights applied), for in-memory batches (``data.loader: memory``);
         splits without windows are left out."""
-        from convlstm_dist.data.memory import MemorySplit, MultiMemorySplit
-
         out = {}
         for s in splits:
             if not self.counts()[s]:

@@ -12,20 +12,50 @@ the model output is logits, which units and thresholds apply, which metrics are 
 of comparing quantity or variable names; ``tests/unit/test_quantity.py`` keeps it that way. The
 archive variables themselves (their units and Z–R conversions) are :mod:`convlstm_dist.data.units`.
 
+The ``rain_norm`` mapping: rain rate ``R`` in mm/h → ``n = log1p(R) / log1p(R_MAX)`` with
+``R_MAX = 128 mm/h`` (so 0 mm/h → 0, 128 mm/h → 1) (:func:`rain_to_norm`, :func:`norm_to_rain`).
+Archives in dBZ are first converted to mm/h with the archive's own Z–R relation, so a model
+trained on one radar source can be run on another. No-data (NaN) becomes 0 in the model input and
+``False`` in the validity mask of the loss.
+
 Torch-free at import (``train/metrics.py`` validates configs with it); the conversions work on
 numpy arrays and torch tensors alike.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from convlstm_dist.data.transforms import norm_to_rain, rain_to_norm
 from convlstm_dist.data.units import WET_THRESHOLDS_INTENSITY
 from convlstm_dist.vocabulary import SKILL_THRESHOLDS_MMH
+
+R_MAX_MMH = 128.0
+_LOG_RMAX = math.log1p(R_MAX_MMH)
+
+
+def rain_to_norm(r_mmh):
+    """mm/h → model range; works on numpy arrays and torch tensors; NaN stays NaN."""
+    lib = _lib(r_mmh)
+    return lib.log1p(lib.clip(r_mmh, 0.0, None) if lib is np else r_mmh.clamp(min=0.0)) / _LOG_RMAX
+
+
+def norm_to_rain(n):
+    """Model range → mm/h (negative model outputs map to 0 mm/h)."""
+    lib = _lib(n)
+    n = lib.clip(n, 0.0, None) if lib is np else n.clamp(min=0.0)
+    return lib.expm1(n * _LOG_RMAX)
+
+
+def _lib(x):
+    if isinstance(x, np.ndarray) or np.isscalar(x):
+        return np
+    import torch
+
+    return torch
 
 
 # Losses computed on logits: a model trained with one of these outputs logits, and its forecast

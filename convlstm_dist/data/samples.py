@@ -2,7 +2,7 @@
 
 One sample = one window (``in_len + out_len`` consecutive frames) at one crop:
 
-* ``x`` (in_len, 1, h, w) and ``y`` (out_len, 1, h, w) in the model's range (``transforms``),
+* ``x`` (in_len, 1, h, w) and ``y`` (out_len, 1, h, w) in the model's range (``data.quantity``),
   NaN → 0; ``mask`` (out_len, 1, h, w) 1.0 where the target is valid; ``t0`` (window start),
   ``cy``/``cx`` (crop corner).
 * The crop (and, with ``augment``, one of the 8 flips/rotations of the square, the same for every
@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from convlstm_dist.data.transforms import choose_crop, to_model, valid_integral
+from convlstm_dist.data.crops import choose_crop, valid_integral
+from convlstm_dist.data.quantity import quantity_of_variable
+from convlstm_dist.data.windows import group_by_chunk, read_runs
 
 
 def load_block(archive, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
     """Frames ``lo:hi`` in model units (float32, NaN → 0) and their validity (bool)."""
     raw = archive.read(lo, hi)  # (t, H, W) physical unit, NaN = no data
     valid = np.isfinite(raw)
-    vals = to_model(raw, archive.variable, archive.to_rain_mmh)
+    vals = quantity_of_variable(archive.variable).to_model(raw, archive.variable, archive.to_rain_mmh)
     return np.where(valid, vals, 0.0).astype(np.float32), valid
 
 
@@ -124,8 +126,6 @@ def iter_windows(archive, starts: np.ndarray, in_len: int, out_len: int, crop: t
     it reads chunk by chunk, keeping the ``length - 1`` frames the windows of one chunk reach into
     the next, so it holds about one chunk plus one window of frames at a time, never the whole task.
     Every row is bit-identical to :func:`read_windows`'s row of the same window and draw."""
-    from convlstm_dist.data.windows import group_by_chunk, read_runs
-
     starts = np.sort(np.asarray(starts, dtype=np.int64))
     length = in_len + out_len
     tc = archive.time_chunk

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convlstm_dist.data import open_archive
 from convlstm_dist.errors import UserError
 
 # recipe name -> (the paper's model name, parameters, Table 1 cross-entropy)
@@ -136,8 +137,6 @@ def plot_curves(curves: list[dict], path: Path, axes_x: list[tuple[str, str]], f
 
 def test_targets(workdir: str | Path, in_len: int = 10, out_len: int = 10) -> np.ndarray | None:
     """The predicted frames of the Moving MNIST test split under ``workdir`` (if it was generated)."""
-    from convlstm_dist.data import open_archive
-
     arcs = sorted((Path(workdir) / "moving_mnist").glob(f"test-*x{in_len + out_len}-seed*.zarr"))
     if not arcs:
         return None

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convlstm_dist.data import filesystem, is_remote, quantity_of_variable, storage_error
 from convlstm_dist.errors import UserError
 
 FORMATS = ("zarr", "netcdf")
@@ -32,8 +33,6 @@ WRITTEN = "forecast_written"  # hindcast resume marker along forecast_reference_
 
 
 def rain_attrs(variable: str) -> dict:
-    from convlstm_dist.data import quantity_of_variable
-
     if not quantity_of_variable(variable).has_rain_rate:
         return {"units": "1", "long_name": f"forecast {variable} (no rain rate: no CF standard name)"}
     return {"standard_name": "lwe_precipitation_rate", "units": "mm h-1",
@@ -144,8 +143,6 @@ def write_dataset(ds, out: str, fmt: str, variable: str, storage_options: dict |
     """Write ``ds`` to ``out`` (a local path or ``s3://``) as Zarr or NetCDF-4; returns ``out``.
 
     NetCDF to ``s3://`` is written to a temporary file under ``scratch`` and uploaded."""
-    from convlstm_dist.data import filesystem, is_remote
-
     out = str(out)
     enc = _encoding(ds, variable, fmt)
     try:
@@ -167,7 +164,6 @@ def write_dataset(ds, out: str, fmt: str, variable: str, storage_options: dict |
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - a storage problem names the URL
-        from convlstm_dist.data import storage_error
 
         raise storage_error(out, storage_options, exc, "write") from None
     return out

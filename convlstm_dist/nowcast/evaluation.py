@@ -9,7 +9,7 @@ Contract:
   subset. Every method sees exactly the same windows and crops.
 * **Crop.** Full grid by default (any size: the model runs on it padded up to its patch with
   no-data, and its forecast is cropped back, ``nowcaster.pad_to_patch``), or an ``h x w`` crop
-  per window chosen as in training (``transforms.choose_crop``, seeded by ``(data.seed, t0)``).
+  per window chosen as in training (``data.crops.choose_crop``, seeded by ``(data.seed, t0)``).
 * **Units.** Scores are in rain rate: the archive is converted with its own Z–R relation
   (``Archive.to_rain_mmh``), the model output with ``from_model``; so a model trained on mm/h can
   be scored on a dBZ archive and vice versa. Moving MNIST models are scored in intensity.
@@ -34,7 +34,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from convlstm_dist.data.quantity import quantity_of_variable
+from convlstm_dist.data.crops import choose_crop
+from convlstm_dist.data.windows import SplitRule, build_index, gap_free_starts
 from convlstm_dist.errors import UserError
+from convlstm_dist.ray_session import ray_session
+from convlstm_dist.verify import (
+    DEFAULT_BASELINES, SkillAccumulator, available_baselines, label_rows, run_baseline, usable_baselines,
+)
+from convlstm_dist.verify.fss import FSSAccumulator
+from convlstm_dist.verify.postprocess import probability_match
+from convlstm_dist.verify.scores import skill_metrics
+from convlstm_dist.vocabulary import FSS_SCALES_KM, FSS_THRESHOLDS_MMH, metric_key
 
 BATCH = 4
 PM_SUFFIX = "_pm"  # method label suffix: the model's forecast after probability matching
@@ -72,8 +83,6 @@ def parse_crop(text: str | None) -> tuple[int, int] | None:
 def select_windows(nc, archive, split: str | None = "test", start: str | None = None, end: str | None = None,
                    n_out: int | None = None, max_windows: int | None = None) -> Selection:
     """The window starts to evaluate (see module docstring)."""
-    from convlstm_dist.data.windows import SplitRule, build_index, gap_free_starts
-
     cfg = nc.config
     in_len, n_out = nc.in_len, int(n_out or nc.out_len)
     length = in_len + n_out
@@ -120,14 +129,7 @@ def score_chunk(nc, archive, starts, in_len: int, n_out: int, crop, seed: int, m
     """Score ``methods`` (the model's label first, then baselines) on windows ``starts``: per method the
     ``SkillAccumulator`` state, with the FSS accumulator's state under ``"fss"`` (FSS at
     ``verify.fss.FSS_THRESHOLDS_MMH`` over ``FSS_SCALES_KM``, for rain-rate archives)."""
-    from convlstm_dist.data.quantity import quantity_of_variable
-    from convlstm_dist.data.transforms import choose_crop
-    from convlstm_dist.verify import SkillAccumulator, run_baseline
-    from convlstm_dist.verify.postprocess import probability_match
-
     length = in_len + n_out
-    from convlstm_dist.verify.fss import FSSAccumulator
-    from convlstm_dist.vocabulary import FSS_SCALES_KM, FSS_THRESHOLDS_MMH
 
     accs = {m: SkillAccumulator(thresholds, n_out) for m in methods}
     q = quantity_of_variable(archive.variable)
@@ -221,9 +223,6 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=None,
     ``progress`` reports finished windows on stderr (:class:`Progress`)."""
     import ray
 
-    from convlstm_dist.data.quantity import quantity_of_variable
-    from convlstm_dist.verify import DEFAULT_BASELINES, SkillAccumulator, available_baselines, usable_baselines
-
     baselines = DEFAULT_BASELINES if baselines is None else baselines
     unknown = [b for b in baselines if b not in available_baselines()]
     if unknown:
@@ -246,8 +245,6 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=None,
     thresholds = q.skill_thresholds  # mm/h for rain; intensity units for Moving MNIST
     model_label = nc.config.model.kind
     methods = [model_label, *([model_label + PM_SUFFIX] if probability_matching else []), *baselines]
-
-    from convlstm_dist.ray_session import ray_session
 
     # connected here: disconnected (a local Ray shut down) at the end; a task the memory monitor kills
     # is retried once, not forever (Ray's default)
@@ -283,8 +280,6 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=None,
         for st in states[1:]:
             totals[m].merge(SkillAccumulator.from_state(st[m]))
         if "fss" in states[0][m]:
-            from convlstm_dist.verify.fss import FSSAccumulator
-
             fss[m] = FSSAccumulator.from_state(states[0][m]["fss"])
             for st in states[1:]:
                 fss[m].merge(FSSAccumulator.from_state(st[m]["fss"]))
@@ -303,8 +298,6 @@ def evaluation_rows(totals: dict, model_label: str, lead_step_min: float, scope:
     with the ``scope`` of the windows (the split, or ``eval`` for a time range) and the ``model``
     label, which :func:`metrics_from_rows` names the lead-pooled metrics by; with ``fss`` (label ->
     merged ``verify.fss.FSSAccumulator``) also the FSS columns (``fss_<km>km`` and their sums)."""
-    from convlstm_dist.verify import label_rows
-
     rows = []
     for m, acc in totals.items():
         for r in label_rows(acc.compute(), m, lead_step_min):
@@ -324,9 +317,6 @@ def metrics_from_rows(rows: list[dict]) -> list[tuple[str, float, int]]:
       reports for the same scores (``verify.scores.skill_metrics``), e.g. ``val_csi_2mmh`` for the
       model and ``val_persistence_mse`` for persistence when ``--split val`` is scored.
     """
-    from convlstm_dist.verify.scores import skill_metrics
-    from convlstm_dist.vocabulary import metric_key
-
     out = []
     for r in rows:
         step = int(round(r["lead_min"]))

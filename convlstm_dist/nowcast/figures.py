@@ -13,6 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from convlstm_dist.data import quantity_of_variable
+from convlstm_dist.data.crops import choose_crop
+from convlstm_dist.verify import flow_row, forecast_figure
 
 
 def observed_after(archive, i: int, n_out: int, ys: slice, xs: slice) -> np.ndarray | None:
@@ -39,8 +42,6 @@ def grid_coords(archive, ys: slice, xs: slice) -> tuple[np.ndarray | None, np.nd
 
 def physical(archive, raw: np.ndarray) -> np.ndarray:
     """Archive values in the units of the forecast (rain rate for rain archives), NaN kept."""
-    from convlstm_dist.data import quantity_of_variable
-
     if quantity_of_variable(archive.variable).has_rain_rate:
         return np.where(np.isnan(raw), np.nan, archive.to_rain_mmh(raw)).astype("float32")
     return np.asarray(raw, dtype="float32")
@@ -50,10 +51,6 @@ def case_figure(path: Path, nc, archive, sel, crop: tuple[int, int] | None = Non
     """``forecast.png``-style figure of one evaluated window: the one of ``sel.starts`` whose lead
     frames are the wettest (the archive's per-frame ``wet_fraction`` at its lowest threshold), cut
     as ``evaluate`` cut it (``choose_crop`` seeded by ``(data.seed, t0)``). None without windows."""
-    from convlstm_dist.data import quantity_of_variable
-    from convlstm_dist.data.transforms import choose_crop
-    from convlstm_dist.verify import flow_row, forecast_figure
-
     starts = np.asarray(sel.starts, dtype="int64")
     if not len(starts):
         return None

@@ -33,8 +33,16 @@ from pathlib import Path
 
 import numpy as np
 
+from convlstm_dist.data import (
+    archive_name, consolidate, filesystem, gap_free_starts, is_remote, quantity_of_variable, storage_error,
+    storage_options_for,
+)
 from convlstm_dist.errors import UserError
-from convlstm_dist.nowcast.cf import WRITTEN
+from convlstm_dist.nowcast.cf import TIME_ENCODING, WRITTEN, cf_skeleton, pick_format, rain_attrs
+from convlstm_dist.nowcast.evaluation import parse_time
+from convlstm_dist.nowcast.nowcaster import Nowcaster
+from convlstm_dist.nowcast.run import open_archive_at
+from convlstm_dist.ray_session import ray_session
 
 # Fault injection (tests): once an actor has written N forecasts it SIGKILLs the driver and writes no more,
 # so a kill lands mid-period however far Ray Data's streaming runs ahead of the driver.
@@ -58,9 +66,6 @@ class Hindcast:
 
 def analysis_indices(archive, in_len: int, start: str | None, end: str | None) -> np.ndarray:
     """Frame indices ``i`` with ``times[i]`` in ``[start, end]`` and ``in_len`` gap-free frames up to ``i``."""
-    from convlstm_dist.data import gap_free_starts
-    from convlstm_dist.nowcast.evaluation import parse_time
-
     times = archive.times
     if not len(times):
         raise UserError(f"{archive.url} has no frames")
@@ -84,15 +89,11 @@ def _identity(nc, archive, idx: np.ndarray, n_out: int) -> dict:
 def _open_group(url: str, storage_options: dict | None, mode: str):
     import zarr
 
-    from convlstm_dist.data import is_remote
-
     kw = {"storage_options": storage_options} if is_remote(url) else {}
     return zarr.open_group(url, mode=mode, **kw)
 
 
 def _store_exists(url: str, storage_options: dict | None) -> bool:
-    from convlstm_dist.data import filesystem
-
     fs, path = filesystem(url, storage_options)
     return bool(fs.exists(path.rstrip("/") + "/zarr.json"))
 
@@ -101,9 +102,6 @@ def create_store(url: str, storage_options: dict | None, nc, archive, idx: np.nd
                  identity: dict) -> str:
     """Create the CF Zarr of every forecast (NaN, markers 0); the identity attribute is written last
     (with the consolidated metadata), so a store cut off while being created is created again."""
-    from convlstm_dist.data import consolidate, quantity_of_variable
-    from convlstm_dist.nowcast.cf import TIME_ENCODING, cf_skeleton, rain_attrs
-
     variable = quantity_of_variable(archive.variable).physical_variable
     a = archive.attrs
     attrs = {"convlstm_dist_forecast": 1, "model": nc.source, "source_archive": archive.url, "in_len": nc.in_len,
@@ -155,7 +153,6 @@ class ForecastActor:
         self.nc, self.archive, self.variable, self.n_out = nc, archive, variable, int(n_out)
         self.url, self.storage_options = url, storage_options
         self.group = _open_group(url, storage_options, "r+")
-        from convlstm_dist.data import quantity_of_variable
 
         self.q = quantity_of_variable(archive.variable)
 
@@ -176,7 +173,6 @@ class ForecastActor:
             for r in rows:
                 marks[int(r)] = 1        # ... then the marker: a kill in between redoes the forecast
         except Exception as exc:  # noqa: BLE001 - a storage problem names the store
-            from convlstm_dist.data import storage_error
 
             raise storage_error(self.url, self.storage_options, exc, "write") from None
         self.count += len(rows)
@@ -193,12 +189,6 @@ def run_hindcast(model: str, archive_url: str, out: str, *, start: str | None = 
                  say=print) -> Hindcast:
     """Write every forecast of ``[start, end]`` to ``out`` (see the module docstring); resumes."""
     import hashlib
-
-    from convlstm_dist.data import archive_name, is_remote, quantity_of_variable, storage_options_for
-    from convlstm_dist.nowcast.cf import pick_format
-    from convlstm_dist.nowcast.nowcaster import Nowcaster
-    from convlstm_dist.nowcast.run import open_archive_at
-    from convlstm_dist.ray_session import ray_session
 
     t0 = time.monotonic()
     if batch_size < 1 or actors < 1:
@@ -243,7 +233,6 @@ def run_hindcast(model: str, archive_url: str, out: str, *, start: str | None = 
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - a storage problem names the store
-            from convlstm_dist.data import storage_error
 
             raise storage_error(store, opts, exc, "write") from None
         done = np.zeros(len(idx), bool)
@@ -309,9 +298,6 @@ def zarr_to_netcdf(store: str, store_opts: dict | None, out: str, out_opts: dict
     import tempfile
 
     import xarray as xr
-
-    from convlstm_dist.data import filesystem, is_remote
-    from convlstm_dist.nowcast.cf import TIME_ENCODING
 
     kw = {"storage_options": store_opts} if is_remote(store) else {}
     src = xr.open_zarr(store, decode_timedelta=False, **kw)

@@ -36,8 +36,10 @@ from typing import Callable
 
 import numpy as np
 
-from convlstm_dist.errors import UserError
 from convlstm_dist.addresses import missing_sqlite, resolve_tracking_uri
+from convlstm_dist.data import get_quantity, quantity_of_source, quantity_of_variable
+from convlstm_dist.errors import UserError
+from convlstm_dist.tracking import load_mlflow_model
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 PIXELS_PER_FORWARD = 1 << 20  # windows x pixels per model forward at inference (memory bound)
@@ -47,7 +49,7 @@ def pad_to_patch(x: np.ndarray, patch: int) -> np.ndarray:
     """Pad the last two axes of ``x`` (model range) at the bottom and right up to multiples of ``patch``.
 
     The padding is 0, which in model range is both zero rain and no data (NaN input is fed as 0,
-    ``data.transforms``), so the model sees a dry, empty strip of at most ``patch - 1`` pixels
+    ``data.quantity``), so the model sees a dry, empty strip of at most ``patch - 1`` pixels
     beyond the grid's edge; callers crop the forecast back to ``[..., :H, :W]``. Only the last
     row/column of patches mixes real and padded pixels; the top and left edges are untouched.
     A grid the patch divides is returned as is (the forecast is unchanged).
@@ -101,12 +103,10 @@ class Nowcaster:
         if missing_sqlite(uri):
             tried.append(f"no MLflow database at {uri} (set --tracking-uri or MLFLOW_TRACKING_URI)")
             raise UserError(f"cannot load model {ref!r}: " + "; ".join(tried))
-        from convlstm_dist.tracking import load_mlflow_model
 
         model, payload, model_uri, run_id, name = load_mlflow_model(ref, uri, device, tried, trust=trust)
         cfg = config_from_dict(payload["config"], origin=f"the model of MLflow run {run_id}")
         model = getattr(model, "module", model).to(device).eval()
-        from convlstm_dist.data import quantity_of_source
 
         quantity = payload.get("quantity") or quantity_of_source(cfg.data.source).name
         return cls(model, cfg, quantity, f"MLflow {model_uri} ({uri})", device,
@@ -145,13 +145,9 @@ class Nowcaster:
     @property
     def quantity_spec(self):
         """The model's :class:`~convlstm_dist.data.quantity.Quantity` (``quantity`` is its name)."""
-        from convlstm_dist.data import get_quantity
-
         return get_quantity(self.quantity)
 
     def check_variable(self, variable: str) -> None:
-        from convlstm_dist.data import quantity_of_variable
-
         if quantity_of_variable(variable) is not self.quantity_spec:
             raise UserError(f"model predicts {self.quantity} but the data is {variable}: "
                             "a Moving MNIST model only runs on intensity data and a rain model only on rain/dBZ")

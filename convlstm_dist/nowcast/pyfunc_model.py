@@ -19,6 +19,7 @@ import mlflow.models
 import mlflow.pyfunc
 import numpy as np
 
+from convlstm_dist.nowcast import Nowcaster
 from convlstm_dist.vocabulary import LEADS_PARAM
 
 
@@ -27,7 +28,6 @@ class ConvLSTMForecaster(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         from convlstm_dist.checkpoint import load_model
-        from convlstm_dist.nowcast import Nowcaster
 
         path = context.artifacts["checkpoint"]
         model, cfg, payload = load_model(path, "cpu")

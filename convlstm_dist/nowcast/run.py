@@ -20,13 +20,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from convlstm_dist.addresses import missing_sqlite, resolve_tracking_uri
+from convlstm_dist.data import (
+    archive_key, archive_name, decode_latest, get_reader, is_remote, open_archive, quantity_of_variable,
+    storage_options_for, to_rain_mmh,
+)
 from convlstm_dist.errors import UserError
+from convlstm_dist.nowcast.cf import forecast_dataset, pick_format, write_dataset
+from convlstm_dist.nowcast.evaluation import metrics_from_rows, parse_time, run_evaluation, select_windows
+from convlstm_dist.nowcast.figures import case_figure, observed_after
+from convlstm_dist.nowcast.nowcaster import Nowcaster
+from convlstm_dist.tracking import Tracker, check_reachable
+from convlstm_dist.verify import (
+    DEFAULT_BASELINES, flow_row, forecast_figure, forecast_gif, format_table, plot_skill, write_csv,
+)
+from convlstm_dist.verify.fss import fss_key
+from convlstm_dist.verify.table import CSV_COLUMNS
+from convlstm_dist.vocabulary import FSS_SCALES_KM
 
 
 def open_archive_at(url: str, endpoint_url: str | None = None):
     """The archive at ``url`` (a local folder must exist; ``s3://`` opens with ``endpoint_url``)."""
-    from convlstm_dist.data import is_remote, open_archive, storage_options_for
-
     if not is_remote(url) and not Path(url).exists():
         raise UserError(f"archive {url} does not exist")
     return open_archive(url, storage_options_for(url, endpoint_url))
@@ -35,8 +49,6 @@ def open_archive_at(url: str, endpoint_url: str | None = None):
 def trained_on(nc, archive) -> bool:
     """Whether ``archive`` may be one the model trained on (its pinned data version, or its recipe's
     archives, matched by URL or by file name: when in doubt, only the test split is scored)."""
-    from convlstm_dist.data import archive_key, archive_name
-
     cfg = nc.config.data
     urls = [str(p.get("url", "")) for p in nc.info.get("data_version") or []]
     urls += [cfg.archive] if cfg.archive else []
@@ -50,8 +62,6 @@ def trained_on(nc, archive) -> bool:
 def pinned_archive(nc, archive, url: str, endpoint_url: str | None = None, say=print):
     """The model's own archive at the frames its run was pinned to (``train/data_pin.py``): the
     split windows of a run are those of the data it trained on, even after later appends."""
-    from convlstm_dist.data import archive_key, open_archive, storage_options_for
-
     key = archive_key(archive.url)
     for pin in nc.info.get("data_version") or []:
         if archive_key(str(pin.get("url", ""))) == key and int(pin["frames"]) < len(archive.times):
@@ -65,8 +75,6 @@ def evaluation_tracking_uri(nc, tracking_uri: str | None, workdir: str | Path) -
     """Where an evaluation is logged: ``tracking_uri`` or ``MLFLOW_TRACKING_URI``, else the model's own
     tracking URI, else the workdir's ``mlflow.db`` if it exists; ``None``: nowhere."""
     import os
-
-    from convlstm_dist.addresses import missing_sqlite, resolve_tracking_uri
 
     if tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
         return resolve_tracking_uri(tracking_uri)
@@ -98,11 +106,6 @@ def evaluate_on_archive(model: str, archive_url: str, *, split: str | None = Non
     """Score ``model`` and ``baselines`` on the same windows of ``archive_url``; write the CSV (``out``,
     default ``WORKDIR/evaluate/<model>-<windows>.csv``), the skill PNG and ``<out>-case.png`` beside it.
     ``split=None`` with no time range: ``test`` on an archive the model trained on, ``all`` on any other."""
-    from convlstm_dist.nowcast.evaluation import run_evaluation, select_windows
-    from convlstm_dist.nowcast.figures import case_figure
-    from convlstm_dist.nowcast.nowcaster import Nowcaster
-    from convlstm_dist.verify import DEFAULT_BASELINES, format_table, plot_skill, write_csv
-
     baselines = list(DEFAULT_BASELINES if baselines is None else baselines)
     if split and end:
         raise UserError("--end goes with --start (a time range), not with --split")
@@ -121,9 +124,6 @@ def evaluate_on_archive(model: str, archive_url: str, *, split: str | None = Non
     rows, record = run_evaluation(nc, archive, sel, crop, list(baselines), workers, ray_address, probability_matching)
     safe_label = sel.label.replace(":", "").replace("..", "_")
     out = Path(out) if out else Path(workdir) / "evaluate" / f"{nc.name}-{safe_label}.csv"
-    from convlstm_dist.verify.fss import fss_key
-    from convlstm_dist.vocabulary import FSS_SCALES_KM
-    from convlstm_dist.verify.table import CSV_COLUMNS
 
     fss_cols = [fss_key(km) for km in FSS_SCALES_KM if all(fss_key(km) in r for r in rows)]
     csv_path = write_csv(rows, out, (*CSV_COLUMNS, *fss_cols))
@@ -136,9 +136,6 @@ def log_evaluation(uri: str, ev: Evaluation, model: str) -> str:
     """One MLflow run in experiment ``evaluate-<model name>`` at ``uri``: parameters, skill per lead
     as metrics (step = lead in minutes), the table, the record, CSV and PNG. Returns the run id."""
     import json
-
-    from convlstm_dist.nowcast.evaluation import metrics_from_rows
-    from convlstm_dist.tracking import Tracker, check_reachable
 
     nc = ev.nowcaster
     check_reachable(uri)
@@ -183,9 +180,6 @@ def forecast_paths(out: str | Path | None, fmt: str | None, workdir: str | Path)
     * a path or URL ending in ``.zarr`` / ``.nc``, or any ``s3://`` URL: the dataset itself; figures
       beside a local one, under ``WORKDIR/forecast/`` for a remote one;
     * any other local path: a directory with ``forecast.zarr`` (or ``.nc``) and the figures."""
-    from convlstm_dist.data import archive_name, is_remote
-    from convlstm_dist.nowcast.cf import pick_format
-
     out = str(out) if out else None
     if out and (is_remote(out) or out.rstrip("/").endswith((".zarr", ".nc", ".nc4"))):
         fmt = pick_format(out, fmt)
@@ -201,8 +195,6 @@ def forecast_paths(out: str | Path | None, fmt: str | None, workdir: str | Path)
 def analysis_index(archive, at: str | None, n_in: int) -> int:
     """The frame index of the analysis time ``at`` (default the last frame), with ``n_in`` gap-free frames up to it."""
     import numpy as np
-
-    from convlstm_dist.nowcast.evaluation import parse_time
 
     times, step = archive.times, archive.timestep_s
     if at:
@@ -231,9 +223,6 @@ def nowcast_from_archive(model: str, archive_url: str, out: str | Path | None = 
     centred ``crop`` (default the full grid); write the CF dataset and the figures (:func:`forecast_paths`)."""
     import numpy as np
 
-    from convlstm_dist.data import quantity_of_variable
-    from convlstm_dist.nowcast.nowcaster import Nowcaster
-
     nc = Nowcaster.load(model, tracking_uri, workdir, trust=trust)
     archive = open_archive_at(archive_url, endpoint_url)
     nc.check_variable(archive.variable)
@@ -248,7 +237,6 @@ def nowcast_from_archive(model: str, archive_url: str, out: str | Path | None = 
     a = archive.attrs
     attrs = {"source_archive": archive.url, "crop_y0": ys.start, "crop_x0": xs.start,
              **{k: a.get(k) for k in ("source", "zr_a", "zr_b", "projection", "pixel_size_m", "attribution")}}
-    from convlstm_dist.nowcast.figures import observed_after
 
     observed = observed_after(archive, i, int(n_out or nc.out_len), ys, xs)  # drawn beside the forecast
     return _forecast_products(nc, frames, q.physical_variable, times[i], int(step), archive.y[ys], archive.x[xs],
@@ -264,9 +252,6 @@ def nowcast_from_files(model: str, reader: str, files, out: str | Path | None = 
     """The same forecast from the latest ``in_len`` of raw radar ``files``, decoded by ``reader`` (a name
     of ``convlstm_dist.data.readers``, as ``ingest`` takes), without an archive."""
     import numpy as np
-
-    from convlstm_dist.data import decode_latest, get_reader, quantity_of_variable, to_rain_mmh
-    from convlstm_dist.nowcast.nowcaster import Nowcaster
 
     nc = Nowcaster.load(model, tracking_uri, workdir, trust=trust)
     raw, meta = decode_latest(get_reader(reader, reader_options), files, nc.in_len)
@@ -308,11 +293,6 @@ def _forecast_products(nc, frames, variable: str, analysis_time, step: int, y, x
     ``observed`` frames after the analysis time when known, the model and optical flow per lead);
     the :class:`Forecast` record."""
     import numpy as np
-
-    from convlstm_dist.data import storage_options_for
-    from convlstm_dist.data.quantity import quantity_of_variable
-    from convlstm_dist.nowcast.cf import forecast_dataset, write_dataset
-    from convlstm_dist.verify import flow_row, forecast_figure, forecast_gif
 
     n_out = int(n_out or nc.out_len)
     url, fmt, stem = forecast_paths(out, fmt, workdir)

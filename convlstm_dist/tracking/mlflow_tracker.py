@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from convlstm_dist.errors import UserError
+from convlstm_dist.tracking import mlflow_available
 from convlstm_dist.vocabulary import LEADS_PARAM
 
 # The package travels in every logged model's code/ folder; MLflow runs the python_function model
@@ -40,7 +42,6 @@ def _mlflow():
     except ModuleNotFoundError as err:
         if err.name != "mlflow":
             raise
-        from convlstm_dist.errors import UserError
 
         raise UserError(MISSING_MLFLOW) from None
     import logging
@@ -98,9 +99,6 @@ def global_tracking_uri(uri: str):
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast (before any cluster work) when tracking cannot work: mlflow is not installed or
     a tracking server does not answer."""
-    from convlstm_dist.errors import UserError
-    from convlstm_dist.tracking import mlflow_available
-
     if not mlflow_available():
         raise UserError(MISSING_MLFLOW)
     if not uri.startswith(("http://", "https://")):

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from convlstm_dist.errors import UserError
-from convlstm_dist.tracking.mlflow_tracker import MODEL_ARTIFACT
+from convlstm_dist.tracking.mlflow_tracker import MODEL_ARTIFACT, global_tracking_uri
 
 
 def load_mlflow_model(ref: str, uri: str, device: str, tried: list[str], trust: bool = False):
@@ -48,8 +48,6 @@ def load_mlflow_model(ref: str, uri: str, device: str, tried: list[str], trust: 
                         f"logged by an older convlstm-dist, {TRUST_HINT}")
     try:
         import yaml
-
-        from convlstm_dist.tracking.mlflow_tracker import global_tracking_uri
 
         with global_tracking_uri(uri):
             model = mlflow.pytorch.load_model(model_uri, map_location=device)

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from convlstm_dist.errors import UserError
+from convlstm_dist.tracking.mlflow_tracker import Tracker
 
 OUTBOX_DIR = "mlflow-outbox"
 FORMAT = 1
@@ -49,8 +50,6 @@ def upload_outbox(path: str | Path, tracking_uri: str | None = None, say=print) 
     """Send an outbox file to its MLflow run (at ``tracking_uri`` if given, else the recorded one).
     Returns a summary ``{"run_id", "epochs", "files", "model_uri"}``; the file becomes
     ``*.uploaded.json``. Raises UserError when the file is not an outbox or the server is away."""
-    from convlstm_dist.tracking.mlflow_tracker import Tracker
-
     p = Path(path)
     try:
         rec = json.loads(p.read_text())

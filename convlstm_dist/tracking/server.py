@@ -25,8 +25,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from convlstm_dist.addresses import LOOPBACK as HOST
-from convlstm_dist.addresses import free_port
+from convlstm_dist.addresses import LOOPBACK as HOST, free_port
+from convlstm_dist.errors import UserError
 
 STARTUP_TIMEOUT_ENV = "CONVLSTM_DIST_MLFLOW_STARTUP_S"
 DEFAULT_STARTUP_TIMEOUT_S = 240.0
@@ -35,8 +35,6 @@ LOG_TAIL_BYTES = 3000
 
 def default_startup_timeout_s() -> float:
     """Seconds to wait for ``/health``: ``$CONVLSTM_DIST_MLFLOW_STARTUP_S`` or 240."""
-    from convlstm_dist.errors import UserError
-
     raw = os.environ.get(STARTUP_TIMEOUT_ENV, "").strip()
     if not raw:
         return DEFAULT_STARTUP_TIMEOUT_S
@@ -94,8 +92,6 @@ class MlflowServer:
         ]
 
     def start(self) -> "MlflowServer":
-        from convlstm_dist.errors import UserError
-
         if self.proc is not None:
             return self
         if self.workdir is not None:
@@ -127,8 +123,6 @@ class MlflowServer:
         return self
 
     def _wait_healthy(self, timeout_s: float) -> None:
-        from convlstm_dist.errors import UserError
-
         t0 = time.monotonic()
         deadline = t0 + timeout_s
         while True:

@@ -14,13 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from convlstm_dist.data import DataPlan, filesystem, storage_options_for
 
 FILE = "data_version.json"
 
 
 def _location(folder: str, endpoint_url: str | None):
-    from convlstm_dist.data import filesystem, storage_options_for
-
     url = f"{str(folder).rstrip('/')}/{FILE}"
     return filesystem(url, storage_options_for(url, endpoint_url))
 
@@ -50,8 +49,6 @@ def version_digest(version: list[dict]) -> str:
 def pin_run(cfg, workdir, folder: str | Path, endpoint_url: str | None = None, plan=None):
     """``(plan, version)`` of the run whose folder is ``folder``: on a rerun, the plan on the frames
     pinned there; on a first start ``plan`` (planned now if None) and its version, pinned now."""
-    from convlstm_dist.data import DataPlan
-
     pin = read_pin(folder, endpoint_url)
     if pin is not None:  # a rerun of this run: the frames it started with, even if the archive grew
         return DataPlan.from_config(cfg, workdir, pinned=pin), pin

@@ -18,10 +18,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convlstm_dist.config import Config, build_model_from_config, flatten, to_yaml
 from convlstm_dist.addresses import resolve_tracking_uri
+from convlstm_dist.config import Config, build_model_from_config, flatten, to_yaml
+from convlstm_dist.data import DataPlan, quantity_of_variable
 from convlstm_dist.data.storage import ray_storage
 from convlstm_dist.ray_session import ray_session, start_or_join_ray
+from convlstm_dist.tracking import Tracker, check_reachable
+from convlstm_dist.tracking.outbox import upload_command, write_outbox
+from convlstm_dist.train.data_pin import log_pin, pin_run
+from convlstm_dist.train.guards import (
+    check_cluster_resources, check_storage_shared, check_storage_writable, is_shared_storage, user_error_from_failure,
+)
+from convlstm_dist.train.metrics import check_metric
+from convlstm_dist.train.recovery import check_before_resume, intact_names, prune_deleted, storage_refusal
+from convlstm_dist.train.report import final_report, publish_outputs
 
 
 @dataclass
@@ -66,8 +76,6 @@ def job_output_warning(cfg: Config, res: Resolved) -> str | None:
     elsewhere; None when nothing would."""
     import os
 
-    from convlstm_dist.train.guards import is_shared_storage
-
     if not os.environ.get(RAY_JOB_ENV):
         return None
     local = []
@@ -92,11 +100,6 @@ def init_ray(cfg: Config, res: Resolved) -> bool:
 def preflight(cfg: Config, workdir: str | Path, storage_path: str | None = None):
     """Everything that can fail without a cluster: config, archive, splits, checkpoint metric, tracking
     server, model, write access to the checkpoint storage (``storage_path``, default the run's)."""
-    from convlstm_dist.data import DataPlan, quantity_of_variable
-    from convlstm_dist.tracking import check_reachable
-    from convlstm_dist.train.guards import check_storage_writable
-    from convlstm_dist.train.metrics import check_metric
-
     res = resolve(cfg, workdir)
     if res.tracking_uri:
         check_reachable(res.tracking_uri)
@@ -131,9 +134,7 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
     from ray.train.torch import TorchTrainer
 
     from convlstm_dist.train.fit import fault_nan_at
-    from convlstm_dist.train.guards import check_cluster_resources, check_storage_shared
     from convlstm_dist.train.ray_worker import train_loop_per_worker
-    from convlstm_dist.train.recovery import check_before_resume
 
     check_cluster_resources(cfg)  # resources the cluster can never give: fail now, not wait forever
     check_storage_shared(storage_path)  # a local folder on a multi-node cluster: refused before a worker starts
@@ -174,8 +175,6 @@ def build_trainer(cfg: Config, plan, run_name: str, storage_path: str, clock_nam
 
 
 def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = True) -> TrainOutcome:
-    from convlstm_dist.train.guards import check_storage_shared
-
     res, plan = preflight(cfg, workdir)
     say = functools.partial(print, flush=True) if progress else (lambda *a, **k: None)  # progress reaches pipes now
     warning = job_output_warning(cfg, res)
@@ -189,9 +188,6 @@ def run_training(cfg: Config, workdir: str | Path = "workdir", progress: bool = 
 def _pinned_and_tracked(cfg: Config, res: Resolved, plan, say, progress: bool) -> TrainOutcome:
     """Pin the data version, open (or resume) the MLflow run, fit and report; the run ends FINISHED,
     FAILED or KILLED, never RUNNING."""
-    from convlstm_dist.train.data_pin import log_pin, pin_run
-    from convlstm_dist.train.guards import check_cluster_resources
-
     plan, version = pin_run(cfg, res.workdir, f"{res.storage_path.rstrip('/')}/{res.run_name}",
                             cfg.data.endpoint_url, plan)
     say(f"[convlstm-dist] run '{res.run_name}': windows per split {plan.counts()}, "
@@ -205,8 +201,6 @@ def _pinned_and_tracked(cfg: Config, res: Resolved, plan, say, progress: bool) -
         init = load_init_weights(cfg.train.init_from, res.tracking_uri)
     tracker = None
     if res.tracking_uri:
-        from convlstm_dist.tracking import Tracker
-
         tracker, resumed = Tracker.start_or_resume(res.tracking_uri, res.experiment, res.run_name,
                                                    tags={"convlstm_dist.recipe": cfg.name})
     try:
@@ -238,7 +232,6 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
     import ray
 
     from convlstm_dist.data import epoch_clock
-    from convlstm_dist.train.guards import user_error_from_failure
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     clock_name = f"convlstm-epoch-clock-{res.run_name}"
@@ -255,14 +248,11 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
         # WorkerGroupError: show its one line, keep the ~700-line traceback in <workdir>/logs/
         user = user_error_from_failure(exc, res.workdir / "logs", res.run_name)
         if user is None:  # Ray Train's controller failed to write its own files to the storage
-            from convlstm_dist.train.recovery import storage_refusal
 
             user = storage_refusal(exc, *ray_storage(res.storage_path, cfg.data.endpoint_url), res.run_name)
         if user is not None:
             log = getattr(user, "log_path", None)
             if log is not None:
-                from convlstm_dist.train.report import publish_outputs
-
                 publish_outputs(log, res.storage_path, res.run_name, "logs", cfg.data.endpoint_url, say)
             raise user from None  # ray_session stops Ray's forwarded worker logs before it is printed
         raise
@@ -280,7 +270,6 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
                        res.tracking_uri, history, stopped=stopped)
     if ckpt is not None:
         report_dir = _final_report(cfg, plan, ckpt, tracker, out, res.workdir, progress, res.run_name, full)
-        from convlstm_dist.train.report import publish_outputs
 
         publish_outputs(report_dir, res.storage_path, res.run_name, "reports", cfg.data.endpoint_url, say)
     elif tracker is not None and tracker.offline:
@@ -319,8 +308,6 @@ def _reconcile_tracking(cfg: Config, tracker, latest, say) -> tuple[list[dict], 
 
 def _keep_in_outbox(cfg: Config, tracker, workdir: Path, run_name: str, files, model_dir, test: dict,
                     test_step: int, stopped: bool, say, history: list[dict] | None = None) -> None:
-    from convlstm_dist.tracking.outbox import upload_command, write_outbox
-
     path = write_outbox(workdir, run_name, tracker, history or [], files, model_dir,
                         cfg.tracking.register_model or cfg.name, "FAILED" if stopped else "FINISHED", test, test_step)
     say(f"[mlflow] kept for MLflow run {tracker.run_id}: {len(history or [])} epoch(s) of metrics, "
@@ -331,8 +318,6 @@ def _keep_in_outbox(cfg: Config, tracker, workdir: Path, run_name: str, files, m
 def _best_intact(cfg: Config, res: Resolved, result):
     """The best checkpoint Ray kept that the run's manifest lists as verified and not damaged (Ray may
     still track a damaged one it restored past); without a manifest, Ray's best or latest."""
-    from convlstm_dist.train.recovery import intact_names, prune_deleted
-
     path, fs = ray_storage(res.storage_path, cfg.data.endpoint_url)
     prune_deleted(path, fs, res.run_name)
     ok = intact_names(path, fs, res.run_name)
@@ -388,7 +373,6 @@ def _final_report(cfg, plan, ckpt, tracker, out: TrainOutcome, workdir: Path, pr
     with the tracking server gone, all of it in the workdir's outbox: ``tracking/outbox.py``); the
     folder of the report files."""
     from convlstm_dist.checkpoint import load_model, slim_checkpoint
-    from convlstm_dist.train.report import final_report
 
     with ckpt.as_directory() as d:
         model, _, payload = load_model(d)

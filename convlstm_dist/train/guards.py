@@ -22,7 +22,10 @@ import traceback
 import uuid
 from pathlib import Path
 
+from convlstm_dist.data import endpoint_of, scrub, storage_options_for
+from convlstm_dist.data.storage import ray_storage
 from convlstm_dist.errors import UserError
+from convlstm_dist.ray_internals import autoscaler_max_resources
 
 PROBE_PREFIX = ".convlstm-write-probe-"
 PROBE_CONNECT_TIMEOUT_S = 3
@@ -54,8 +57,6 @@ def check_storage_writable(storage_path: str, endpoint_url: str | None = None, w
     S3 goes through the same pyarrow filesystem and credentials as Ray Train's checkpoints, with short
     timeouts and one retry so that a silent endpoint fails within ~10 s. Deleting matters too: Ray removes
     checkpoints beyond ``run.keep_checkpoints``."""
-    from convlstm_dist.data import endpoint_of, scrub, storage_options_for
-
     name = f"{PROBE_PREFIX}{uuid.uuid4().hex[:12]}"
     if not storage_path.startswith("s3://"):
         probe = Path(storage_path) / name
@@ -70,8 +71,6 @@ def check_storage_writable(storage_path: str, endpoint_url: str | None = None, w
                             f"{err.strerror or err} — choose a writable folder (or --workdir)") from None
         return
     import pyarrow.fs as pafs
-
-    from convlstm_dist.data.storage import ray_storage
 
     path, fs = ray_storage(storage_path, endpoint_url, connect_timeout=PROBE_CONNECT_TIMEOUT_S,
                            request_timeout=PROBE_REQUEST_TIMEOUT_S,
@@ -146,7 +145,6 @@ def check_cluster_resources(cfg) -> None:
     per_worker = {"CPU": float(s.cpus_per_worker)}
     if s.use_gpu:
         per_worker["GPU"] = float(s.gpus_per_worker)
-    from convlstm_dist.ray_internals import autoscaler_max_resources
 
     largest = None
     cluster = autoscaler_max_resources()  # None unless an autoscaler published limits
@@ -186,8 +184,6 @@ def check_storage_shared(storage_path: str, what: str = "run.storage_path") -> N
     """``UserError`` when the connected Ray cluster has (or can grow to) more than one node and
     ``storage_path`` is a local folder (see :func:`storage_problem`)."""
     import ray
-
-    from convlstm_dist.ray_internals import autoscaler_max_resources
 
     if is_shared_storage(storage_path):
         return

@@ -32,11 +32,14 @@ import torch
 from convlstm_dist.checkpoint import read_checkpoint
 from convlstm_dist.config import Config, build_model_from_config
 from convlstm_dist.errors import UserError
+from convlstm_dist.tracking import mlflow_available
+from convlstm_dist.tracking.mlflow_tracker import Tracker
 from convlstm_dist.train.data_pin import log_pin, pin_run
 from convlstm_dist.train.driver import Resolved, resolve
 from convlstm_dist.train.engine import choose_engine
 from convlstm_dist.train.feed import prefetch
 from convlstm_dist.train.fit import Backend, FitOptions, fault_nan_at, fit
+from convlstm_dist.train.report import final_report
 from convlstm_dist.train.validation import EVAL_BATCH
 
 LOCAL_MEMORY_LIMIT_GB = 48.0  # train --local: frames held in memory unless data.memory_limit_gb is set
@@ -213,7 +216,6 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
 
 def _final_report(cfg, res: Resolved, plan, out: LocalOutcome, dev, amp_dtype, say, tracker=None) -> None:
     from convlstm_dist.checkpoint import load_model
-    from convlstm_dist.train.report import final_report
 
     model, _, payload = load_model(out.checkpoint, dev)
     _, out.model_uri, out.test_metrics = final_report(cfg, plan, model, payload, out.out_dir, tracker, say,
@@ -237,13 +239,11 @@ def _open_tracker(cfg, res: Resolved, run_name: str):
     is installed (a bare GPU box may have neither mlflow nor a server); None otherwise."""
     if res.tracking_uri is None:
         return None
-    from convlstm_dist.tracking import mlflow_available
 
     if not mlflow_available():
         print("[local] mlflow is not installed: run not tracked (history.csv and summary.json have it all)")
         return None
     from convlstm_dist.config import flatten
-    from convlstm_dist.tracking.mlflow_tracker import Tracker
 
     tracker, resumed = Tracker.start_or_resume(res.tracking_uri, res.experiment, f"{run_name}-local",
                                                tags={"convlstm_dist.recipe": cfg.name, "convlstm_dist.mode": "local"})

@@ -25,8 +25,11 @@ import tempfile
 import torch
 
 from convlstm_dist.config import config_from_dict
+from convlstm_dist.errors import UserError
+from convlstm_dist.tracking.mlflow_tracker import Tracker
 from convlstm_dist.train.feed import prefetch
 from convlstm_dist.train.fit import Backend, FitOptions, fit
+from convlstm_dist.train.recovery import checkpoint_dir_name, choose_checkpoint, record_verified, run_dir
 
 
 class RayTrainBackend(Backend):
@@ -72,7 +75,6 @@ class RayTrainBackend(Backend):
         import ray.train
 
         from convlstm_dist.checkpoint import read_checkpoint
-        from convlstm_dist.train.recovery import choose_checkpoint
 
         ckpt = ray.train.get_checkpoint()
         if self.storage is None:
@@ -116,7 +118,6 @@ class RayTrainBackend(Backend):
             ray.train.report(metrics)
             return
         from convlstm_dist.checkpoint import FILENAME
-        from convlstm_dist.train.recovery import checkpoint_dir_name, record_verified
 
         with tempfile.TemporaryDirectory() as d:
             write(d)
@@ -139,9 +140,6 @@ class RayTrainBackend(Backend):
 
     def _write_refused(self, name: str, epoch: int, exc: BaseException):
         """The one-line error of a checkpoint upload the storage refused, naming the intact previous one."""
-        from convlstm_dist.errors import UserError
-        from convlstm_dist.train.recovery import run_dir
-
         where = self.run_name
         if self.storage:
             where = ("s3://" if self.storage[1] is not None else "") + run_dir(self.storage[0], self.run_name)
@@ -173,8 +171,6 @@ def train_loop_per_worker(config: dict) -> None:
     backend = RayTrainBackend(cfg, config)
     tracker = None
     if backend.rank == 0 and config.get("run_id"):
-        from convlstm_dist.tracking.mlflow_tracker import Tracker
-
         tracker = Tracker(config["tracking_uri"], config["run_id"])
     init = ray.get(config["init"]) if config.get("init") is not None else None
     fit(cfg, backend, config["variable"], tracker,

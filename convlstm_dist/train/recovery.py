@@ -31,6 +31,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from convlstm_dist.errors import UserError
 
 MANIFEST = "convlstm_checkpoints.json"
 MISSING = "MISSING.txt"
@@ -149,7 +150,6 @@ def prune_deleted(storage_path: str, filesystem, run_name: str) -> None:
 def _problem(fs, ckpt_dir: str, entry: dict | None, local_dir: str) -> tuple[str | None, dict | None]:
     """``(why it cannot be resumed from, None)`` or ``(None, payload)``; downloads into ``local_dir``."""
     from convlstm_dist.checkpoint import FILENAME, read_checkpoint
-    from convlstm_dist.errors import UserError
 
     if not _exists(fs, ckpt_dir) or _exists(fs, f"{ckpt_dir}/{MISSING}"):
         return "its folder is missing", None
@@ -263,8 +263,6 @@ REFUSALS = ("Operation not permitted", "Permission denied", "Read-only file syst
 def storage_refusal(exc: BaseException, storage_path: str, filesystem, run_name: str):
     """Driver, after ``fit()`` failed: a ``UserError`` (one line) when the failure is the checkpoint storage
     refusing a write (Ray Train's controller writes there too), naming the newest intact checkpoint; else None."""
-    from convlstm_dist.errors import UserError
-
     texts, seen = [], exc
     while seen is not None and len(texts) < 10:
         texts.append(str(seen))

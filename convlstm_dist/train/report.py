@@ -5,6 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from convlstm_dist.data import filesystem, is_remote, scrub, storage_options_for
+from convlstm_dist.data.quantity import get_quantity, quantity_of_variable
+from convlstm_dist.data.samples import read_windows
+from convlstm_dist.verify import flow_row, forecast_figure as draw
+from convlstm_dist.verify.table import CSV_COLUMNS, plot_skill, write_csv
 
 
 def skill_outputs(table: list[dict], out_len: int, timestep_s: int, out_dir: Path) -> list[Path]:
@@ -12,8 +17,6 @@ def skill_outputs(table: list[dict], out_len: int, timestep_s: int, out_dir: Pat
     rows: ``method`` model/persistence, ``lead`` 1, 2, …), written by the one skill writer of
     ``evaluate`` too (``verify.table``): its columns (``verify.table.CSV_COLUMNS``) that the rows have,
     ``lead_min`` = ``lead`` × the time step."""
-    from convlstm_dist.verify.table import CSV_COLUMNS, plot_skill, write_csv
-
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [{**r, "lead_min": r["lead"] * timestep_s / 60} for r in table]
     columns = [c for c in CSV_COLUMNS if all(c in r for r in rows)]  # a checkpoint from before has fewer
@@ -26,11 +29,6 @@ def forecast_figure(model, plan, quantity: str, loss: str, out_dir: Path, case: 
     flow per lead, in minutes, on the crop's km extent; ``loss``: the training loss (a model trained
     on logits is shown as ``sigmoid`` of its output). Unobserved target pixels are no data."""
     import torch
-
-    from convlstm_dist.data.quantity import get_quantity
-    from convlstm_dist.data.samples import read_windows
-    from convlstm_dist.verify import forecast_figure as draw
-    from convlstm_dist.verify import flow_row
 
     archive = plan.archives["val"]
     starts = plan.starts["val"][:16]
@@ -67,9 +65,6 @@ def input_example(plan, quantity: str, fixed_grid: bool = False) -> np.ndarray |
     """The MLflow model's input example: the ``in_len`` input frames of the first validation
     window (else training, else test window; None without any) in physical units (mm/h; intensity for Moving MNIST), ``(frames, H, W)`` float32, at
     most ``EXAMPLE_MAX_SIDE`` pixels a side unless the model runs on one grid only (``fixed_grid``)."""
-    from convlstm_dist.data.quantity import get_quantity
-    from convlstm_dist.data.samples import read_windows
-
     split = next((s for s in ("val", "train", "test") if len(plan.starts.get(s, ()))), None)
     if split is None:
         return None  # Tracker.log_model then logs zeros of the model's shape
@@ -87,7 +82,6 @@ def score_test_split(cfg, plan, model, device=None, amp_dtype=None, say=None) ->
     frames exceed ``data.memory_limit_gb``."""
     import torch
 
-    from convlstm_dist.data.quantity import quantity_of_variable
     from convlstm_dist.train.feed import prefetch
     from convlstm_dist.train.validation import EVAL_BATCH, evaluate_val
 
@@ -147,8 +141,6 @@ def publish_outputs(local: Path, storage_path: str, run_name: str, kind: str, en
     session folder), so the copy beside the checkpoints is the one that lasts. Returns the URL, or
     None for local storage. A failed copy is said, never raised: the run's results are already in
     MLflow and its checkpoints."""
-    from convlstm_dist.data import filesystem, is_remote, scrub, storage_options_for
-
     if not is_remote(storage_path):
         return None
     local = Path(local)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from convlstm_dist.errors import UserError
+from convlstm_dist.tracking.models import load_mlflow_model
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 
@@ -38,7 +39,6 @@ def load_init_weights(ref: str, tracking_uri: str | None) -> InitWeights:
     if ref.startswith(MLFLOW_SCHEMES):
         if not tracking_uri:
             raise UserError(f"train.init_from={ref}: an MLflow model needs tracking (tracking.enabled / tracking.uri)")
-        from convlstm_dist.tracking.models import load_mlflow_model
 
         model, _, model_uri, run_id, _ = load_mlflow_model(ref, tracking_uri, "cpu", [])
         tags.update({"convlstm_dist.parent_model_uri": model_uri, "convlstm_dist.parent_run_id": run_id})

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from convlstm_dist.errors import UserError
+from convlstm_dist.verify.baselines import get_baseline
 
 NODATA_COLOUR = "#b4b4b4"
 NODATA_HATCH = "///"
@@ -50,8 +52,6 @@ def flow_row(inputs: np.ndarray, n_out: int, has_rain_rate: bool = True) -> np.n
     figure is drawn without that row rather than failing the command that draws it)."""
     if not has_rain_rate:
         return None
-    from convlstm_dist.errors import UserError
-    from convlstm_dist.verify.baselines import get_baseline
 
     try:
         return get_baseline("optical_flow")(inputs, n_out)

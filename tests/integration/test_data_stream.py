@@ -59,7 +59,7 @@ def test_windows_stream_from_s3(ray_local, s3_server):
     rows = window_dataset(arc, np.arange(0, 20), 3, 2, crop=None).take_all()
     assert sorted(int(r["t0"]) for r in rows) == list(range(20))
     r = next(r for r in rows if int(r["t0"]) == 7)
-    from convlstm_dist.data.transforms import norm_to_rain
+    from convlstm_dist.data.quantity import norm_to_rain
 
     np.testing.assert_allclose(norm_to_rain(r["y"][0, 0, 4:]), frames[10, 4:], rtol=1e-4, atol=1e-4)
 

@@ -61,7 +61,7 @@ def test_fmi_full_grid_from_raw_files_is_nan_exactly_outside_coverage(tmp_path, 
 def test_knmi_lagrangian_full_grid_is_nan_where_the_advected_source_has_no_data(tmp_path, capsys):
     import torch
 
-    from convlstm_dist.data.transforms import rain_to_norm
+    from convlstm_dist.data.quantity import rain_to_norm
     from convlstm_dist.models import lagrangian_source_valid
     from convlstm_dist.nowcast.nowcaster import pad_to_patch
 

@@ -5,7 +5,7 @@ import pytest
 
 from convlstm_dist.data.archive import open_archive
 from convlstm_dist.data.datasource import read_windows, window_dataset
-from convlstm_dist.data.transforms import norm_to_rain
+from convlstm_dist.data.quantity import norm_to_rain
 from convlstm_dist.data.windows import build_index, SplitRule
 from synthetic import make_archive
 

@@ -11,7 +11,7 @@ from convlstm_dist.data.archive import GridSpec, append_frames, create_archive, 
 from convlstm_dist.data.memory import MemorySplit
 from convlstm_dist.data.mix import epoch_units, units_per_epoch
 from convlstm_dist.data.plan import DataPlan
-from convlstm_dist.data.transforms import rain_to_norm
+from convlstm_dist.data.quantity import rain_to_norm
 from convlstm_dist.data.windows import SplitRule, build_index
 from convlstm_dist.errors import UserError
 from synthetic import rain_frames

@@ -104,11 +104,11 @@ def test_divisible_grid_is_not_padded(ckpt, monkeypatch):
     monkeypatch.setattr(nc.model, "forward", lambda x, n: seen.append(x.clone()) or forward(x, n))
     out = nc.predict(frames, 2)
     assert [tuple(x.shape) for x in seen] == [(1, 3, 1, 24, 16)]
-    from convlstm_dist.data.transforms import from_model, rain_to_norm
+    from convlstm_dist.data.quantity import get_quantity, rain_to_norm
 
     x = torch.as_tensor(rain_to_norm(frames)[None, :, None])
     with torch.inference_mode():
-        direct = from_model(forward(x, 2)[0].numpy()[0, :, 0], "rain_norm")
+        direct = get_quantity("rain_norm").from_model(forward(x, 2)[0].numpy()[0, :, 0])
     np.testing.assert_array_equal(out, direct)
 
 

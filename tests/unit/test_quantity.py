@@ -60,15 +60,6 @@ def test_intensity_is_unchanged():
     assert INTENSITY.from_model(t) is t
 
 
-def test_transforms_shorthands_agree_with_the_registry():
-    from convlstm_dist.data.transforms import from_model, to_model
-
-    r = np.array([0.0, 0.3, 0.9], dtype=np.float32)
-    np.testing.assert_array_equal(to_model(r, "rain_mmh"), RAIN_NORM.to_model(r, "rain_mmh"))
-    np.testing.assert_array_equal(from_model(r, "rain_norm"), RAIN_NORM.from_model(r))
-    np.testing.assert_array_equal(from_model(r, "intensity"), r)
-
-
 @pytest.mark.parametrize("loss, logits", [("bce", True), ("bce_sum", True), ("mse", False), ("mae", False),
                                           ("bmse", False), ("bmae", False)])
 def test_logits_follow_the_loss(loss, logits):
