@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from convlstm_dist.data.quantity import get_quantity, quantity_of_source
+from convlstm_dist.data.quantity import available_sources
 from convlstm_dist.errors import UserError
 from convlstm_dist.vocabulary import metric_name
 
@@ -39,10 +40,18 @@ def check_name(v: str, what: str) -> str:
     return v
 
 
+def registered(value: str, names) -> str:
+    """``value`` if a registry lists it, else ``ValueError`` naming the valid names (pydantic validators)."""
+    names = list(names)
+    if value not in names:
+        raise ValueError(f"{value!r} is not one of: {', '.join(names)}")
+    return value
+
+
 class ModelConfig(_Strict):
     """Architecture. Kernel lists are per layer; a single int is broadcast to every layer."""
 
-    kind: Literal["convlstm", "fclstm"] = "convlstm"
+    kind: str = Field("convlstm", description="a model of the registry: convlstm, fclstm (models.available_models)")
     in_channels: int = Field(1, ge=1)
     hidden: list[int] = Field(default_factory=lambda: [64, 64])
     input_kernel: list[int] = Field(default_factory=lambda: [3, 3])
@@ -51,10 +60,24 @@ class ModelConfig(_Strict):
     height: int = Field(64, ge=1)
     width: int = Field(64, ge=1)
     impl: Literal["fast", "literal"] = "fast"
-    frame: Literal["eulerian", "lagrangian"] = Field(
+    frame: str = Field(
         "eulerian", description="eulerian: the paper's model on the grid; lagrangian: the same network forecasting "
                                 "in the frame that moves with the rain (inputs aligned by their estimated motion, "
                                 "forecast advected back; convlstm on rain rate only)")
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        from convlstm_dist.models import available_models  # torch: loaded when a recipe is checked, not by --help
+
+        return registered(v, available_models())
+
+    @field_validator("frame")
+    @classmethod
+    def _frame(cls, v: str) -> str:
+        from convlstm_dist.models import FRAMES
+
+        return registered(v, FRAMES)
 
     @field_validator("input_kernel", "state_kernel", mode="before")
     @classmethod
@@ -109,7 +132,7 @@ class ArchiveEntry(_Strict):
 
 
 class DataConfig(_Strict):
-    source: Literal["archive", "moving_mnist"] = "archive"
+    source: str = Field("archive", description="archive, or moving_mnist (generated; data.quantity.available_sources)")
     archive: str | None = Field(None, description="local path or s3:// URL; default <workdir>/archive.zarr")
     archives: list[ArchiveEntry] | None = Field(
         None, description="several archives trained together (instead of data.archive): windows never cross "
@@ -173,6 +196,11 @@ class DataConfig(_Strict):
                 raise ValueError(f"data.archives lists {dup[0]!r} more than once")
         return self
 
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return registered(v, available_sources())
+
 
 class TrainConfig(_Strict):
     epochs: int = Field(10, ge=1)
@@ -182,7 +210,8 @@ class TrainConfig(_Strict):
     rmsprop_decay: float = Field(0.9, gt=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["none", "cosine", "step"] = "none"
-    loss: Literal["mse", "mae", "bmse", "bmae", "bce"] = "mse"
+    loss: str = Field("mse", description="a training loss of the registry: mse, mae, bmse, bmae, bce "
+                                         "(models.available_losses(training=True))")
     grad_clip: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     early_stopping_patience: int | None = Field(None, ge=1)
@@ -198,6 +227,13 @@ class TrainConfig(_Strict):
                                   "weights (a checkpoint path, or models:/NAME/VERSION, runs:/RUN_ID/model); the "
                                   "shapes must fit model.*; a run with a checkpoint of its own resumes from that")
     seed: int = 0
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str) -> str:
+        from convlstm_dist.models import available_losses  # torch: loaded when a recipe is checked, not by --help
+
+        return registered(v, available_losses(training=True))
 
 
 class ScalingConfig(_Strict):

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from convlstm_dist.addresses import free_port
-from convlstm_dist.ray_internals import gcs_port_env_var, session_log_dir
+from convlstm_dist import ray_internals  # module attribute: tests replace its functions
 
 # what the driver hands to every Ray worker (runtime_env) when it starts or joins a cluster itself
 FORWARDED_ENV_VARS = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_REGION")
@@ -98,7 +98,7 @@ def start_or_join_ray(address: str | None = None, *, num_cpus: int | None = None
         from ray.util import get_node_ip_address
 
         port = free_port("0.0.0.0")
-        port_var = gcs_port_env_var()
+        port_var = ray_internals.gcs_port_env_var()
         os.environ[port_var] = str(port)
         env = dict((kw["runtime_env"] or {}).get("env_vars") or {})
         env["RAY_ADDRESS"] = f"{get_node_ip_address()}:{port}"
@@ -116,7 +116,7 @@ def start_or_join_ray(address: str | None = None, *, num_cpus: int | None = None
 def link_ray_logs(workdir: str | Path) -> Path | None:
     """``<workdir>/logs/ray`` -> this Ray session's log folder (worker output, Ray's own chatter); None
     when attached to a remote cluster (its logs live there)."""
-    logs = session_log_dir()
+    logs = ray_internals.session_log_dir()
     if logs is None:
         return None
     link = Path(workdir) / "logs" / "ray"

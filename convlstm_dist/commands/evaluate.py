@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from convlstm_dist.commands.common import add_workdir_arg
+from convlstm_dist.commands.common import add_scoring_args, add_workdir_arg, parse_baselines
 from convlstm_dist.data import parse_reader_options
 from convlstm_dist.errors import UserError
 from convlstm_dist.nowcast import (
@@ -61,14 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--start", default=None, metavar="TIME", help="windows inside [--start, --end] (ISO 8601, UTC)")
     e.add_argument("--end", default=None, metavar="TIME", help="end of the time range (default: last frame)")
     e.add_argument("--out", default=None, metavar="FILE.csv", help="CSV path (default: WORKDIR/evaluate/<model>-<split>.csv)")
-    e.add_argument("--baselines", default="persistence,optical_flow,sprog,anvil",
-                   help="comma-separated baselines, or 'none' (default: persistence,optical_flow,sprog,anvil: extrapolation, S-PROG and ANVIL on one motion field; a method needing more input frames than the model has is left out)")
+    add_scoring_args(e, crop=False)  # --crop comes with the arguments evaluate shares with nowcast and hindcast
     e.add_argument("--probability-matching", action="store_true",
                    help="also score the model's forecast after probability matching to the last input frame "
                         "(method <model>_pm: the forecast's pattern with the observed intensity distribution)")
-    e.add_argument("--workers", type=int, default=2, help="Ray tasks run in parallel (local Ray CPUs; default 2)")
     e.add_argument("--ray-address", default=None, help="attach to this Ray cluster instead of starting a local one")
-    e.add_argument("--max-windows", type=int, default=None, metavar="N", help="evenly spaced subset of N windows")
     e.add_argument("--no-mlflow", action="store_true", help="do not log the evaluation to MLflow")
     e.set_defaults(func=run_evaluate)
 
@@ -122,7 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     t0 = time.time()
     crop = parse_crop(args.crop)
-    baselines = [] if args.baselines.strip().lower() == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
+    baselines = parse_baselines(args.baselines)
     ev = evaluate_on_archive(
         args.model, args.archive, split=args.split, start=args.start, end=args.end, n_out=args.n_out,
         max_windows=args.max_windows, crop=crop, baselines=baselines, probability_matching=args.probability_matching,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from convlstm_dist.commands.common import DeprecatedConst, add_config_args, add_time_budget_arg, add_workdir_arg
+from convlstm_dist.commands.common import (
+    DeprecatedConst, add_config_args, add_scoring_args, add_time_budget_arg, add_workdir_arg, parse_baselines,
+)
 from convlstm_dist.nowcast import parse_crop
 
 
@@ -31,13 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the others; default: leave-one-out over every event")
     add_time_budget_arg(p, "training time per fold (default 300)", dest="budget_s", default=300.0)
     p.add_argument("--device", default="cpu", help="training/scoring device for the fold models (default cpu)")
-    p.add_argument("--baselines", default="persistence,optical_flow,sprog,anvil",
-                   help="comma-separated baselines (default: persistence,optical_flow,sprog,anvil: extrapolation, S-PROG and ANVIL on one motion field; a method needing more input frames than the model has is left out)")
-    p.add_argument("--crop", default=None, metavar="HxW",
-                   help="score an HxW crop per window (chosen as in training) instead of the full grid")
-    p.add_argument("--max-windows", type=int, default=None, metavar="N",
-                   help="evenly spaced subset of N windows per event (default: all windows)")
-    p.add_argument("--workers", type=int, default=2, help="Ray tasks for scoring (default 2)")
+    add_scoring_args(p, windows="windows per event", workers="Ray tasks for scoring (default 2)")
     p.add_argument("--no-mlflow", action="store_true", help="track neither the fold trainings nor the report")
     p.add_argument("--quiet", action="store_true", help="no training and scoring progress")
     p.add_argument("--verbose", dest="quiet", action=DeprecatedConst, const=False,
@@ -51,7 +47,7 @@ def run_skill_report(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     events = events_from_config(cfg, args.events)
-    baselines = [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip().lower() != "none"]
+    baselines = parse_baselines(args.baselines)
     res = run_protocol(cfg, args.workdir, events, args.holdout, args.budget_s, args.device, baselines,
                        parse_crop(args.crop), args.max_windows, args.workers, not args.no_mlflow, not args.quiet)
     print(format_summary(res))

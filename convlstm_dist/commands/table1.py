@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convlstm_dist.commands.common import add_time_budget_arg
+from convlstm_dist.commands.common import add_set_arg, add_time_budget_arg
 from convlstm_dist.experiments import table1_report_from_runs
 
 
@@ -26,8 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="tiny models, a couple of steps each: proves the path")
     p.add_argument("--prefix", default=None, help="report file names (default table1, dry run table1-dryrun)")
     p.add_argument("--models", nargs="*", default=None, help="only recipes whose name contains one of these")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="recipe override for every model, e.g. data.batch_size=32 or train.lr=5e-4")
+    add_set_arg(p, "recipe override for every model, e.g. data.batch_size=32 or train.lr=5e-4")
     p.add_argument("--val-n", type=int, default=None, help="validation sequences (default 1000; dry 4)")
     p.add_argument("--test-n", type=int, default=None, help="test sequences (default the recipes' 3000; dry 4)")
     p.add_argument("--val-points", type=int, default=6, help="validations per model, the start included")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from convlstm_dist.commands.common import (
-    DeprecatedConst, StoreWithAlias, add_config_args, add_time_budget_arg, add_workdir_arg,
+    DeprecatedConst, StoreWithAlias, add_config_args, add_set_arg, add_time_budget_arg, add_workdir_arg,
 )
 from convlstm_dist.data import SAMPLE_READER, sample_files
 from convlstm_dist.data.ingest import ingest
@@ -54,8 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "minutes, validate every epoch, log everything to MLflow (DIR/mlflow.db) and print "
                     "the model's skill against persistence.")
     add_workdir_arg(d)
-    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a demo setting, e.g. --set train.epochs=2")
+    add_set_arg(d, "override a demo setting, e.g. --set train.epochs=2")
     d.set_defaults(func=run_demo)
 
 

@@ -25,7 +25,7 @@ _PUBLIC = {
     "ingest": ["IngestReport", "decode_latest"],
     "mnist_device": ["POOLS", "DeviceMovingMNIST", "EvalSet", "default_images_path", "split_io"],
     "plan": ["DataPlan", "resolve_url"],
-    "quantity": ["Quantity", "get_quantity", "quantity_of_source", "quantity_of_variable"],
+    "quantity": ["Quantity", "available_sources", "get_quantity", "quantity_of_source", "quantity_of_variable"],
     "readers": ["Reader", "get_reader", "list_readers", "parse_reader_options", "register_reader"],
     "samples": ["read_windows", "to_compute"],
     "shipped": ["SAMPLE_READER", "sample_files"],

@@ -201,6 +201,17 @@ def _fill_timestep(items, archive_url: str, storage_options: dict | None) -> Non
             it[2]["timestep_s"] = step
 
 
+def input_files(files) -> list[Path]:
+    """``files`` as paths; none, or one that is not a file, is a ``UserError`` naming them."""
+    files = [Path(f) for f in files]
+    if not files:
+        raise UserError("no input files given")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise UserError(f"input file(s) not found: {', '.join(missing[:5])}")
+    return files
+
+
 def ingest(reader: str | Reader, files, archive_url: str, storage_options: dict | None = None,
            chunks: tuple[int, int, int] = DEFAULT_CHUNKS, shards: int | tuple | None = None,
            parallel: bool = True, progress: bool = True, lock_timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -215,12 +226,7 @@ def ingest(reader: str | Reader, files, archive_url: str, storage_options: dict 
     """
     t_begin = _time.perf_counter()
     reader = get_reader(reader)
-    files = [Path(f) for f in files]
-    if not files:
-        raise UserError("no input files given")
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise UserError(f"input file(s) not found: {', '.join(missing[:5])}")
+    files = input_files(files)
     items, merged = _sorted_unique(_decode(reader, files, parallel, progress))
     _fill_timestep(items, archive_url, storage_options)
     _validate_against(items, _grid_of(items[0][2]), f"the grid of {items[0][0]}")
@@ -297,12 +303,7 @@ def decode_latest(reader: str | Reader, files, n: int, progress: bool = False) -
     identical duplicates merged, one grid for all; a reader that states no time step takes the
     spacing of the files. The ``n`` latest frames must be consecutive (no time gap)."""
     reader = get_reader(reader)
-    files = [Path(f) for f in files]
-    if not files:
-        raise UserError("no input files given")
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise UserError(f"input file(s) not found: {', '.join(missing[:5])}")
+    files = input_files(files)
     items, _ = _sorted_unique(_decode(reader, files, parallel=False, progress=progress))
     if len(items) < n:
         raise UserError(f"too few frames: the model needs {n} input frames, {len(files)} file(s) give "

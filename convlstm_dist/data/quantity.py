@@ -118,7 +118,7 @@ class Quantity:
 
 RAIN_NORM = Quantity(
     name="rain_norm", units="mm/h", display_unit="mm/h", physical_variable="rain_mmh",
-    archive_variables=("rain_mmh", "refl_dbz"), data_sources=(), has_rain_rate=True,
+    archive_variables=("rain_mmh", "refl_dbz"), data_sources=("archive",), has_rain_rate=True,
     reports_cross_entropy=False, skill_thresholds=SKILL_THRESHOLDS_MMH,
     _to_model=_rain_to_model, _from_model=norm_to_rain)
 INTENSITY = Quantity(
@@ -149,6 +149,11 @@ def quantity_of_variable(variable: str) -> Quantity:
         if variable in q.archive_variables:
             return q
     return DEFAULT
+
+
+def available_sources() -> list[str]:
+    """The values of ``data.source``: the data sources some quantity reads."""
+    return sorted({s for q in QUANTITIES.values() for s in q.data_sources})
 
 
 def quantity_of_source(source: str) -> Quantity:

@@ -28,7 +28,7 @@ from convlstm_dist.experiments.heldout import Event, Fold, check_fold, check_mod
 from convlstm_dist.nowcast.evaluation import metrics_from_rows, run_evaluation, select_windows
 from convlstm_dist.nowcast.nowcaster import Nowcaster
 from convlstm_dist.ray_session import ray_session
-from convlstm_dist.tracking import Tracker, mlflow_available
+from convlstm_dist.tracking import log_stamped_run, mlflow_available
 from convlstm_dist.train.driver import resolve
 from convlstm_dist.train.local import train_local
 from convlstm_dist.verify.baselines import DEFAULT_BASELINES
@@ -130,30 +130,19 @@ def log_mlflow(base_cfg, wd: Path, res: ProtocolResult, budget_s) -> str | None:
     uri = resolve(base_cfg, wd).tracking_uri
     if uri is None or not mlflow_available():
         return None
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     tags = {"convlstm_dist.kind": "skill-report",
             "heldout.trained_events": ";".join(f"fold{f.index}=" + ",".join(e.name for e in f.train) for f in res.folds),
-            "heldout.scored_events": ";".join(f"fold{f.index}=" + ",".join(e.name for e in f.scored) for f in res.folds)}
-    tracker, _ = Tracker.start_or_resume(uri, f"{base_cfg.tracking.experiment or base_cfg.name}-skill-report",
-                                         f"skill-report-{base_cfg.name}-{stamp}-{time.time_ns() % 10**6}", tags)
-    tracker.set_tags({f"heldout.fold{f.index}.{k}": v for f in res.folds
-                      for k, v in (("trained", names(f.train)), ("scored", names(f.scored)))})
-    tracker.log_params({"recipe": base_cfg.name, "folds": len(res.folds), "budget_s_per_fold": budget_s})
-    by_step: dict[int, dict] = {}
-    for key, value, step in metrics_from_rows(res.pooled):
-        by_step.setdefault(step, {})[f"pooled_{key}"] = value
-    for r in res.pooled:
-        step = int(round(r["lead_min"]))
-        for s in ("pod", "far"):
-            if r[s] is not None and math.isfinite(r[s]):
-                by_step.setdefault(step, {})[f"pooled_{r['method']}_{s}_{r['threshold_mmh']:g}mmh"] = r[s]
-    for step, metrics in sorted(by_step.items()):
-        tracker.log_metrics(metrics, step)
-    for p in res.files.values():
-        tracker.log_artifact(p)
-    tracker.log_text(json.dumps(res.fold_runs, indent=2, default=str), "folds.json")
-    tracker.end()
-    return tracker.run_id
+            "heldout.scored_events": ";".join(f"fold{f.index}=" + ",".join(e.name for e in f.scored) for f in res.folds),
+            **{f"heldout.fold{f.index}.{k}": v for f in res.folds
+               for k, v in (("trained", names(f.train)), ("scored", names(f.scored)))}}
+    metrics = [(f"pooled_{key}", value, step) for key, value, step in metrics_from_rows(res.pooled)]
+    metrics += [(f"pooled_{r['method']}_{s}_{r['threshold_mmh']:g}mmh", r[s], int(round(r["lead_min"])))
+                for r in res.pooled for s in ("pod", "far") if r[s] is not None and math.isfinite(r[s])]
+    return log_stamped_run(uri, f"{base_cfg.tracking.experiment or base_cfg.name}-skill-report",
+                           f"skill-report-{base_cfg.name}", tags=tags,
+                           params={"recipe": base_cfg.name, "folds": len(res.folds), "budget_s_per_fold": budget_s},
+                           metrics=metrics, texts={"folds.json": json.dumps(res.fold_runs, indent=2, default=str)},
+                           files=res.files.values())
 
 
 def format_summary(res: ProtocolResult) -> str:

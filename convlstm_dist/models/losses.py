@@ -120,6 +120,15 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+# bce_sum is the paper's per-sequence cross-entropy, a score (validation, Table 1), not a training loss
+TRAINING_LOSSES = ("mse", "mae", "bmse", "bmae", "bce")
+
+
+def available_losses(training: bool = False) -> list[str]:
+    """The losses :func:`get_loss` knows; ``training``: those a recipe may train with (``train.loss``)."""
+    return sorted(TRAINING_LOSSES if training else LOSSES)
+
+
 def get_loss(name: str) -> Callable[..., torch.Tensor]:
     try:
         return LOSSES[name]

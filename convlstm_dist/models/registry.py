@@ -28,6 +28,11 @@ def _fclstm(*, channels_last: bool = False, frame: str = "eulerian", **kw) -> nn
 MODELS: dict[str, Callable[..., nn.Module]] = {"convlstm": _convlstm, "fclstm": _fclstm}
 
 
+def available_models() -> list[str]:
+    """The model kinds :func:`build_model` builds (``model.kind``)."""
+    return sorted(MODELS)
+
+
 def build_model(kind: str, *, in_channels: int, hidden: list[int], input_kernel: list[int],
                 state_kernel: list[int], patch: int, height: int, width: int, impl: str = "fast",
                 channels_last: bool = False, compile: bool = False, frame: str = "eulerian") -> nn.Module:

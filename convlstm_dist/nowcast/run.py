@@ -16,7 +16,7 @@ A model is anything :meth:`.Nowcaster.load` takes (checkpoint, MLflow URI, regis
 
 from __future__ import annotations
 
-import time
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from convlstm_dist.nowcast.cf import forecast_dataset, pick_format, write_datase
 from convlstm_dist.nowcast.evaluation import metrics_from_rows, parse_time, run_evaluation, select_windows
 from convlstm_dist.nowcast.figures import case_figure, observed_after
 from convlstm_dist.nowcast.nowcaster import Nowcaster
-from convlstm_dist.tracking import Tracker, check_reachable
+from convlstm_dist.tracking import check_reachable, log_stamped_run
 from convlstm_dist.verify import (
     DEFAULT_BASELINES, flow_row, forecast_figure, forecast_gif, format_table, plot_skill, write_csv,
 )
@@ -135,28 +135,16 @@ def evaluate_on_archive(model: str, archive_url: str, *, split: str | None = Non
 def log_evaluation(uri: str, ev: Evaluation, model: str) -> str:
     """One MLflow run in experiment ``evaluate-<model name>`` at ``uri``: parameters, skill per lead
     as metrics (step = lead in minutes), the table, the record, CSV and PNG. Returns the run id."""
-    import json
-
     nc = ev.nowcaster
     check_reachable(uri)
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    tracker, _ = Tracker.start_or_resume(uri, f"evaluate-{nc.name}", f"evaluate-{nc.name}-{stamp}-{time.time_ns() % 10**6}",
-                                         tags={"convlstm_dist.kind": "evaluate"})
-    tracker.log_params({"model": model, "archive": ev.archive_url, "model_source": nc.source,
-                        **{k: v for k, v in ev.record.items() if not isinstance(v, dict)}})
-    by_step: dict[int, dict] = {}
-    for key, value, step in metrics_from_rows(ev.rows):
-        by_step.setdefault(step, {})[key] = value
-    for step, metrics in sorted(by_step.items()):
-        tracker.log_metrics(metrics, step)
-    tracker.log_text(ev.table, "skill_table.txt")
-    tracker.log_text(json.dumps(ev.record, indent=2, default=str), "evaluation.json")
-    tracker.log_artifact(ev.csv_path)
-    tracker.log_artifact(ev.png_path)
-    if ev.case_png:
-        tracker.log_artifact(ev.case_png)
-    tracker.end()
-    return tracker.run_id
+    files = [ev.csv_path, ev.png_path] + ([ev.case_png] if ev.case_png else [])
+    return log_stamped_run(
+        uri, f"evaluate-{nc.name}", f"evaluate-{nc.name}", tags={"convlstm_dist.kind": "evaluate"},
+        params={"model": model, "archive": ev.archive_url, "model_source": nc.source,
+                **{k: v for k, v in ev.record.items() if not isinstance(v, dict)}},
+        metrics=metrics_from_rows(ev.rows),
+        texts={"skill_table.txt": ev.table, "evaluation.json": json.dumps(ev.record, indent=2, default=str)},
+        files=files)
 
 
 @dataclass

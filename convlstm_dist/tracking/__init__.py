@@ -17,7 +17,7 @@ def mlflow_available() -> bool:
 
 
 _PUBLIC = {
-    "mlflow_tracker": ["Tracker", "check_reachable"],
+    "mlflow_tracker": ["Tracker", "check_reachable", "ended_on_failure", "log_stamped_run"],
     "models": ["load_mlflow_model"],
     "outbox": ["upload_command", "upload_outbox", "write_outbox"],
     "server": ["MlflowServer"],

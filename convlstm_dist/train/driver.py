@@ -23,7 +23,7 @@ from convlstm_dist.config import Config, build_model_from_config, flatten, to_ya
 from convlstm_dist.data import DataPlan, quantity_of_variable
 from convlstm_dist.data.storage import ray_storage
 from convlstm_dist.ray_session import ray_session, start_or_join_ray
-from convlstm_dist.tracking import Tracker, check_reachable
+from convlstm_dist.tracking import Tracker, check_reachable, ended_on_failure
 from convlstm_dist.tracking.outbox import upload_command, write_outbox
 from convlstm_dist.train.data_pin import log_pin, pin_run
 from convlstm_dist.train.guards import (
@@ -203,7 +203,7 @@ def _pinned_and_tracked(cfg: Config, res: Resolved, plan, say, progress: bool) -
     if res.tracking_uri:
         tracker, resumed = Tracker.start_or_resume(res.tracking_uri, res.experiment, res.run_name,
                                                    tags={"convlstm_dist.recipe": cfg.name})
-    try:
+    with ended_on_failure(tracker):  # never leave the MLflow run RUNNING
         if tracker:
             tracker.log_params(flatten(cfg))
             tracker.log_text(to_yaml(cfg), "config.yaml")
@@ -215,13 +215,6 @@ def _pinned_and_tracked(cfg: Config, res: Resolved, plan, say, progress: bool) -
                 tracker.set_tags(init.tags)
             say(f"[convlstm-dist] MLflow {'resumed' if resumed else 'new'} run {tracker.run_id} at {res.tracking_uri}")
         out = _fit_and_report(cfg, plan, res, tracker, say, progress, version, init)
-    except BaseException as exc:  # never leave the MLflow run RUNNING
-        if tracker and tracker.reachable():  # an absent server would hold this exit for MLflow's retries
-            try:
-                tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-            except Exception:  # noqa: BLE001 - the original error matters more
-                pass
-        raise
     if tracker:
         tracker.end("FAILED" if out.stopped else "FINISHED")
     return out

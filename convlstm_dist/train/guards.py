@@ -25,7 +25,7 @@ from pathlib import Path
 from convlstm_dist.data import endpoint_of, scrub, storage_options_for
 from convlstm_dist.data.storage import ray_storage
 from convlstm_dist.errors import UserError
-from convlstm_dist.ray_internals import autoscaler_max_resources
+from convlstm_dist import ray_internals  # module attribute: tests replace its functions
 
 PROBE_PREFIX = ".convlstm-write-probe-"
 PROBE_CONNECT_TIMEOUT_S = 3
@@ -147,7 +147,7 @@ def check_cluster_resources(cfg) -> None:
         per_worker["GPU"] = float(s.gpus_per_worker)
 
     largest = None
-    cluster = autoscaler_max_resources()  # None unless an autoscaler published limits
+    cluster = ray_internals.autoscaler_max_resources()  # None unless an autoscaler published limits
     if not cluster:
         cluster = ray.cluster_resources()
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
@@ -188,7 +188,7 @@ def check_storage_shared(storage_path: str, what: str = "run.storage_path") -> N
     if is_shared_storage(storage_path):
         return
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    problem = storage_problem(storage_path, nodes, bool(autoscaler_max_resources()), what)
+    problem = storage_problem(storage_path, nodes, bool(ray_internals.autoscaler_max_resources()), what)
     if problem:
         raise UserError(problem)
 

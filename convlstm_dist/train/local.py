@@ -32,7 +32,7 @@ import torch
 from convlstm_dist.checkpoint import read_checkpoint
 from convlstm_dist.config import Config, build_model_from_config
 from convlstm_dist.errors import UserError
-from convlstm_dist.tracking import mlflow_available
+from convlstm_dist.tracking import ended_on_failure, mlflow_available
 from convlstm_dist.tracking.mlflow_tracker import Tracker
 from convlstm_dist.train.data_pin import log_pin, pin_run
 from convlstm_dist.train.driver import Resolved, resolve
@@ -187,7 +187,7 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
         init = load_init_weights(cfg.train.init_from, res.tracking_uri)
         apply_init_weights(build_model_from_config(cfg), init)
     tracker = _open_tracker(cfg, res, run_name)
-    try:
+    with ended_on_failure(tracker):
         if tracker is not None:
             log_pin(tracker, version)
             if init is not None:
@@ -195,10 +195,6 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
         r = fit(cfg, backend, plan.variable, tracker, FitOptions(engine=engine, fault_nan_at=fault_nan_at(),
                                                                  log_every_s=log_every_s, data_version=version,
                                                                  sources=plan.source_names(), init_weights=init))
-    except BaseException as exc:
-        if tracker is not None:
-            tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
     best = out_dir / "best"
     out = LocalOutcome(run_name, out_dir, best if (best / "checkpoint.pt").exists() else None, r.metrics,
                        history=backend.history, stopped=r.stopped, graph=r.graph, engine=r.engine)

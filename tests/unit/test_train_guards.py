@@ -3,6 +3,8 @@ and the one-line message of a UserError raised inside a Ray Train worker."""
 
 from __future__ import annotations
 
+import contextlib
+
 import ast
 import inspect
 import os
@@ -211,18 +213,18 @@ def test_train_refuses_local_storage_on_a_cluster_before_anything_starts(monkeyp
     """``run_training`` on a 2-node cluster with a local ``run.storage_path``: UserError (exit 2 in the CLI)
     right after joining Ray, before the run's folder is pinned, an MLflow run is opened or a trainer built."""
     from convlstm_dist.config import load_config
-    from convlstm_dist.train import data_pin, driver
+    from convlstm_dist.train import driver
 
     cfg = load_config(str(Path(__file__).resolve().parents[2] / "pipelines" / "radar_smoke.yaml"))
     res = driver.Resolved(tmp_path, "smoke", str(tmp_path / "runs"), None, "smoke")
     monkeypatch.setattr(driver, "preflight", lambda c, w: (res, object()))
-    monkeypatch.setattr(driver, "init_ray", lambda c, r: False)
+    monkeypatch.setattr(driver, "ray_session", lambda *a, **k: contextlib.nullcontext(False))  # "joined" the cluster
     _fake_cluster(monkeypatch, alive=2)
 
     def must_not_run(*a, **k):
         raise AssertionError("reached past the storage guard")
 
-    monkeypatch.setattr(data_pin, "pin_run", must_not_run)
+    monkeypatch.setattr(driver, "pin_run", must_not_run)
     monkeypatch.setattr(driver, "build_trainer", must_not_run)
     with pytest.raises(UserError) as err:
         driver.run_training(cfg, tmp_path, progress=False)
