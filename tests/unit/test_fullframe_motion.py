@@ -1,0 +1,118 @@
+"""The Lagrangian model can take a precomputed motion field (issue 23, item 2), and evaluation gives it
+the same whole-frame field the optical-flow baselines use: estimated once per window on the full
+frame, the scored crop's slice passed to every method."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from convlstm_dist.checkpoint import save_checkpoint
+from convlstm_dist.config import build_model_from_config, load_config
+from convlstm_dist.models import build_model, lagrangian_source_valid
+from convlstm_dist.models.motion import advect, estimate_motion, from_uv
+from convlstm_dist.nowcast.nowcaster import Nowcaster
+from convlstm_dist.verify.baselines import _pysteps_methods, motion_field
+
+ARCH = dict(in_channels=1, hidden=[8, 8], input_kernel=[3, 3], state_kernel=[3, 3], patch=2, height=32, width=32)
+IN_LEN, OUT_LEN = 4, 3
+
+
+def _field(h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    f = torch.nn.functional.avg_pool2d(torch.rand(1, 1, h, w, generator=g), 7, 1, 3)[0, 0]
+    return (f - f.mean()).clamp_min(0) * 10
+
+
+def _moving(field: torch.Tensor, v_rows_cols, steps: int) -> torch.Tensor:
+    H, W = field.shape
+    vel = torch.tensor(v_rows_cols, dtype=torch.float32).view(1, 2, 1, 1).expand(1, 2, H, W)
+    return torch.stack([advect(field[None, None], vel, t)[0, 0] for t in range(steps)])  # (steps, H, W)
+
+
+# ----------------------------------------------------------------------------------- conventions
+@pytest.mark.parametrize("uv", [(2.0, -1.0), (-1.5, 0.75), (0.3, 2.6)])
+def test_pysteps_uv_and_advect_move_a_blob_the_same_way(uv):
+    """pysteps' [u (columns), v (rows)] through ``from_uv`` and ``advect`` carry a blob exactly as
+    pysteps' semi-Lagrangian extrapolation does (same sign, same unit: pixels per step)."""
+    _, extrapolate = _pysteps_methods()
+    f = np.zeros((40, 50))
+    f[12:20, 18:25] = 5.0
+    V = np.zeros((2, 40, 50))
+    V[0], V[1] = uv
+    ps = extrapolate(f, V, 3, outval=0.0)  # (3, H, W)
+    ours = np.stack([advect(torch.tensor(f)[None, None], torch.as_tensor(from_uv(V))[None], k + 1)[0, 0].numpy()
+                     for k in range(3)])
+    np.testing.assert_allclose(ours, ps, atol=1e-5)
+    # and the blob really went where the motion says: centre of mass + 3 * (v rows, u columns)
+    ys, xs = np.mgrid[:40, :50]
+    com = lambda a: np.array([(a * ys).sum() / a.sum(), (a * xs).sum() / a.sum()])  # noqa: E731
+    np.testing.assert_allclose(com(ours[2]) - com(f), [3 * uv[1], 3 * uv[0]], atol=0.05)
+    assert torch.equal(from_uv(torch.as_tensor(V)), torch.as_tensor(from_uv(V)))  # numpy and torch agree
+
+
+def test_lk_on_a_translation_agrees_with_the_model_convention():
+    """``motion_field`` (LK) of a field moving (+1 row, -2 columns) per step, via ``from_uv``, is what
+    ``estimate_motion`` returns for the same frames."""
+    frames = _moving(_field(96, 96, seed=3), (1.0, -2.0), IN_LEN).numpy()
+    lk = from_uv(motion_field(frames))[:, 20:-20, 20:-20]
+    pc = estimate_motion(torch.as_tensor(frames)[None])[0].numpy()
+    np.testing.assert_allclose(np.median(lk, axis=(1, 2)), [1.0, -2.0], atol=0.15)
+    np.testing.assert_allclose(pc[:, 0, 0], [1.0, -2.0], atol=0.15)
+
+
+# ----------------------------------------------------------------------------------- the model
+def test_motion_none_is_the_model_own_estimate_bit_for_bit():
+    torch.manual_seed(0)
+    model = build_model("convlstm", **ARCH, frame="lagrangian")
+    torch.nn.init.normal_(model.output.weight, std=0.1)  # a "trained" model: not just advected persistence
+    x = _moving(_field(32, 32), (1.0, 0.5), IN_LEN)[None, :, None]
+    y0, _ = model(x, OUT_LEN)
+    y1, _ = model(x, OUT_LEN, motion=None)
+    y2, _ = model(x, OUT_LEN, motion=estimate_motion(x[:, :, 0]))
+    assert torch.equal(y0, y1) and torch.equal(y0, y2)
+    valid = torch.ones(1, 32, 32, dtype=torch.bool)
+    assert torch.equal(lagrangian_source_valid(x, valid, OUT_LEN),
+                       lagrangian_source_valid(x, valid, OUT_LEN, estimate_motion(x[:, :, 0])))
+
+
+def test_a_given_motion_is_used():
+    model = build_model("convlstm", **ARCH, frame="lagrangian")  # untrained: advected persistence
+    x = _moving(_field(32, 32), (1.0, 0.5), IN_LEN)[None, :, None]
+    v = torch.zeros(1, 2, 32, 32)
+    v[:, 0], v[:, 1] = -2.0, 3.0  # not the frames' motion
+    y, _ = model(x, OUT_LEN, motion=v)
+    for k in range(OUT_LEN):
+        assert torch.allclose(y[:, k], advect(x[:, -1], v, k + 1), atol=1e-6)
+    assert not torch.allclose(y, model(x, OUT_LEN)[0])
+    src = lagrangian_source_valid(x, torch.ones(1, 32, 32, dtype=torch.bool), OUT_LEN, v)
+    # lead 1 at p comes from p - v = (row + 2, column - 3): no source in the last 2 rows and first 3 columns
+    assert not src[0, 0, -2:].any() and not src[0, 0, :, :3].any() and src[0, 0, :-2, 3:].all()
+    with pytest.raises(ValueError, match="shape"):
+        model(x, OUT_LEN, motion=v[:, :, :16])
+    with pytest.raises(ValueError, match="finite"):
+        model(x, OUT_LEN, motion=v * float("nan"))
+
+
+def _nowcaster(tmp_path, frame="lagrangian"):
+    cfg = load_config(None, ["model.hidden=[4]", "model.input_kernel=3", "model.state_kernel=3", "model.patch=4",
+                             "model.height=16", "model.width=16", f"data.in_len={IN_LEN}", f"data.out_len={OUT_LEN}",
+                             f"model.frame={frame}"])
+    return Nowcaster.load(save_checkpoint(tmp_path / frame, build_model_from_config(cfg), cfg.model_dump(mode="json"),
+                                          "rain_norm"))
+
+
+def test_nowcaster_passes_motion_through_padding_and_refuses_it_for_eulerian(tmp_path):
+    nc = _nowcaster(tmp_path)
+    frames = _moving(_field(50, 62), (1.0, -1.0), IN_LEN).numpy()  # the patch (4) divides neither side
+    v = np.zeros((2, 50, 62), np.float32)
+    v[1] = 2.0  # two columns per step east, not the frames' motion
+    out = nc.predict(frames, OUT_LEN, motion=v)
+    assert np.isnan(out[0, :, :2]).all() and np.isfinite(out[0, :, 2:]).all()  # the inflow border of v
+    np.testing.assert_allclose(out[0, :, 2:], frames[-1][:, :-2], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(np.nan_to_num(out), np.nan_to_num(nc.predict(frames, OUT_LEN)))
+    with pytest.raises(ValueError, match="Lagrangian"):
+        _nowcaster(tmp_path, "eulerian").predict(frames, OUT_LEN, motion=v)
+    with pytest.raises(ValueError, match="shape"):
+        nc.predict(frames, OUT_LEN, motion=v[:, :10])
