@@ -12,7 +12,9 @@ from convlstm_dist.checkpoint import save_checkpoint
 from convlstm_dist.config import build_model_from_config, load_config
 from convlstm_dist.models import build_model, lagrangian_source_valid
 from convlstm_dist.models.motion import advect, estimate_motion, from_uv
+from convlstm_dist.nowcast.evaluation import score_chunk
 from convlstm_dist.nowcast.nowcaster import Nowcaster
+from convlstm_dist.verify import SkillAccumulator, run_baseline
 from convlstm_dist.verify.baselines import _pysteps_methods, motion_field
 
 ARCH = dict(in_channels=1, hidden=[8, 8], input_kernel=[3, 3], state_kernel=[3, 3], patch=2, height=32, width=32)
@@ -116,3 +118,89 @@ def test_nowcaster_passes_motion_through_padding_and_refuses_it_for_eulerian(tmp
         _nowcaster(tmp_path, "eulerian").predict(frames, OUT_LEN, motion=v)
     with pytest.raises(ValueError, match="shape"):
         nc.predict(frames, OUT_LEN, motion=v[:, :10])
+
+
+# ----------------------------------------------------------------------------------- evaluation
+class _Archive:
+    variable = "rain_mmh"
+
+    def __init__(self, frames):
+        self.frames = frames
+
+    def read(self, lo, hi):
+        return self.frames[lo:hi]
+
+    def to_rain_mmh(self, raw):
+        return raw
+
+
+def _showers(h, w, n, seed):
+    rng = np.random.default_rng(seed)
+    big = np.zeros((h, w), np.float32)
+    yy, xx = np.mgrid[-6:7, -6:7]
+    for _ in range(n):
+        y, x = rng.integers(8, h - 8), rng.integers(8, w - 8)
+        big[y - 6:y + 7, x - 6:x + 7] += rng.uniform(3, 10) * np.exp(-(yy ** 2 + xx ** 2) / 5.0)
+    big[big < 0.3] = 0.0
+    return big
+
+
+def _entering(t_len, crop, v=(0.5, 2.0), size=160, sig=6.0):
+    """One textured rain area moving ``v`` (rows, columns) per step whose eastern part has crossed the
+    western border of ``crop`` (y, x, h, w), 20 pixels in at the last input frame (step ``IN_LEN - 1``):
+    inside the crop, the rain is cut by the crop's border."""
+    cy, cx, h, w = crop
+    yy, xx = np.mgrid[:size, :size + 40]
+    ce = cx + 20 - v[1] * (IN_LEN - 1) - 2 * sig  # centre at step 0
+    big = 8 * np.exp(-((yy - (cy + h / 2)) ** 2 / (2 * (2 * sig) ** 2) + (xx - ce) ** 2 / (2 * sig ** 2)))
+    big = big + 0.5 * _showers(size, size + 40, 60, 3) * ((xx < ce + sig) & (xx > ce - 4 * sig))
+    big = np.where(big < 0.3, 0.0, big).astype(np.float32)
+    return np.ascontiguousarray(_moving(torch.from_numpy(big), v, t_len).numpy()[:, :, :size])
+
+
+def _mae(states, method, lead=0):
+    return [r for r in SkillAccumulator.from_state(states[method]).compute() if r["lead_index"] == lead][0]["mae"]
+
+
+def test_crop_model_with_whole_frame_motion_beats_its_crop_only_estimate(tmp_path):
+    """Rain entering a 64 x 64 scored crop across its border: inside the crop the rain is cut by the
+    border, a static edge that biases the crop-only estimate (``estimate_motion`` on the crop: about
+    1.3 instead of 2 pixels per step); the whole frame's Lucas-Kanade field (``motion="shared"``, the
+    default) sees the whole rain area, so the Lagrangian model's lead-1 error is several times lower,
+    and the model (untrained: advected persistence) moves the rain as optical flow does (one field)."""
+    from convlstm_dist.data.transforms import choose_crop
+
+    nc = _nowcaster(tmp_path)
+    h = w = 64
+    cy, cx = choose_crop(np.ones((160, 160), bool), (h, w), np.random.default_rng([0, 0, 0, 0]))  # score_chunk's
+    frames = _entering(IN_LEN + OUT_LEN, (cy, cx, h, w))
+    v_crop = estimate_motion(torch.as_tensor(frames[:IN_LEN, cy:cy + h, cx:cx + w])[None])[0, :, 0, 0]
+    assert abs(v_crop[1] - 2.0) > 0.3, v_crop  # the crop alone: biased by the border
+    v_full = from_uv(motion_field(frames[:IN_LEN]))[:, cy + h // 2, cx + 4]
+    np.testing.assert_allclose(v_full, [0.5, 2.0], atol=0.1)
+    common = dict(in_len=IN_LEN, n_out=OUT_LEN, crop=(h, w), seed=0,
+                  methods=["convlstm", "persistence", "optical_flow"], thresholds=[0.5, 2.0])
+    own = score_chunk(nc, _Archive(frames), np.array([0]), motion="own", **common)
+    shared = score_chunk(nc, _Archive(frames), np.array([0]), **common)
+    mae_own, mae_shared = _mae(own, "convlstm"), _mae(shared, "convlstm")
+    assert mae_shared < 0.3 * mae_own, (mae_shared, mae_own)
+    assert mae_own < _mae(own, "persistence")  # crop-only motion still beats no motion
+    # one field: the model's forecast is optical flow's, up to the two advections' interpolation
+    assert abs(mae_shared - _mae(shared, "optical_flow")) < 0.1 * mae_own, (mae_shared, _mae(shared, "optical_flow"))
+
+
+def test_shared_motion_is_the_baselines_whole_frame_field(tmp_path):
+    """In ``shared`` mode the baselines get exactly the crop's slice of ``motion_field`` on the whole
+    frame's input frames, and with no crop nothing changes for them."""
+    frames = np.maximum(_entering(IN_LEN + OUT_LEN, (20, 30, 48, 48)), _entering(IN_LEN + OUT_LEN, (90, 80, 48, 48)))
+    x_full = frames[None, :IN_LEN]
+    v = motion_field(frames[:IN_LEN])
+    crop = (slice(20, 68), slice(30, 78))
+    expect = run_baseline("optical_flow", x_full[..., crop[0], crop[1]], OUT_LEN, v[None, :, crop[0], crop[1]])
+    got = run_baseline("optical_flow", x_full, OUT_LEN, v[None])[..., crop[0], crop[1]]
+    # away from the crop's border (where the crop's inflow starts), extrapolating the crop with the
+    # whole frame's field is extrapolating the whole frame
+    inner = (Ellipsis, slice(8, -8), slice(8, -8))
+    np.testing.assert_allclose(expect[inner], got[inner], atol=1e-6)
+    np.testing.assert_array_equal(run_baseline("optical_flow", x_full, OUT_LEN),
+                                  run_baseline("optical_flow", x_full, OUT_LEN, v[None]))
