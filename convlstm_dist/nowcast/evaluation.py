@@ -123,6 +123,26 @@ def select_windows(nc, archive, split: str | None = "test", start: str | None = 
     return Selection(np.sort(np.asarray(starts, dtype=np.int64)), in_len, n_out, label, record)
 
 
+def window_motion(inputs: np.ndarray, ys: slice = slice(None), xs: slice = slice(None)) -> np.ndarray:
+    """The window's one motion field (``motion="shared"``): ``verify.baselines.motion_field`` (pysteps
+    LK, pixels per step, ``[u, v]``) of the *whole frame's* input frames ``inputs`` (T_in, H, W), cut to
+    the scored region ``ys, xs`` -> (2, h, w). What the extrapolation baselines take as ``velocity=``;
+    :func:`model_motion` turns it into a model's ``motion=``."""
+    from convlstm_dist.verify.baselines import motion_field
+
+    return motion_field(inputs)[:, ys, xs]
+
+
+def model_motion(nc, velocity: np.ndarray | None) -> np.ndarray | None:
+    """``velocity`` (..., 2, h, w) of :func:`window_motion` as ``Nowcaster.predict*(motion=)``
+    ([rows, columns]) for a Lagrangian model; None for an Eulerian one (it has no motion)."""
+    if velocity is None or getattr(nc, "frame", "eulerian") != "lagrangian":
+        return None
+    from convlstm_dist.models.motion import from_uv
+
+    return from_uv(velocity)
+
+
 def score_chunk(nc, archive, starts, in_len: int, n_out: int, crop, seed: int, methods: list[str],
                 thresholds, motion: str = "shared") -> dict[str, dict]:
     """Score ``methods`` (the model's label first, then baselines) on windows ``starts``: per method the
@@ -131,9 +151,8 @@ def score_chunk(nc, archive, starts, in_len: int, n_out: int, crop, seed: int, m
     of ``MOTION_MODES`` (module docstring)."""
     from convlstm_dist.data.quantity import quantity_of_variable
     from convlstm_dist.data.transforms import choose_crop
-    from convlstm_dist.models.motion import from_uv
     from convlstm_dist.verify import SkillAccumulator, run_baseline
-    from convlstm_dist.verify.baselines import MOTION_BASELINES, motion_field
+    from convlstm_dist.verify.baselines import MOTION_BASELINES
     from convlstm_dist.verify.postprocess import probability_match
 
     if motion not in MOTION_MODES:
@@ -163,14 +182,15 @@ def score_chunk(nc, archive, starts, in_len: int, n_out: int, crop, seed: int, m
             block = rate[a:a + length]
             cy, cx = choose_crop(np.isfinite(block).all(axis=0), (h, w), np.random.default_rng([seed, 0, int(s), 0]))
             if shared:  # once per window, on the whole frame's input frames: (2, H, W) pysteps' [u, v]
-                vs.append(motion_field(block[:in_len])[:, cy:cy + h, cx:cx + w])
+                vs.append(window_motion(block[:in_len], slice(cy, cy + h), slice(cx, cx + w)))
             block = block[:, cy:cy + h, cx:cx + w]
             xs.append(block[:in_len])
             ys.append(block[in_len:])
         x, obs = np.stack(xs), np.stack(ys)
         velocity = np.stack(vs) if shared else None
-        if velocity is not None and lagrangian:
-            fcst = nc.predict_batch(x, n_out, model_variable, motion=from_uv(velocity))
+        motion_of_model = model_motion(nc, velocity)
+        if motion_of_model is not None:
+            fcst = nc.predict_batch(x, n_out, model_variable, motion=motion_of_model)
         else:
             fcst = nc.predict_batch(x, n_out, model_variable)
         fcsts = {methods[0]: fcst}

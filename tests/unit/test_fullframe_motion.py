@@ -204,3 +204,29 @@ def test_shared_motion_is_the_baselines_whole_frame_field(tmp_path):
     np.testing.assert_allclose(expect[inner], got[inner], atol=1e-6)
     np.testing.assert_array_equal(run_baseline("optical_flow", x_full, OUT_LEN),
                                   run_baseline("optical_flow", x_full, OUT_LEN, v[None]))
+
+
+def test_nowcast_of_a_crop_moves_along_the_whole_frame_motion(tmp_path):
+    """``nowcast --crop``: a Lagrangian model forecasts the centred crop along the crop's slice of the
+    whole frame's motion field (as ``evaluate`` scores it); on the whole grid, along its own estimate."""
+    import xarray as xr
+
+    from convlstm_dist.nowcast.run import nowcast_from_archive
+    from synthetic import make_archive
+
+    frames = _entering(IN_LEN + 2, (48, 48, 64, 64))
+    url = tmp_path / "a.zarr"
+    make_archive(url, n=len(frames), h=160, w=160, frames=frames)
+    nc = _nowcaster(tmp_path)
+    ckpt = tmp_path / "lagrangian"
+    got = nowcast_from_archive(str(ckpt), str(url), tmp_path / "crop.zarr", n_out=2, crop=(64, 64), workdir=tmp_path)
+    fc = xr.open_zarr(got.dataset)["rain_mmh"].values[0]
+    inputs = frames[-IN_LEN:]
+    crop = (slice(48, 112), slice(48, 112))
+    want = nc.predict(inputs[:, crop[0], crop[1]], 2, motion=from_uv(motion_field(inputs))[:, crop[0], crop[1]])
+    np.testing.assert_allclose(fc, want, rtol=1e-5, atol=1e-5)
+    own = nc.predict(inputs[:, crop[0], crop[1]], 2)
+    assert not np.allclose(np.nan_to_num(fc), np.nan_to_num(own))
+    full = nowcast_from_archive(str(ckpt), str(url), tmp_path / "full.zarr", n_out=2, workdir=tmp_path)
+    np.testing.assert_allclose(xr.open_zarr(full.dataset)["rain_mmh"].values[0], nc.predict(inputs, 2),
+                               rtol=1e-5, atol=1e-5)
