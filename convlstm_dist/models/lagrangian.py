@@ -16,6 +16,9 @@ field):
 
 Same call contract as :class:`EncoderForecaster` (``model(x, n_out) -> (y, state)``), same
 ``state_dict`` keys; ``state`` continuation is not supported (the motion is re-estimated from ``x``).
+``model(x, n_out, motion=v)`` uses a precomputed motion field instead of step 1 (at evaluation, the
+scored crop's slice of the motion estimated on the whole radar frame, shared with the baselines:
+:func:`convlstm_dist.nowcast.evaluation.score_chunk`).
 Model space must be one where 0 is dry and values add (``rain_norm``), not logits.
 """
 
@@ -37,11 +40,16 @@ class LagrangianForecaster(EncoderForecaster):
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 
-    def forward(self, x: torch.Tensor, n_out: int, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def forward(self, x: torch.Tensor, n_out: int, state: State | None = None,
+                motion: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """``motion`` (B, 2, H, W), optional: a precomputed motion field on ``x``'s grid in pixels per
+        step, :mod:`.motion`'s convention (``[:, 0]`` along rows, ``[:, 1]`` along columns; e.g. a
+        crop's slice of a motion field estimated on the whole radar frame); ``None``: estimated from
+        ``x`` itself (:func:`estimate_motion`)."""
         if state is not None:
             raise ValueError("the Lagrangian forecaster re-estimates motion from x: pass state=None")
         B, T, C, H, W = x.shape
-        v = estimate_motion(x[:, :, 0])  # (B, 2, H, W), from the first channel
+        v = _motion(x, motion)
         aligned = torch.stack([advect(x[:, t], v, T - 1 - t) for t in range(T)], dim=1)
         z, enc_state = super().forward(aligned, n_out)
         z = z + x[:, -1:]  # residual on the last frame, in the moving frame
@@ -49,12 +57,28 @@ class LagrangianForecaster(EncoderForecaster):
         return y, enc_state
 
 
+def _motion(x: torch.Tensor, motion: torch.Tensor | None) -> torch.Tensor:
+    """The motion the forecaster uses for ``x`` (B, T, C, H, W): ``motion`` when given (checked), else
+    estimated from the first channel of ``x``."""
+    if motion is None:
+        return estimate_motion(x[:, :, 0])  # (B, 2, H, W), from the first channel
+    B, _, _, H, W = x.shape
+    motion = torch.as_tensor(motion)
+    if tuple(motion.shape) != (B, 2, H, W):
+        raise ValueError(f"motion must have shape (B, 2, H, W) = {(B, 2, H, W)}, got {tuple(motion.shape)}")
+    if not bool(torch.isfinite(motion).all()):
+        raise ValueError("motion must be finite")
+    return motion.to(device=x.device, dtype=torch.float32)
+
+
 @torch.no_grad()
-def lagrangian_source_valid(x: torch.Tensor, valid: torch.Tensor, n_out: int) -> torch.Tensor:
+def lagrangian_source_valid(x: torch.Tensor, valid: torch.Tensor, n_out: int,
+                            motion: torch.Tensor | None = None) -> torch.Tensor:
     """Where a Lagrangian forecast has an observed source: ``valid`` (B, H, W), the last input frame's
-    coverage, carried ``k + 1`` steps along the motion the forecaster estimates from ``x`` (B, T, C, H, W),
+    coverage, carried ``k + 1`` steps along the motion the forecaster uses for ``x`` (B, T, C, H, W)
+    (``motion`` when given, as :meth:`LagrangianForecaster.forward`, else its estimate from ``x``),
     for lead ``k`` -> (B, n_out, H, W) bool. A pixel whose trajectory starts outside the grid or on
     no-data (bilinear weight of covered pixels < 0.5, as the optical-flow baseline) has none."""
-    v = estimate_motion(x[:, :, 0])  # the same call on the same input as forward(): the same motion
+    v = _motion(x, motion)  # the same call on the same input as forward(): the same motion
     m = valid[:, None].float()
     return torch.cat([advect(m, v, k + 1) >= 0.5 for k in range(int(n_out))], dim=1)

@@ -16,7 +16,9 @@ forecast is carried forward along the motion.
   trajectory starts outside the grid.
 
 Units: ``v`` is in pixels per time step, ``v[:, 0]`` along H (rows), ``v[:, 1]`` along W (columns);
-a feature at ``p`` at step ``t`` is at ``p + v`` at ``t + 1``.
+a feature at ``p`` at step ``t`` is at ``p + v`` at ``t + 1``. pysteps (the optical-flow baselines'
+:func:`convlstm_dist.verify.baselines.motion_field`) orders the components the other way round,
+``[u (columns), v (rows)]``, with the same sign and unit: :func:`from_uv` converts.
 """
 
 from __future__ import annotations
@@ -156,3 +158,14 @@ def advect(field: torch.Tensor, v: torch.Tensor, steps: float) -> torch.Tensor:
     grid = torch.stack([2 * px / max(W - 1, 1) - 1, 2 * py / max(H - 1, 1) - 1], dim=-1)  # (B, H, W, 2): x, y
     out = F.grid_sample(field.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     return out.to(field.dtype)
+
+
+def from_uv(uv):
+    """A motion field in pysteps' convention, ``(..., 2, H, W)`` = ``[u (along columns), v (along rows)]``
+    in pixels per step (numpy or torch), -> this module's ``[along rows, along columns]`` (same sign and
+    unit: pysteps' semi-Lagrangian extrapolation and :func:`advect` then move a field the same way)."""
+    if uv.shape[-3] != 2:
+        raise ValueError(f"motion must have shape (..., 2, H, W), got {tuple(uv.shape)}")
+    if isinstance(uv, torch.Tensor):
+        return uv.flip(-3)
+    return uv[..., ::-1, :, :].copy()

@@ -16,6 +16,13 @@ Contract:
   NaN in the observation is no data (not counted); NaN input is 0 for the model, and the model's
   forecast is NaN where it has no observed source (``nowcaster``: the last frame's coverage, carried
   along the motion for a Lagrangian model), as persistence and optical flow are.
+* **Motion** (``motion="shared"``, the default). One motion field per window, estimated once on the
+  *whole frame* of the archive (the input frames only): the optical-flow baselines' field
+  (``verify.baselines.motion_field``, pysteps Lucas–Kanade). The scored crop's slice of it is the
+  motion of every extrapolation baseline *and* of a Lagrangian model (``Nowcaster.predict_batch(...,
+  motion=)``), so no method's motion is limited to what it sees inside the crop and all share one
+  field. ``motion="own"`` (before 2026-12): every method estimates its motion from the scored crop
+  itself (the baselines with Lucas–Kanade, the Lagrangian model with its phase correlation).
 * **Same pixels.** Every method is scored on one sample: the pixels where the observation is valid
   and *every* method has a forecast. Optical flow and a Lagrangian model have none where their
   trajectory starts outside the grid or coverage (an inflow border that grows with the lead time);
@@ -34,20 +41,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from convlstm_dist.data.quantity import quantity_of_variable
 from convlstm_dist.data.crops import choose_crop
+from convlstm_dist.data.quantity import quantity_of_variable
 from convlstm_dist.data.windows import SplitRule, build_index, gap_free_starts
 from convlstm_dist.errors import UserError
 from convlstm_dist.ray_session import ray_session
 from convlstm_dist.verify import (
     DEFAULT_BASELINES, SkillAccumulator, available_baselines, label_rows, run_baseline, usable_baselines,
 )
+from convlstm_dist.verify.baselines import MOTION_BASELINES, motion_field
 from convlstm_dist.verify.fss import FSSAccumulator
 from convlstm_dist.verify.postprocess import probability_match
 from convlstm_dist.verify.scores import skill_metrics
 from convlstm_dist.vocabulary import FSS_SCALES_KM, FSS_THRESHOLDS_MMH, metric_key
 
 BATCH = 4
+MOTION_MODES = ("shared", "own")  # see the module docstring, "Motion"
 PM_SUFFIX = "_pm"  # method label suffix: the model's forecast after probability matching
 EVAL_SCOPE = "eval"  # metric-name scope of windows chosen by time range, not by a split
 
@@ -124,11 +133,35 @@ def select_windows(nc, archive, split: str | None = "test", start: str | None = 
     return Selection(np.sort(np.asarray(starts, dtype=np.int64)), in_len, n_out, label, record)
 
 
+def window_motion(inputs: np.ndarray, ys: slice = slice(None), xs: slice = slice(None)) -> np.ndarray:
+    """The window's one motion field (``motion="shared"``): ``verify.baselines.motion_field`` (pysteps
+    LK, pixels per step, ``[u, v]``) of the *whole frame's* input frames ``inputs`` (T_in, H, W), cut to
+    the scored region ``ys, xs`` -> (2, h, w). What the extrapolation baselines take as ``velocity=``;
+    :func:`model_motion` turns it into a model's ``motion=``."""
+    return motion_field(inputs)[:, ys, xs]
+
+
+def model_motion(nc, velocity: np.ndarray | None) -> np.ndarray | None:
+    """``velocity`` (..., 2, h, w) of :func:`window_motion` as ``Nowcaster.predict*(motion=)``
+    ([rows, columns]) for a Lagrangian model; None for an Eulerian one (it has no motion)."""
+    if velocity is None or getattr(nc, "frame", "eulerian") != "lagrangian":
+        return None
+    from convlstm_dist.models.motion import from_uv
+
+    return from_uv(velocity)
+
+
 def score_chunk(nc, archive, starts, in_len: int, n_out: int, crop, seed: int, methods: list[str],
-                thresholds) -> dict[str, dict]:
+                thresholds, motion: str = "shared") -> dict[str, dict]:
     """Score ``methods`` (the model's label first, then baselines) on windows ``starts``: per method the
     ``SkillAccumulator`` state, with the FSS accumulator's state under ``"fss"`` (FSS at
-    ``verify.fss.FSS_THRESHOLDS_MMH`` over ``FSS_SCALES_KM``, for rain-rate archives)."""
+    ``vocabulary.FSS_THRESHOLDS_MMH`` over ``FSS_SCALES_KM``, for rain-rate archives). ``motion``: one
+    of ``MOTION_MODES`` (module docstring)."""
+    if motion not in MOTION_MODES:
+        raise ValueError(f"motion must be one of {MOTION_MODES}, got {motion!r}")
+    lagrangian = getattr(nc, "frame", "eulerian") == "lagrangian"
+    shared = motion == "shared" and (lagrangian or any(m in MOTION_BASELINES for m in methods[1:]))
+
     length = in_len + n_out
 
     accs = {m: SkillAccumulator(thresholds, n_out) for m in methods}
@@ -144,22 +177,29 @@ def score_chunk(nc, archive, starts, in_len: int, n_out: int, crop, seed: int, m
         rate = archive.to_rain_mmh(raw) if q.has_rain_rate else raw
         rate = np.where(np.isnan(raw), np.nan, rate).astype(np.float32)  # NaN = no data; -inf dBZ = 0 mm/h
         h, w = crop or raw.shape[1:]
-        xs, ys = [], []
+        xs, ys, vs = [], [], []
         for s in batch:
             a = int(s) - lo
             block = rate[a:a + length]
             cy, cx = choose_crop(np.isfinite(block).all(axis=0), (h, w), np.random.default_rng([seed, 0, int(s), 0]))
+            if shared:  # once per window, on the whole frame's input frames: (2, H, W) pysteps' [u, v]
+                vs.append(window_motion(block[:in_len], slice(cy, cy + h), slice(cx, cx + w)))
             block = block[:, cy:cy + h, cx:cx + w]
             xs.append(block[:in_len])
             ys.append(block[in_len:])
         x, obs = np.stack(xs), np.stack(ys)
-        fcst = nc.predict_batch(x, n_out, model_variable)
+        velocity = np.stack(vs) if shared else None
+        motion_of_model = model_motion(nc, velocity)
+        if motion_of_model is not None:
+            fcst = nc.predict_batch(x, n_out, model_variable, motion=motion_of_model)
+        else:
+            fcst = nc.predict_batch(x, n_out, model_variable)
         fcsts = {methods[0]: fcst}
         for m in methods[1:]:
             if m.endswith(PM_SUFFIX):  # the same forecast, probability-matched to the last input frame
                 fcsts[m] = probability_match(fcst, x[:, -1])
             else:
-                fcsts[m] = run_baseline(m, x, n_out)
+                fcsts[m] = run_baseline(m, x, n_out, velocity)
         # one verification sample: the pixels where every method forecasts (optical flow has none
         # where its trajectory starts outside the grid) and the observation is valid
         common = np.isfinite(obs)
@@ -217,12 +257,16 @@ class Progress:
 
 def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=None,
                    workers: int = 2, ray_address: str | None = None,
-                   probability_matching: bool = False, progress: bool = True) -> tuple[list[dict], dict]:
+                   probability_matching: bool = False, progress: bool = True,
+                   motion: str = "shared") -> tuple[list[dict], dict]:
     """``(labelled rows for every method, record)``; scores merged from one Ray task per chunk.
     ``probability_matching`` adds the method ``<model>_pm`` (:mod:`convlstm_dist.verify.postprocess`);
-    ``progress`` reports finished windows on stderr (:class:`Progress`)."""
+    ``progress`` reports finished windows on stderr (:class:`Progress`); ``motion``: one of
+    ``MOTION_MODES`` (module docstring, "Motion")."""
     import ray
 
+    if motion not in MOTION_MODES:
+        raise UserError(f"motion {motion!r}: expected one of {', '.join(MOTION_MODES)}")
     baselines = DEFAULT_BASELINES if baselines is None else baselines
     unknown = [b for b in baselines if b not in available_baselines()]
     if unknown:
@@ -253,7 +297,7 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=None,
         nc_ref = ray.put(nc)
         chunks = _chunks(sel.starts, workers)
         refs = [task.remote(nc_ref, archive, c, sel.in_len, sel.n_out, crop, nc.config.data.seed, methods,
-                            thresholds) for c in chunks]
+                            thresholds, motion) for c in chunks]
         bar = Progress(len(sel.starts), len(refs), enabled=progress)
         try:
             size = {r: len(c) for r, c in zip(refs, chunks)}
@@ -287,7 +331,9 @@ def run_evaluation(nc, archive, sel: Selection, crop=None, baselines=None,
     record = {**sel.record, "methods": methods, "crop": f"{h}x{w}", "full_grid": crop is None,
               "model_grid": "{}x{}".format(*nc.model_grid(h, w)),
               "archive": archive.url, "variable": archive.variable, "tasks": len(states),
-              "model": nc.source, "quantity": nc.quantity, "lead_step_min": step_min}
+              "model": nc.source, "quantity": nc.quantity, "lead_step_min": step_min,
+              "motion": ("shared: pysteps LK on the whole frame, once per window, for the model and the baselines"
+                         if motion == "shared" else "own: each method estimates motion from the scored crop")}
     return rows, record
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from convlstm_dist.data import quantity_of_variable
 from convlstm_dist.data.crops import choose_crop
+from convlstm_dist.errors import UserError
+from convlstm_dist.nowcast.evaluation import model_motion, window_motion
 from convlstm_dist.verify import flow_row, forecast_figure
 
 
@@ -50,7 +52,9 @@ def physical(archive, raw: np.ndarray) -> np.ndarray:
 def case_figure(path: Path, nc, archive, sel, crop: tuple[int, int] | None = None) -> Path | None:
     """``forecast.png``-style figure of one evaluated window: the one of ``sel.starts`` whose lead
     frames are the wettest (the archive's per-frame ``wet_fraction`` at its lowest threshold), cut
-    as ``evaluate`` cut it (``choose_crop`` seeded by ``(data.seed, t0)``). None without windows."""
+    as ``evaluate`` cut it (``choose_crop`` seeded by ``(data.seed, t0)``), the model and optical flow
+    moving along the whole frame's motion field as ``evaluate`` scored them (``motion="shared"``).
+    None without windows."""
     starts = np.asarray(sel.starts, dtype="int64")
     if not len(starts):
         return None
@@ -60,11 +64,17 @@ def case_figure(path: Path, nc, archive, sel, crop: tuple[int, int] | None = Non
     h, w = crop or block.shape[1:]
     cy, cx = choose_crop(np.isfinite(block).all(axis=0), (h, w), np.random.default_rng([nc.config.data.seed, 0, s, 0]))
     ys, xs = slice(cy, cy + h), slice(cx, cx + w)
+    q = quantity_of_variable(archive.variable)
+    velocity = None
+    if q.has_rain_rate:
+        try:
+            velocity = window_motion(block[:sel.in_len], ys, xs)
+        except UserError:  # no pysteps: each method its own motion, the figure still drawn
+            velocity = None
     block = block[:, ys, xs]
     inputs, observed = block[:sel.in_len], block[sel.in_len:]
-    q = quantity_of_variable(archive.variable)
-    fcst = nc.predict(inputs, sel.n_out, q.physical_variable)
-    flow = flow_row(inputs, sel.n_out, q.has_rain_rate)
+    fcst = nc.predict(inputs, sel.n_out, q.physical_variable, motion=model_motion(nc, velocity))
+    flow = flow_row(inputs, sel.n_out, q.has_rain_rate, velocity)
     x, y = grid_coords(archive, ys, xs)
     t0 = archive.times[s + sel.in_len - 1]
     return forecast_figure(path, inputs=inputs, model=fcst, observed=observed, flow=flow,

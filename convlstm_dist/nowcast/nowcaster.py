@@ -153,19 +153,24 @@ class Nowcaster:
                             "a Moving MNIST model only runs on intensity data and a rain model only on rain/dBZ")
 
     # -- forecasting ------------------------------------------------------------------------
-    def predict_model_range(self, x: np.ndarray, n_out: int, valid: np.ndarray | None = None):
+    def predict_model_range(self, x: np.ndarray, n_out: int, valid: np.ndarray | None = None,
+                            motion: np.ndarray | None = None):
         """``x`` (B, T_in, 1, H, W) in model range, no NaN → (B, n_out, 1, H, W) in model range.
 
         Any ``H x W``: the model runs on :func:`pad_to_patch`'s grid and the forecast is cropped back.
         With ``valid`` (B, H, W), the last input frame's coverage, also returns where each lead has an
-        observed source (B, n_out, H, W) bool: :meth:`source_valid`."""
+        observed source (B, n_out, H, W) bool: :meth:`source_valid`. ``motion`` (B, 2, H, W): a
+        precomputed motion field for a Lagrangian model (:meth:`predict_batch`)."""
         import torch
 
         B, T, C, H, W = x.shape
         self.check_grid(H, W)
+        motion = self._check_motion(motion, B, H, W)
         x = pad_to_patch(x, self.patch)
         if valid is not None:  # the padding is no data
             valid = np.pad(valid, [(0, 0), (0, x.shape[-2] - H), (0, x.shape[-1] - W)], constant_values=False)
+        if motion is not None:  # the padding moves as the grid's edge next to it
+            motion = np.pad(motion, [(0, 0), (0, 0), (0, x.shape[-2] - H), (0, x.shape[-1] - W)], mode="edge")
         # The fast path holds every step's gates of a layer at once (several GB per full radar
         # grid): forward at most ~PIXELS_PER_FORWARD pixels of windows at a time.
         per = max(1, PIXELS_PER_FORWARD // (x.shape[-2] * x.shape[-1]))
@@ -173,10 +178,12 @@ class Nowcaster:
         with torch.inference_mode():
             for i in range(0, B, per):
                 xt = torch.as_tensor(x[i:i + per], dtype=torch.float32, device=self.device)
-                y, _ = self.model(xt, int(n_out))
+                vt = None if motion is None else torch.as_tensor(motion[i:i + per], dtype=torch.float32,
+                                                                  device=self.device)
+                y, _ = self.model(xt, int(n_out)) if vt is None else self.model(xt, int(n_out), motion=vt)
                 out.append(y.float().cpu().numpy()[..., :H, :W])  # crop the padding back off
                 if valid is not None:
-                    masks.append(self._source_valid(xt, valid[i:i + per], int(n_out))[..., :H, :W])
+                    masks.append(self._source_valid(xt, valid[i:i + per], int(n_out), vt)[..., :H, :W])
         y = np.concatenate(out)
         return y if valid is None else (y, np.concatenate(masks))
 
@@ -184,21 +191,39 @@ class Nowcaster:
     def frame(self) -> str:
         return str(getattr(self.config.model, "frame", "eulerian"))
 
-    def _source_valid(self, xt, valid: np.ndarray, n_out: int) -> np.ndarray:
+    def _source_valid(self, xt, valid: np.ndarray, n_out: int, motion=None) -> np.ndarray:
         """Where lead ``k`` has an observed source: the last frame's coverage (Eulerian), or that
-        coverage carried along the model's own motion estimate (Lagrangian frame)."""
+        coverage carried along the motion the model uses (Lagrangian frame: ``motion`` when given,
+        else the model's own estimate)."""
         if self.frame == "lagrangian":
             import torch
 
             from convlstm_dist.models import lagrangian_source_valid
 
-            return lagrangian_source_valid(xt, torch.as_tensor(valid, device=xt.device), n_out).cpu().numpy()
+            return lagrangian_source_valid(xt, torch.as_tensor(valid, device=xt.device), n_out,
+                                           motion).cpu().numpy()
         return np.repeat(valid[:, None], n_out, axis=1)
 
+    def _check_motion(self, motion, B: int, H: int, W: int) -> np.ndarray | None:
+        if motion is None:
+            return None
+        if self.frame != "lagrangian":
+            raise ValueError(f"a motion field is only used by a Lagrangian model (model.frame: lagrangian), "
+                             f"this one is {self.frame}")
+        motion = np.asarray(motion, dtype=np.float32)
+        if motion.shape != (B, 2, H, W):
+            raise ValueError(f"motion must have shape (B, 2, H, W) = {(B, 2, H, W)}, got {motion.shape}")
+        return motion
+
     def predict_batch(self, frames: np.ndarray, n_out: int | None = None, variable: str = "rain_mmh",
-                      to_rain_mmh: Callable | None = None) -> np.ndarray:
+                      to_rain_mmh: Callable | None = None, motion: np.ndarray | None = None) -> np.ndarray:
         """(B, T_in, H, W) physical → (B, n_out, H, W) in mm/h (intensity for Moving MNIST); NaN where
-        the model has no observed source (see the module docstring)."""
+        the model has no observed source (see the module docstring).
+
+        ``motion`` (B, 2, H, W), only for a Lagrangian model: the motion to forecast along instead of
+        the model's own estimate from ``frames``, in pixels per step, ``[along rows, along columns]``
+        (:mod:`convlstm_dist.models.motion`; a pysteps field converts with ``motion.from_uv``) — e.g.
+        the slice of a motion field estimated on the whole radar frame that ``frames`` are a crop of."""
         frames = np.asarray(frames)
         if frames.ndim != 4:
             raise ValueError(f"frames must have shape (B, T_in, H, W), got {frames.shape}")
@@ -213,14 +238,16 @@ class Nowcaster:
         except ValueError as err:
             raise UserError(str(err)) from None
         x = np.where(valid, x, 0.0).astype(np.float32)
-        y, source = self.predict_model_range(x[:, :, None], n_out, valid[:, -1])
+        y, source = self.predict_model_range(x[:, :, None], n_out, valid[:, -1], motion)
         y = np.asarray(self.quantity_spec.from_model(y[:, :, 0]), dtype=np.float32)
         return np.where(source, y, np.float32(np.nan))
 
     def predict(self, frames: np.ndarray, n_out: int | None = None, variable: str = "rain_mmh",
-                to_rain_mmh: Callable | None = None) -> np.ndarray:
-        """(T_in, H, W) physical (NaN = no data) → (n_out, H, W) mm/h; ``n_out`` defaults to the trained out_len."""
+                to_rain_mmh: Callable | None = None, motion: np.ndarray | None = None) -> np.ndarray:
+        """(T_in, H, W) physical (NaN = no data) → (n_out, H, W) mm/h; ``n_out`` defaults to the trained
+        out_len; ``motion`` (2, H, W) as in :meth:`predict_batch`."""
         frames = np.asarray(frames)
         if frames.ndim != 3:
             raise ValueError(f"frames must have shape (T_in, H, W), got {frames.shape}")
-        return self.predict_batch(frames[None], n_out, variable, to_rain_mmh)[0]
+        return self.predict_batch(frames[None], n_out, variable, to_rain_mmh,
+                                  None if motion is None else np.asarray(motion)[None])[0]

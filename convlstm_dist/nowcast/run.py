@@ -8,7 +8,11 @@
 * :func:`nowcast_from_archive` — the ``in_len`` frames up to an analysis time (default the last
   frame), a centred crop, the forecast as a CF dataset (Zarr or NetCDF, local or ``s3://``,
   :mod:`.cf`) + ``forecast.png`` (+ ``forecast.gif``); :func:`nowcast_from_files` the same from the
-  latest raw radar files, decoded by an ingest reader, without an archive.
+  latest raw radar files, decoded by an ingest reader, without an archive. With a crop smaller than
+  the grid, motion as in ``evaluate`` (``motion="shared"``): a Lagrangian model and the figure's
+  optical-flow row move along the crop's slice of the motion field estimated on the whole frame
+  (:func:`.evaluation.window_motion`); on the whole grid each estimates its own, as a hindcast's
+  forecasts do (:mod:`.hindcast`).
 
 A model is anything :meth:`.Nowcaster.load` takes (checkpoint, MLflow URI, registered name);
 ``trust`` allows full unpickling of files written by older versions. ``say`` gets progress lines.
@@ -27,7 +31,9 @@ from convlstm_dist.data import (
 )
 from convlstm_dist.errors import UserError
 from convlstm_dist.nowcast.cf import forecast_dataset, pick_format, write_dataset
-from convlstm_dist.nowcast.evaluation import metrics_from_rows, parse_time, run_evaluation, select_windows
+from convlstm_dist.nowcast.evaluation import (
+    metrics_from_rows, model_motion, parse_time, run_evaluation, select_windows, window_motion,
+)
 from convlstm_dist.nowcast.figures import case_figure, observed_after
 from convlstm_dist.nowcast.nowcaster import Nowcaster
 from convlstm_dist.tracking import check_reachable, log_stamped_run
@@ -219,9 +225,11 @@ def nowcast_from_archive(model: str, archive_url: str, out: str | Path | None = 
     i = analysis_index(archive, at, n_in)
     _, H, W = archive.shape
     ys, xs, crop = _centred(crop, H, W, nc)
-    raw = archive.read(i + 1 - n_in, i + 1, ys, xs)
+    raw = archive.read(i + 1 - n_in, i + 1)  # the whole frame: its motion field
     q = quantity_of_variable(archive.variable)
     frames = np.where(np.isnan(raw), np.nan, archive.to_rain_mmh(raw)) if q.has_rain_rate else raw
+    velocity = _shared_motion(frames, ys, xs, q)
+    frames = frames[:, ys, xs]
     a = archive.attrs
     attrs = {"source_archive": archive.url, "crop_y0": ys.start, "crop_x0": xs.start,
              **{k: a.get(k) for k in ("source", "zr_a", "zr_b", "projection", "pixel_size_m", "attribution")}}
@@ -229,7 +237,7 @@ def nowcast_from_archive(model: str, archive_url: str, out: str | Path | None = 
     observed = observed_after(archive, i, int(n_out or nc.out_len), ys, xs)  # drawn beside the forecast
     return _forecast_products(nc, frames, q.physical_variable, times[i], int(step), archive.y[ys], archive.x[xs],
                               archive.xy_units, a.get("projection"), attrs, n_out, out, fmt, gif, workdir,
-                              endpoint_url, observed, f"{H}x{W} grid of {archive.url}")
+                              endpoint_url, observed, f"{H}x{W} grid of {archive.url}", velocity)
 
 
 def nowcast_from_files(model: str, reader: str, files, out: str | Path | None = None, *,
@@ -246,10 +254,11 @@ def nowcast_from_files(model: str, reader: str, files, out: str | Path | None = 
     nc.check_variable(meta["variable"])
     _, H, W = raw.shape
     ys, xs, crop = _centred(crop, H, W, nc)
-    raw = raw[:, ys, xs]
     q = quantity_of_variable(meta["variable"])
     frames = (np.where(np.isnan(raw), np.nan, to_rain_mmh(raw, meta["variable"], meta["zr_a"], meta["zr_b"]))
               if q.has_rain_rate else raw)
+    velocity = _shared_motion(frames, ys, xs, q)  # on the whole frame
+    frames = frames[:, ys, xs]
     georef = meta["y"] is not None and meta["x"] is not None
     y = np.asarray(meta["y"])[ys] if georef else np.arange(H, dtype="float64")[ys]
     x = np.asarray(meta["x"])[xs] if georef else np.arange(W, dtype="float64")[xs]
@@ -259,7 +268,7 @@ def nowcast_from_files(model: str, reader: str, files, out: str | Path | None = 
              **{k: meta.get(k) for k in ("source", "zr_a", "zr_b", "projection", "pixel_size_m", "attribution")}}
     return _forecast_products(nc, frames, q.physical_variable, meta["times"][-1], int(meta["timestep_s"]), y, x,
                               "m" if georef else "1", meta.get("projection"), attrs, n_out, out, fmt, gif,
-                              workdir, endpoint_url, None, f"{len(files)} {reader} file(s)")
+                              workdir, endpoint_url, None, f"{len(files)} {reader} file(s)", velocity)
 
 
 def _centred(crop, H: int, W: int, nc):
@@ -274,17 +283,32 @@ def _centred(crop, H: int, W: int, nc):
     return slice(y0, y0 + crop[0]), slice(x0, x0 + crop[1]), crop
 
 
+def _shared_motion(frames, ys: slice, xs: slice, q):
+    """:func:`.evaluation.window_motion` of the whole ``frames``, cut to the crop ``ys, xs``; None (each
+    method then estimates its own motion, from the frames it forecasts) when the crop is the whole
+    grid, for a quantity that is no rain rate, or without pysteps."""
+    H, W = frames.shape[-2:]
+    if not q.has_rain_rate or (ys.indices(H)[:2], xs.indices(W)[:2]) == ((0, H), (0, W)):
+        return None
+    try:
+        return window_motion(frames, ys, xs)
+    except UserError:
+        return None
+
+
 def _forecast_products(nc, frames, variable: str, analysis_time, step: int, y, x, xy_units: str, projection,
                        attrs: dict, n_out, out, fmt, gif: bool, workdir, endpoint_url, observed=None,
-                       where: str = "") -> Forecast:
+                       where: str = "", velocity=None) -> Forecast:
     """Forecast, write the CF dataset (:mod:`.cf`) and the figures (``verify.figures``: the inputs,
     ``observed`` frames after the analysis time when known, the model and optical flow per lead);
-    the :class:`Forecast` record."""
+    the :class:`Forecast` record. ``velocity`` (2, h, w): the motion of the model (Lagrangian) and
+    of the optical-flow row (:func:`_shared_motion`)."""
     import numpy as np
 
     n_out = int(n_out or nc.out_len)
     url, fmt, stem = forecast_paths(out, fmt, workdir)
-    fcst = nc.predict(frames, n_out, variable)
+
+    fcst = nc.predict(frames, n_out, variable, motion=model_motion(nc, velocity))
     attrs = {"convlstm_dist_forecast": 1, "model": nc.source, "in_len": nc.in_len, "timestep_s": int(step),
              "analysis_time": str(analysis_time), **attrs}
     ds, note = forecast_dataset(fcst[None], [analysis_time], step, y, x, variable=variable, xy_units=xy_units,
@@ -292,7 +316,7 @@ def _forecast_products(nc, frames, variable: str, analysis_time, step: int, y, x
     write_dataset(ds, url, fmt, variable, storage_options_for(url, endpoint_url), scratch=Path(workdir) / "tmp")
     stem.parent.mkdir(parents=True, exist_ok=True)
     q = quantity_of_variable(variable)
-    flow = flow_row(frames, n_out, q.has_rain_rate)
+    flow = flow_row(frames, n_out, q.has_rain_rate, velocity)
     x_m, y_m = (x, y) if xy_units == "m" else (None, None)
     title = f"{nc.name} nowcast from {analysis_time} UTC" + (f", {where}" if where else "")
     png = forecast_figure(stem.with_suffix(".png"), inputs=frames, model=fcst, observed=observed, flow=flow,

@@ -21,7 +21,8 @@ imports nothing above ``data/`` (the experiments that train and score are in ``e
 from convlstm_dist.lazy import lazy_exports
 
 _PUBLIC = {
-    "baselines": ["DEFAULT_BASELINES", "available_baselines", "get_baseline", "run_baseline", "usable_baselines"],
+    "baselines": ["DEFAULT_BASELINES", "MOTION_BASELINES", "available_baselines", "get_baseline", "motion_field",
+                  "run_baseline", "usable_baselines"],
     "fss": ["FSSAccumulator", "fss_key"],
     "figures": ["build_forecast_figure", "colour_scale", "flow_row", "forecast_figure", "forecast_gif"],
     "pooled": ["EVENT_COLUMNS", "POOLED_COLUMNS", "fss_markdown_table", "markdown_table", "pool_rows"],

@@ -5,9 +5,12 @@ Every baseline has one signature::
 
     baseline(frames_mmh: np.ndarray (T_in, H, W), n_out: int) -> np.ndarray (n_out, H, W)
 
-in rain rate mm/h, float64. Look one up with :func:`get_baseline` (an unknown name raises
-:class:`~convlstm_dist.errors.UserError` listing the valid ones); run one over a batch
-``(B, T_in, H, W)`` with :func:`run_baseline`.
+in rain rate mm/h, float64; the extrapolation baselines (``MOTION_BASELINES``) also take
+``velocity=`` (2, H, W), a precomputed motion field in pysteps' convention, instead of estimating
+it from ``frames_mmh`` (at evaluation: the scored crop's slice of the field estimated once per window
+on the whole frame, :func:`motion_field`, shared with a Lagrangian model). Look one up with
+:func:`get_baseline` (an unknown name raises :class:`~convlstm_dist.errors.UserError` listing the
+valid ones); run one over a batch ``(B, T_in, H, W)`` with :func:`run_baseline`.
 
 No data (NaN):
 
@@ -37,6 +40,7 @@ N_MOTION_FRAMES = 3
 
 # What evaluate and skill-report run unless told otherwise, and the input frames each one needs.
 DEFAULT_BASELINES = ("persistence", "optical_flow", "sprog", "anvil")
+MOTION_BASELINES = ("optical_flow", "sprog", "anvil")  # the ones that take velocity=
 MIN_INPUT_FRAMES = {"persistence": 1, "optical_flow": 2, "sprog": 3, "anvil": 4}
 
 
@@ -88,7 +92,7 @@ def persistence(frames_mmh: np.ndarray, n_out: int) -> np.ndarray:
 
 
 @register("optical_flow")
-def optical_flow(frames_mmh: np.ndarray, n_out: int) -> np.ndarray:
+def optical_flow(frames_mmh: np.ndarray, n_out: int, velocity: np.ndarray | None = None) -> np.ndarray:
     """Lucas–Kanade motion + semi-Lagrangian backward extrapolation of the last frame (pysteps).
 
     Motion: :func:`motion_field` (``pysteps.motion.get_method("LK")``, OpenCV's pyramidal
@@ -103,7 +107,7 @@ def optical_flow(frames_mmh: np.ndarray, n_out: int) -> np.ndarray:
     if frames.shape[0] < 2:
         raise ValueError("optical_flow needs at least 2 input frames to estimate motion")
     _, extrapolate = _pysteps_methods()
-    velocity = motion_field(frames)
+    velocity = _velocity(frames, velocity)
     filled = np.where(np.isfinite(frames), frames, 0.0)
     rain = extrapolate(filled[-1], velocity, int(n_out), outval=np.nan)
     return _mask_sources(np.clip(rain, 0.0, None), frames, velocity, n_out)  # clip guards round-off
@@ -115,7 +119,7 @@ _DB_ZERO = -15.0
 
 
 @register("sprog")
-def sprog(frames_mmh: np.ndarray, n_out: int) -> np.ndarray:
+def sprog(frames_mmh: np.ndarray, n_out: int, velocity: np.ndarray | None = None) -> np.ndarray:
     """S-PROG (Seed 2003), pysteps' deterministic cascade nowcast (``pysteps.nowcasts.sprog``).
 
     The same motion as ``optical_flow`` (:func:`motion_field` on the same frames); the rain rate is
@@ -126,7 +130,7 @@ def sprog(frames_mmh: np.ndarray, n_out: int) -> np.ndarray:
     if frames.shape[0] < 3:
         raise ValueError("sprog needs at least 3 input frames (AR order 2)")
     nowcast = _pysteps_nowcast("sprog")
-    velocity = motion_field(frames)
+    velocity = _velocity(frames, velocity)
     db = _to_db(frames[-3:])
     if np.all(db <= _DB_ZERO):  # no rain anywhere: pysteps' cascade is undefined
         out = np.zeros((int(n_out), *frames.shape[1:]))
@@ -139,7 +143,7 @@ def sprog(frames_mmh: np.ndarray, n_out: int) -> np.ndarray:
 
 
 @register("anvil")
-def anvil(frames_mmh: np.ndarray, n_out: int) -> np.ndarray:
+def anvil(frames_mmh: np.ndarray, n_out: int, velocity: np.ndarray | None = None) -> np.ndarray:
     """ANVIL (Pulkkinen et al. 2020), pysteps' autoregressive nowcast with growth and decay
     (``pysteps.nowcasts.anvil``) applied to the rain rate itself (no VIL), AR(2) on the last four
     frames, with the same motion as ``optical_flow``. No data as in ``optical_flow``."""
@@ -147,7 +151,7 @@ def anvil(frames_mmh: np.ndarray, n_out: int) -> np.ndarray:
     if frames.shape[0] < 4:
         raise ValueError("anvil needs at least 4 input frames (AR order 2)")
     nowcast = _pysteps_nowcast("anvil")
-    velocity = motion_field(frames)
+    velocity = _velocity(frames, velocity)
     filled = np.where(np.isfinite(frames[-4:]), frames[-4:], 0.0)
     if not np.any(filled > 0):
         out = np.zeros((int(n_out), *frames.shape[1:]))
@@ -160,6 +164,16 @@ def anvil(frames_mmh: np.ndarray, n_out: int) -> np.ndarray:
 
 
 _MOTION_CACHE: dict = {}
+
+
+def _velocity(frames: np.ndarray, velocity: np.ndarray | None) -> np.ndarray:
+    """``velocity`` when given (checked: (2, H, W) on the frames' grid, NaN as 0), else :func:`motion_field`."""
+    if velocity is None:
+        return motion_field(frames)
+    velocity = np.asarray(velocity, dtype=np.float64)
+    if velocity.shape != (2, *frames.shape[1:]):
+        raise ValueError(f"velocity must have shape (2, H, W) = {(2, *frames.shape[1:])}, got {velocity.shape}")
+    return np.where(np.isfinite(velocity), velocity, 0.0)
 
 
 def motion_field(frames: np.ndarray) -> np.ndarray:
@@ -227,8 +241,14 @@ def _pysteps_nowcast(name: str):
     return nowcasts.get_method(name)
 
 
-def run_baseline(name: str, batch_mmh, n_out: int) -> np.ndarray:
-    """Run baseline ``name`` on every sample of ``(B, T_in, H, W)`` → ``(B, n_out, H, W)``."""
+def run_baseline(name: str, batch_mmh, n_out: int, velocity: np.ndarray | None = None) -> np.ndarray:
+    """Run baseline ``name`` on every sample of ``(B, T_in, H, W)`` → ``(B, n_out, H, W)``; ``velocity``
+    (B, 2, H, W), pysteps' convention, is each sample's motion for the ``MOTION_BASELINES`` (ignored by
+    the others, which use no motion)."""
     fn = get_baseline(name)
     batch = as_bthw(batch_mmh, "batch_mmh")
-    return np.stack([fn(sample, n_out) for sample in batch], axis=0)
+    if velocity is None or name not in MOTION_BASELINES:
+        return np.stack([fn(sample, n_out) for sample in batch], axis=0)
+    if len(velocity) != len(batch):
+        raise ValueError(f"velocity has {len(velocity)} samples, the batch {len(batch)}")
+    return np.stack([fn(sample, n_out, velocity=v) for sample, v in zip(batch, velocity)], axis=0)

@@ -46,15 +46,17 @@ class Scale:
     rain: bool
 
 
-def flow_row(inputs: np.ndarray, n_out: int, has_rain_rate: bool = True) -> np.ndarray | None:
+def flow_row(inputs: np.ndarray, n_out: int, has_rain_rate: bool = True,
+             velocity: np.ndarray | None = None) -> np.ndarray | None:
     """The optical-flow row of a forecast figure (``verify.baselines.optical_flow`` of the same
-    inputs), or None: for a quantity that is no rain rate, or where pysteps/OpenCV are missing (a
-    figure is drawn without that row rather than failing the command that draws it)."""
+    inputs, along ``velocity`` (2, H, W) when given), or None: for a quantity that is no rain rate, or
+    where pysteps/OpenCV are missing (a figure is drawn without that row rather than failing the
+    command that draws it)."""
     if not has_rain_rate:
         return None
 
     try:
-        return get_baseline("optical_flow")(inputs, n_out)
+        return get_baseline("optical_flow")(inputs, n_out, velocity=velocity)
     except UserError:
         return None
 

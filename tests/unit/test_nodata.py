@@ -94,7 +94,13 @@ def test_scoring_leaves_out_pixels_without_a_source(tmp_path, frame):
     thr = (0.5, 2.0)
     states = score_chunk(nc, open_archive(str(url)), np.array([0]), IN_LEN, OUT_LEN, None, 0,
                          [nc.config.model.kind, "persistence"], thr)
-    fc = nc.predict(frames[:IN_LEN], OUT_LEN)
+    motion = None
+    if frame == "lagrangian":  # evaluate's model moves along the whole frame's optical-flow field (motion="shared")
+        from convlstm_dist.models.motion import from_uv
+        from convlstm_dist.verify.baselines import motion_field
+
+        motion = from_uv(motion_field(frames[:IN_LEN]))
+    fc = nc.predict(frames[:IN_LEN], OUT_LEN, motion=motion)
     obs = frames[IN_LEN:]
     n_model = SkillAccumulator.from_state(states["convlstm"]).compute()
     n_pers = SkillAccumulator.from_state(states["persistence"]).compute()
