@@ -77,8 +77,7 @@ def hko7_weights(rain_mmh):
     """The one HKO-7 weight function: 1, 2, 5, 10, 30 for rain below 2, [2,5), [5,10), [10,30), >= 30 mm/h.
 
     ``rain_mmh`` is a torch tensor (weights of its dtype, on its device: the balanced losses and
-    validation during training) or a numpy array (float64 weights: ``evaluate``'s scores, where
-    ``verify.scores.bmse_weights`` is this function). NaN rain gets weight 1 (those pixels are masked anyway)."""
+    validation during training) or a numpy array (float64 weights: ``evaluate``'s scores). NaN rain gets weight 1 (those pixels are masked anyway)."""
     if isinstance(rain_mmh, torch.Tensor):
         w = torch.full_like(rain_mmh, HKO7_WEIGHTS[0])
         for thr, wt in zip(HKO7_THRESHOLDS_MMH, HKO7_WEIGHTS[1:]):

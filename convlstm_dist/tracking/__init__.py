@@ -17,7 +17,8 @@ def mlflow_available() -> bool:
 
 
 _PUBLIC = {
-    "mlflow_tracker": ["Tracker", "check_reachable", "ended_on_failure", "log_stamped_run"],
+    "mlflow_tracker": ["Tracker", "check_reachable"],
+    "runs": ["ended_on_failure", "log_stamped_run"],
     "models": ["load_mlflow_model"],
     "outbox": ["upload_command", "upload_outbox", "write_outbox"],
     "server": ["MlflowServer"],

@@ -27,7 +27,7 @@ _PUBLIC = {
     "figures": ["build_forecast_figure", "colour_scale", "flow_row", "forecast_figure", "forecast_gif"],
     "pooled": ["EVENT_COLUMNS", "POOLED_COLUMNS", "fss_markdown_table", "markdown_table", "pool_rows"],
     "postprocess": ["probability_match"],
-    "scores": ["SkillAccumulator", "bmse_weights", "skill_metrics"],
+    "scores": ["SkillAccumulator", "skill_metrics"],
     "table": ["CSV_COLUMNS", "format_table", "label_rows", "plot_skill", "write_csv"],
 }
 __all__ = [name for names in _PUBLIC.values() for name in names]

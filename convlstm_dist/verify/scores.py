@@ -61,13 +61,6 @@ _SUMS = ("n", "sum_se", "sum_ae", "sum_wse", "sum_x", "sum_y", "sum_xx", "sum_yy
 ROW_KEYS = ("lead_index", "threshold_mmh", "csi", "pod", "far", "hss", "mse", "mae", "bmse", "corr", "n") + _COUNTS
 _MAX_CHUNK = 1 << 24  # elements per counting pass (leads are counted in chunks below this size)
 
-def bmse_weights(obs_mmh: np.ndarray) -> np.ndarray:
-    """HKO-7 balancing weights (NaN gets weight 1): ``models.losses.hko7_weights``, the one weight
-    function, for numpy input (float64 out); imported on use, so that this module stays torch-free."""
-    from convlstm_dist.models.losses import hko7_weights
-
-    return hko7_weights(np.asarray(obs_mmh))
-
 
 def skill_metrics(rows: Sequence[dict], scope: str, method: str | None = None) -> dict[str, float]:
     """Scores of one method pooled over its lead times, from its :meth:`SkillAccumulator.compute`

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from convlstm_dist.verify.scores import ROW_KEYS, SkillAccumulator, bmse_weights
+from convlstm_dist.models.losses import hko7_weights as bmse_weights  # numpy in, float64 weights out
+from convlstm_dist.verify.scores import ROW_KEYS, SkillAccumulator
 
 NAN = float("nan")
 # One sample, one lead, 2 x 4 pixels (mm/h). Counts below are written out by hand.
