@@ -68,10 +68,6 @@ class MultiMemorySplit:
 
         return sum(units_per_epoch(n, w) for n, w in zip(self._sizes(), self.weights))
 
-    @property
-    def n_unique_windows(self) -> int:
-        return sum(self._sizes())
-
     def batches(self, batch_size: int, seed: int, epoch: int, shuffle: bool, cpw: int = 1,
                 augment: bool = False, drop_last: bool = False, shard: tuple[int, int] = (0, 1)):
         """Numpy batches (compact rows of ``cut_windows`` plus ``src``). Training (``shuffle``): weighted
