@@ -160,7 +160,7 @@ def _table(ref):
     return t
 
 
-def _read_task_fn(table_ref, slot, in_len, out_len, crop, seed, shuffle, clock_name, fixed_epoch, cpw,
+def _read_task_fn(table_ref, slot, in_len, out_len, crop, seed, shuffle, clock_name, fixed_epoch, crops_per_window,
                   augment=False, compact=False, max_rows=None, read_retries=DEFAULT_READ_RETRIES, notes_name=None):
     """Read task ``slot``: at run time it looks up the epoch, draws the epoch's units (task groups of
     every archive, weighted; :mod:`convlstm_dist.data.mix`) and streams unit number ``slot``'s rows.
@@ -192,8 +192,8 @@ def _read_task_fn(table_ref, slot, in_len, out_len, crop, seed, shuffle, clock_n
 
             return read_with_retries(read, f"frames {lo}..{hi - 1} of {archive.url}", read_retries, notes_name)
 
-        for batch in iter_windows(src["archive"], starts, in_len, out_len, crop, seed, epoch, cpw, augment,
-                                  compact, draw_offset=r * cpw, max_rows=max_rows[i], load=load):
+        for batch in iter_windows(src["archive"], starts, in_len, out_len, crop, seed, epoch, crops_per_window, augment,
+                                  compact, draw_offset=r * crops_per_window, max_rows=max_rows[i], load=load):
             batch["src"] = np.full(len(batch["t0"]), i, dtype=np.int16)
             yield BlockAccessor.batch_to_block(batch)
 
@@ -236,7 +236,7 @@ class WindowDatasource(Datasource):
         self.crop = crop
         self.seed, self.shuffle = seed, shuffle
         self.clock_name, self.fixed_epoch = clock_name, fixed_epoch
-        self.cpw = crops_per_window
+        self.crops_per_window = crops_per_window
         self._row_bytes = []
         for a, _, _ in self.sources:
             _, H, W = a.shape
@@ -251,13 +251,13 @@ class WindowDatasource(Datasource):
 
     def out_block_bytes(self) -> int:
         """The largest block a read task emits (bytes; rows of at most one time chunk and OUT_BLOCK_BYTES)."""
-        return int(max(min(m, a.time_chunk * self.cpw) * rb
+        return int(max(min(m, a.time_chunk * self.crops_per_window) * rb
                        for m, rb, (a, _, _) in zip(self.max_rows, self._row_bytes, self.sources)))
 
     def task_out_bytes(self) -> int:
         """The rows (bytes) of the largest read task: what one task puts into the object store in all."""
-        return int(max((len(g) * self.cpw * rb for (_, gs, _), rb in zip(self.sources, self._row_bytes) for g in gs),
-                       default=0))
+        return int(max((len(g) * self.crops_per_window * rb
+                        for (_, gs, _), rb in zip(self.sources, self._row_bytes) for g in gs), default=0))
 
     def _units(self):
         from convlstm_dist.data.mix import epoch_units
@@ -279,11 +279,12 @@ class WindowDatasource(Datasource):
         return self._table_ref
 
     def estimate_inmemory_data_size(self) -> int:
-        return int(sum(len(self.sources[i][1][g]) * self.cpw * self._row_bytes[i] for i, g, _ in self._units()))
+        return int(sum(len(self.sources[i][1][g]) * self.crops_per_window * self._row_bytes[i]
+                       for i, g, _ in self._units()))
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
         units = self._units()
-        rows_of = [len(self.sources[i][1][g]) * self.cpw for i, g, _ in units]
+        rows_of = [len(self.sources[i][1][g]) * self.crops_per_window for i, g, _ in units]
         mean_rows = int(np.mean(rows_of)) if rows_of else 0
         row_bytes = int(np.mean([self._row_bytes[i] for i, _, _ in units])) if len(units) else 0
         ref = self._table()
@@ -292,8 +293,8 @@ class WindowDatasource(Datasource):
             rows = rows_of[slot] if not self.shuffle else mean_rows
             meta = BlockMetadata(num_rows=rows, size_bytes=rows * row_bytes, input_files=None, exec_stats=None)
             fn = _read_task_fn(ref, slot, self.in_len, self.out_len, self.crop, self.seed, self.shuffle,
-                               self.clock_name, self.fixed_epoch, self.cpw, self.augment, self.compact, self.max_rows,
-                               self.read_retries, self.notes_name)
+                               self.clock_name, self.fixed_epoch, self.crops_per_window, self.augment, self.compact,
+                               self.max_rows, self.read_retries, self.notes_name)
             tasks.append(ReadTask(fn, meta, per_task_row_limit=per_task_row_limit))
         return tasks
 

@@ -103,12 +103,14 @@ def _meta(**kw) -> dict:
     return {k: kw.get(k) for k in METADATA_KEYS}
 
 
-def _s(v) -> str:
+def _as_str(v) -> str:
+    """An HDF5 attribute (scalar or one-element array, bytes or text) as text."""
     v = np.asarray(v).ravel()[0] if np.ndim(v) else v
     return v.decode() if isinstance(v, (bytes, np.bytes_)) else str(v)
 
 
-def _f(v) -> float:
+def _as_float(v) -> float:
+    """An HDF5 attribute (scalar or one-element array) as a float."""
     return float(np.asarray(v).ravel()[0])
 
 
@@ -125,22 +127,22 @@ def read_knmi_hdf5(path: Path):
     with h5py.File(path, "r") as f:
         pv = f["image1/image_data"][:]
         cal = f["image1/calibration"].attrs
-        m = re.match(r"GEO\s*=\s*([-+0-9.eE]+)\s*\*\s*PV\s*([-+]\s*[0-9.eE]+)?", _s(cal["calibration_formulas"]))
+        m = re.match(r"GEO\s*=\s*([-+0-9.eE]+)\s*\*\s*PV\s*([-+]\s*[0-9.eE]+)?", _as_str(cal["calibration_formulas"]))
         if not m:
-            raise ValueError(f"unsupported calibration formula {_s(cal['calibration_formulas'])!r}")
+            raise ValueError(f"unsupported calibration formula {_as_str(cal['calibration_formulas'])!r}")
         gain = float(m.group(1))
         offset = float(m.group(2).replace(" ", "")) if m.group(2) else 0.0
-        missing = {int(_f(cal[k])) for k in ("calibration_missing_data", "calibration_out_of_image") if k in cal}
-        param = _s(f["image1"].attrs.get("image_geo_parameter", b""))
+        missing = {int(_as_float(cal[k])) for k in ("calibration_missing_data", "calibration_out_of_image") if k in cal}
+        param = _as_str(f["image1"].attrs.get("image_geo_parameter", b""))
         if "PRECIPITATION" not in param or "MM" not in param:
             raise ValueError(f"expected an accumulation in mm, got {param!r}")
         ov = f["overview"].attrs
-        t_end = _knmi_time(_s(ov["product_datetime_end"]))
-        t_start = _knmi_time(_s(ov["product_datetime_start"]))
+        t_end = _knmi_time(_as_str(ov["product_datetime_end"]))
+        t_start = _knmi_time(_as_str(ov["product_datetime_start"]))
         geo = f["geographic"].attrs
-        proj4 = _s(f["geographic/map_projection"].attrs["projection_proj4_params"])
-        dx, dy = _f(geo["geo_pixel_size_x"]), _f(geo["geo_pixel_size_y"])
-        col0, row0 = _f(geo["geo_column_offset"]), _f(geo["geo_row_offset"])
+        proj4 = _as_str(f["geographic/map_projection"].attrs["projection_proj4_params"])
+        dx, dy = _as_float(geo["geo_pixel_size_x"]), _as_float(geo["geo_pixel_size_y"])
+        col0, row0 = _as_float(geo["geo_column_offset"]), _as_float(geo["geo_row_offset"])
     accum_s = int((t_end - t_start) / np.timedelta64(1, "s"))
     if accum_s <= 0:
         raise ValueError(f"accumulation period {t_start}..{t_end} is not positive")
@@ -229,16 +231,16 @@ def read_odim_hdf5(path: Path):
         top = dict(f["what"].attrs) if "what" in f else {}
         where = dict(f["where"].attrs) if "where" in f else {}
         how = dict(f["how"].attrs) if "how" in f else {}
-    qty = _s(what.get("quantity", b""))
+    qty = _as_str(what.get("quantity", b""))
     if qty not in ODIM_QUANTITIES:
         raise ValueError(f"quantity {qty!r} not supported; supported: {sorted(ODIM_QUANTITIES)}")
     variable, units = ODIM_QUANTITIES[qty]
-    gain, offset = _f(what.get("gain", 1.0)), _f(what.get("offset", 0.0))
+    gain, offset = _as_float(what.get("gain", 1.0)), _as_float(what.get("offset", 0.0))
     vals = (raw.astype(np.float64) * gain + offset)
     if "undetect" in what:
-        vals[raw == _f(what["undetect"])] = 0.0 if variable == "rain_mmh" else UNDETECT_DBZ
+        vals[raw == _as_float(what["undetect"])] = 0.0 if variable == "rain_mmh" else UNDETECT_DBZ
     if "nodata" in what:
-        vals[raw == _f(what["nodata"])] = np.nan
+        vals[raw == _as_float(what["nodata"])] = np.nan
     # Valid time = the product's nominal time, root `what/date` + `what/time` (15:50:00 for a 5-min
     # composite of scans 15:49:08..15:49:27; 18:00:00 for an OPERA composite of scans 17:50..18:05).
     # `dataset1/what` start/end date/time give the span of the scans that went into the product:
@@ -247,19 +249,19 @@ def read_odim_hdf5(path: Path):
     # The file gives no time step: timestep_s is None and ingest takes the step from the spacing of
     # the frames (or from the archive it appends to).
     if "date" in top and "time" in top:
-        date, time = _s(top["date"]), _s(top["time"])
+        date, time = _as_str(top["date"]), _as_str(top["time"])
     elif "enddate" in what and "endtime" in what:
-        date, time = _s(what["enddate"]), _s(what["endtime"])
+        date, time = _as_str(what["enddate"]), _as_str(what["endtime"])
     else:
         raise ValueError("no nominal time (what/date, what/time) and no dataset1/what enddate/endtime")
     t = np.datetime64(dt.datetime.strptime(date + time, "%Y%m%d%H%M%S"), "s")
-    xs, ys = _f(where.get("xscale", np.nan)), _f(where.get("yscale", np.nan))
-    zr_a = _f(how["zr_a"]) if "zr_a" in how else (200.0 if variable == "refl_dbz" else None)
-    zr_b = _f(how["zr_b"]) if "zr_b" in how else (1.6 if variable == "refl_dbz" else None)
+    xs, ys = _as_float(where.get("xscale", np.nan)), _as_float(where.get("yscale", np.nan))
+    zr_a = _as_float(how["zr_a"]) if "zr_a" in how else (200.0 if variable == "refl_dbz" else None)
+    zr_b = _as_float(how["zr_b"]) if "zr_b" in how else (1.6 if variable == "refl_dbz" else None)
     return vals.astype(np.float32), _meta(
         time=t, variable=variable, units=units, zr_a=zr_a, zr_b=zr_b,
-        projection=_s(where.get("projdef", b"")), pixel_size_m=None if np.isnan(xs) else (xs + ys) / 2,
-        timestep_s=None, source=_s(top.get("source", b"ODIM")), shape=raw.shape, y=None, x=None)
+        projection=_as_str(where.get("projdef", b"")), pixel_size_m=None if np.isnan(xs) else (xs + ys) / 2,
+        timestep_s=None, source=_as_str(top.get("source", b"ODIM")), shape=raw.shape, y=None, x=None)
 
 
 # ---------------------------------------------------------------- any pysteps importer
