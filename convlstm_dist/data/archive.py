@@ -15,6 +15,13 @@ then statistics, then the `time` coordinate, then consolidated metadata, the one
 The length of `time` *in the consolidated metadata* is authoritative (`committed_length`);
 `Archive` never reads beyond it, and the next append starts there, overwriting any tail left by
 a crashed write. Writers hold `data.lock.writer_lock`, so only one appends at a time. `Archive` is read-only and picklable (only url + storage_options travel).
+
+Why this module is over 400 lines: it is the archive format in code, both of its sides. The
+writers (`create_archive`, `append_frames` with its commit order and fault points, `consolidate`,
+`committed_length`) and the reader (`Archive`) share the layout above, its constants, the Zarr
+options and `GridSpec`, and change together when the format does; ingest, Moving MNIST, the
+tests and the benchmarks import both sides from here. Split in two, each half would import the
+shared part from a third module and this one would only re-export them.
 """
 
 from __future__ import annotations
