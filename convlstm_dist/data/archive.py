@@ -35,6 +35,7 @@ import numpy as np
 from convlstm_dist.data import units as U
 from convlstm_dist.data.quantity import quantity_of_variable
 from convlstm_dist.data.storage import exists, is_remote, storage_error, with_fast_fail
+from convlstm_dist.data.verify import DamagedArchiveError, find_damaged, is_storage_error
 from convlstm_dist.errors import UserError
 
 FORMAT_VERSION = 1
@@ -396,8 +397,6 @@ class Archive:
         try:
             out = arr[t_start:t_stop, y, x]
         except Exception as exc:  # noqa: BLE001 - translated for the user
-            from convlstm_dist.data.verify import DamagedArchiveError, find_damaged, is_storage_error
-
             if not is_storage_error(exc):  # a codec error: which chunk, which times?
                 try:
                     damaged = find_damaged(self, t_start, t_stop)

@@ -31,6 +31,7 @@ archive (``convlstm_dist.data.archive``) on local disk or ``s3://`` through Ray'
 from __future__ import annotations
 
 import copy
+import sys
 import time
 
 import numpy as np
@@ -38,8 +39,10 @@ import ray
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockAccessor, BlockMetadata
 
-from convlstm_dist.data.samples import load_block, read_windows  # noqa: F401  (read_windows re-exported)
+from convlstm_dist.data.mix import epoch_units
+from convlstm_dist.data.samples import iter_windows, load_block, read_windows  # noqa: F401  (read_windows re-exported)
 from convlstm_dist.data.windows import chunks_per_task, group_by_chunks
+from convlstm_dist.errors import UserError
 
 
 class EpochClock:
@@ -100,8 +103,6 @@ def retry_delays(retries: int) -> list[float]:
 def _note(notes_name: str | None, line: str) -> None:
     """A line for the run's log: the worker's log (stderr) and, in training, the driver's terminal
     (through the run's :class:`EpochClock`)."""
-    import sys
-
     print(line, file=sys.stderr, flush=True)
     if notes_name is not None:
         try:
@@ -117,8 +118,6 @@ def read_with_retries(read, what: str, retries: int = DEFAULT_READ_RETRIES, note
     timeout, 502/503). Other errors (a wrong key, a missing object) fail at once. Each retry and a
     recovery are noted in the run's log; past the budget the error names the endpoint, the key and
     the frames, and says how to allow a longer outage (``data.read_retries``)."""
-    from convlstm_dist.errors import UserError
-
     t0 = time.monotonic()
     delays = retry_delays(retries)
     for attempt in range(len(delays) + 1):
@@ -168,9 +167,6 @@ def _read_task_fn(table_ref, slot, in_len, out_len, crop, seed, shuffle, clock_n
     fetched once per worker process; the task itself carries only its slot. Every read of frames is
     retried while the store is unreachable (:func:`read_with_retries`)."""
     def fn():
-        from convlstm_dist.data.mix import epoch_units
-        from convlstm_dist.data.samples import iter_windows
-
         sources = _table(table_ref)
         epoch = _current_epoch(clock_name, fixed_epoch)
         units = epoch_units([len(s["bounds"]) - 1 for s in sources], [s["weight"] for s in sources], seed, epoch,
@@ -260,8 +256,6 @@ class WindowDatasource(Datasource):
                         for (_, gs, _), rb in zip(self.sources, self._row_bytes) for g in gs), default=0))
 
     def _units(self):
-        from convlstm_dist.data.mix import epoch_units
-
         # the epoch's count of units is the same in every epoch: plan the tasks with epoch 0
         return epoch_units([len(gs) for _, gs, _ in self.sources], [w for _, _, w in self.sources],
                            self.seed, 0, self.shuffle)

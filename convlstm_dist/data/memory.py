@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from convlstm_dist.data.mix import epoch_units, shuffled, units_per_epoch
 from convlstm_dist.data.samples import cut_windows, load_block
 
 
@@ -65,8 +66,6 @@ class MultiMemorySplit:
     def n_windows(self) -> int:
         """Training windows per epoch with the weights applied (what ``batches(shuffle=True)`` yields,
         divided by ``crops_per_window``)."""
-        from convlstm_dist.data.mix import units_per_epoch
-
         return sum(units_per_epoch(n, w) for n, w in zip(self._sizes(), self.weights))
 
     def batches(self, batch_size: int, seed: int, epoch: int, shuffle: bool, crops_per_window: int = 1,
@@ -77,8 +76,6 @@ class MultiMemorySplit:
         ``shard=(rank, world)``: every rank draws the same epoch order and cuts only its own batches
         (batch i goes to rank ``i % world``), the same number on every rank (DDP steps in lockstep):
         the remaining ``< world`` batches of the epoch are left out."""
-        from convlstm_dist.data.mix import epoch_units, shuffled
-
         units = epoch_units(self._sizes(), self.weights, seed, epoch, shuffle=False, weighted=shuffle)
         src = np.repeat(units[:, 0], crops_per_window)
         win = np.repeat(units[:, 1], crops_per_window)
