@@ -185,13 +185,14 @@ def _tuner(spec: SweepSpec, base_cfg, ctx: dict, sweeps_root: str, exp_path: str
         return tune.Tuner.restore(restore_path, trainable, resume_errored=True, storage_filesystem=fs), resumed, fs
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    scheduler = _scheduler(spec, max_t)
     concurrent = _max_concurrent(spec, base_cfg, workers)
+    search_alg = _search_alg(spec, concurrent)
     say(f"[tune] up to {concurrent} concurrent trial(s), {workers} worker(s) each")
     tuner = tune.Tuner(
         trainable, param_space=to_tune(spec.space),
-        tune_config=tune.TuneConfig(metric=spec.search.metric, mode=spec.search.mode,
-                                    scheduler=_scheduler(spec, max_t), search_alg=_search_alg(spec, concurrent),
-                                    num_samples=spec.search.num_samples),
+        tune_config=tune.TuneConfig(metric=spec.search.metric, mode=spec.search.mode, scheduler=scheduler,
+                                    search_alg=search_alg, num_samples=spec.search.num_samples),
         run_config=tune.RunConfig(name=spec.name, storage_path=tune_path, storage_filesystem=fs,
                                   verbose=1 if progress else 0,
                                   # per-trial result.json/progress.csv even with TUNE_DISABLE_AUTO_CALLBACK_LOGGERS
