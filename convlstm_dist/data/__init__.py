@@ -7,7 +7,8 @@ Importing this package loads none of its modules; each public name is imported o
 * archives (:mod:`.archive`, :mod:`.storage`): create, append, open, summarise; local or ``s3://``.
 * ingest (:mod:`.ingest`): decode files with a reader and append them. Its function is
   ``convlstm_dist.data.ingest.ingest`` (a public name cannot equal its module's name).
-* readers (:mod:`.readers`), quantities (:mod:`.quantity`) and units (:mod:`.units`).
+* readers (:mod:`.readers`; per format family :mod:`.readers_hdf5`, :mod:`.readers_pgm`,
+  :mod:`.readers_pysteps`), quantities (:mod:`.quantity`) and units (:mod:`.units`).
 * windows and splits (:mod:`.windows`), the plan of a run's data (:mod:`.plan`), samples
   without Ray (:mod:`.samples`), Ray Data streaming (:mod:`.datasource`).
 * Moving MNIST (:mod:`.moving_mnist`, on the device :mod:`.mnist_device`) and the shipped sample
@@ -26,7 +27,8 @@ _PUBLIC = {
     "mnist_device": ["POOLS", "DeviceMovingMNIST", "EvalSet", "default_images_path", "split_io"],
     "plan": ["DataPlan", "resolve_url"],
     "quantity": ["Quantity", "available_sources", "get_quantity", "quantity_of_source", "quantity_of_variable"],
-    "readers": ["Reader", "get_reader", "list_readers", "parse_reader_options", "register_reader"],
+    "readers": ["Reader", "get_reader", "list_readers", "register_reader"],
+    "readers_pysteps": ["parse_reader_options"],
     "samples": ["read_windows", "to_compute"],
     "shipped": ["SAMPLE_READER", "sample_files"],
     "storage": ["archive_key", "archive_name", "cancel_pending_io", "endpoint_of", "exists", "filesystem",

@@ -15,6 +15,13 @@ then statistics, then the `time` coordinate, then consolidated metadata, the one
 The length of `time` *in the consolidated metadata* is authoritative (`committed_length`);
 `Archive` never reads beyond it, and the next append starts there, overwriting any tail left by
 a crashed write. Writers hold `data.lock.writer_lock`, so only one appends at a time. `Archive` is read-only and picklable (only url + storage_options travel).
+
+Why this module is over 400 lines: it is the archive format in code, both of its sides. The
+writers (`create_archive`, `append_frames` with its commit order and fault points, `consolidate`,
+`committed_length`) and the reader (`Archive`) share the layout above, its constants, the Zarr
+options and `GridSpec`, and change together when the format does; ingest, Moving MNIST, the
+tests and the benchmarks import both sides from here. Split in two, each half would import the
+shared part from a third module and this one would only re-export them.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import numpy as np
 from convlstm_dist.data import units as U
 from convlstm_dist.data.quantity import quantity_of_variable
 from convlstm_dist.data.storage import exists, is_remote, storage_error, with_fast_fail
+from convlstm_dist.data.verify import DamagedArchiveError, find_damaged, is_storage_error
 from convlstm_dist.errors import UserError
 
 FORMAT_VERSION = 1
@@ -250,7 +258,9 @@ class Archive:
         return f"Archive({self.url!r})" if self.length is None else f"Archive({self.url!r}, length={self.length})"
 
     @property
-    def _g(self):
+    def group(self):
+        """The archive's Zarr group, opened read-only on first use and checked (format version, the
+        radar variable and ``time`` present); :mod:`.verify` reads its arrays chunk by chunk."""
         if self._group is None:
             import zarr
 
@@ -275,24 +285,24 @@ class Archive:
 
     @property
     def attrs(self) -> dict:
-        return dict(self._g.attrs)
+        return dict(self.group.attrs)
 
     @property
     def variable(self) -> str:
-        return str(self._g.attrs["variable"])
+        return str(self.group.attrs["variable"])
 
     @property
     def units(self) -> str:
-        return str(self._g.attrs["units"])
+        return str(self.group.attrs["units"])
 
     @property
     def timestep_s(self) -> int:
-        return int(self._g.attrs["timestep_s"])
+        return int(self.group.attrs["timestep_s"])
 
     @property
     def times(self) -> np.ndarray:
         if "times" not in self._cache:
-            t = self._g["time"]
+            t = self.group["time"]
             n = t.shape[0]
             if self.length is not None:
                 if self.length > n:
@@ -307,54 +317,54 @@ class Archive:
         """The number of frames from the (consolidated) metadata, without reading the time coordinate."""
         if "times" in self._cache:
             return len(self._cache["times"])
-        n = int(self._g["time"].shape[0])
+        n = int(self.group["time"].shape[0])
         return n if self.length is None else min(n, self.length)
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        _, H, W = self._g[self.variable].shape
+        _, H, W = self.group[self.variable].shape
         return (len(self.times), int(H), int(W))
 
     @property
     def time_chunk(self) -> int:
-        return int(self._g[self.variable].chunks[0])
+        return int(self.group[self.variable].chunks[0])
 
     @property
     def chunks(self) -> tuple[int, ...]:
-        return tuple(int(c) for c in self._g[self.variable].chunks)
+        return tuple(int(c) for c in self.group[self.variable].chunks)
 
     @property
     def shards(self) -> tuple[int, ...] | None:
-        s = self._g[self.variable].shards
+        s = self.group[self.variable].shards
         return tuple(int(c) for c in s) if s else None
 
     @property
     def y(self) -> np.ndarray:
-        return np.asarray(self._g["y"][:])
+        return np.asarray(self.group["y"][:])
 
     @property
     def x(self) -> np.ndarray:
-        return np.asarray(self._g["x"][:])
+        return np.asarray(self.group["x"][:])
 
     @property
     def coords_m(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(x, y)`` pixel centres in metres, or None for an archive written without coordinates
         (its ``x``/``y`` are pixel indices, units ``1``)."""
-        if self._g["x"].attrs.get("units") != "m" or self._g["y"].attrs.get("units") != "m":
+        if self.group["x"].attrs.get("units") != "m" or self.group["y"].attrs.get("units") != "m":
             return None
         return self.x, self.y
 
     @property
     def xy_units(self) -> str:
         """``m`` for projection coordinates, ``1`` for pixel indices (a source without georeference)."""
-        return str(self._g["x"].attrs.get("units", "m"))
+        return str(self.group["x"].attrs.get("units", "m"))
 
     @property
     def stats(self) -> dict[str, np.ndarray]:
         if "stats" not in self._cache:
             T = len(self.times)
-            s = {name: np.asarray(self._g[name][:T]) for name in STAT_NAMES}
-            s["thresholds"] = np.asarray(self._g["threshold"][:])
+            s = {name: np.asarray(self.group[name][:T]) for name in STAT_NAMES}
+            s["thresholds"] = np.asarray(self.group["threshold"][:])
             self._cache["stats"] = s
         return self._cache["stats"]
 
@@ -363,7 +373,7 @@ class Archive:
         T = self.n_frames  # a read task must not fetch the whole time coordinate (10 years: 8 MB) per read
         if not (0 <= t_start <= t_stop <= T):
             raise IndexError(f"time range [{t_start}, {t_stop}) outside archive of {T} frames")
-        arr = self._g[self.variable]
+        arr = self.group[self.variable]
         pieces, t = [], t_start
         for a, b in self.skip:  # known damaged ranges: "no data", never decoded
             a, b = max(a, t_start), min(b, t_stop)
@@ -387,8 +397,6 @@ class Archive:
         try:
             out = arr[t_start:t_stop, y, x]
         except Exception as exc:  # noqa: BLE001 - translated for the user
-            from convlstm_dist.data.verify import DamagedArchiveError, find_damaged, is_storage_error
-
             if not is_storage_error(exc):  # a codec error: which chunk, which times?
                 try:
                     damaged = find_damaged(self, t_start, t_stop)
@@ -401,12 +409,12 @@ class Archive:
 
     def to_rain_mmh(self, arr: np.ndarray) -> np.ndarray:
         """Convert values of this archive's variable to mm/h (via its Z–R relation for dBZ)."""
-        a = self._g.attrs
+        a = self.group.attrs
         return U.to_rain_mmh(arr, a["variable"], a.get("zr_a"), a.get("zr_b"))
 
     def grid(self) -> dict:
         """The grid-defining attributes plus shape/y/x, for comparing with new frames."""
-        d = {k: self._g.attrs.get(k) for k in GRID_KEYS}
+        d = {k: self.group.attrs.get(k) for k in GRID_KEYS}
         d.update(shape=self.shape[1:], y=self.y, x=self.x)
         return d
 
@@ -417,7 +425,7 @@ def open_archive(url: str, storage_options: dict | None = None, length: int | No
     if is_remote(url):
         exists(url, storage_options)  # one request under a deadline: a silent endpoint fails in seconds
     a = Archive(url, storage_options, length)
-    a._g  # noqa: B018 - fail now, not in the first Ray task
+    a.group  # noqa: B018 - fail now, not in the first Ray task
     return a
 
 

@@ -31,6 +31,7 @@ archive (``convlstm_dist.data.archive``) on local disk or ``s3://`` through Ray'
 from __future__ import annotations
 
 import copy
+import sys
 import time
 
 import numpy as np
@@ -38,8 +39,10 @@ import ray
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockAccessor, BlockMetadata
 
-from convlstm_dist.data.samples import load_block, read_windows  # noqa: F401  (read_windows re-exported)
+from convlstm_dist.data.mix import epoch_units
 from convlstm_dist.data.windows import chunks_per_task, group_by_chunks
+from convlstm_dist.errors import UserError
+from convlstm_dist.data.samples import iter_windows, load_block, read_windows  # noqa: F401  (read_windows re-exported)
 
 
 class EpochClock:
@@ -100,8 +103,6 @@ def retry_delays(retries: int) -> list[float]:
 def _note(notes_name: str | None, line: str) -> None:
     """A line for the run's log: the worker's log (stderr) and, in training, the driver's terminal
     (through the run's :class:`EpochClock`)."""
-    import sys
-
     print(line, file=sys.stderr, flush=True)
     if notes_name is not None:
         try:
@@ -117,8 +118,6 @@ def read_with_retries(read, what: str, retries: int = DEFAULT_READ_RETRIES, note
     timeout, 502/503). Other errors (a wrong key, a missing object) fail at once. Each retry and a
     recovery are noted in the run's log; past the budget the error names the endpoint, the key and
     the frames, and says how to allow a longer outage (``data.read_retries``)."""
-    from convlstm_dist.errors import UserError
-
     t0 = time.monotonic()
     delays = retry_delays(retries)
     for attempt in range(len(delays) + 1):
@@ -160,7 +159,7 @@ def _table(ref):
     return t
 
 
-def _read_task_fn(table_ref, slot, in_len, out_len, crop, seed, shuffle, clock_name, fixed_epoch, cpw,
+def _read_task_fn(table_ref, slot, in_len, out_len, crop, seed, shuffle, clock_name, fixed_epoch, crops_per_window,
                   augment=False, compact=False, max_rows=None, read_retries=DEFAULT_READ_RETRIES, notes_name=None):
     """Read task ``slot``: at run time it looks up the epoch, draws the epoch's units (task groups of
     every archive, weighted; :mod:`convlstm_dist.data.mix`) and streams unit number ``slot``'s rows.
@@ -168,9 +167,6 @@ def _read_task_fn(table_ref, slot, in_len, out_len, crop, seed, shuffle, clock_n
     fetched once per worker process; the task itself carries only its slot. Every read of frames is
     retried while the store is unreachable (:func:`read_with_retries`)."""
     def fn():
-        from convlstm_dist.data.mix import epoch_units
-        from convlstm_dist.data.samples import iter_windows
-
         sources = _table(table_ref)
         epoch = _current_epoch(clock_name, fixed_epoch)
         units = epoch_units([len(s["bounds"]) - 1 for s in sources], [s["weight"] for s in sources], seed, epoch,
@@ -192,8 +188,8 @@ def _read_task_fn(table_ref, slot, in_len, out_len, crop, seed, shuffle, clock_n
 
             return read_with_retries(read, f"frames {lo}..{hi - 1} of {archive.url}", read_retries, notes_name)
 
-        for batch in iter_windows(src["archive"], starts, in_len, out_len, crop, seed, epoch, cpw, augment,
-                                  compact, draw_offset=r * cpw, max_rows=max_rows[i], load=load):
+        for batch in iter_windows(src["archive"], starts, in_len, out_len, crop, seed, epoch, crops_per_window, augment,
+                                  compact, draw_offset=r * crops_per_window, max_rows=max_rows[i], load=load):
             batch["src"] = np.full(len(batch["t0"]), i, dtype=np.int16)
             yield BlockAccessor.batch_to_block(batch)
 
@@ -236,7 +232,7 @@ class WindowDatasource(Datasource):
         self.crop = crop
         self.seed, self.shuffle = seed, shuffle
         self.clock_name, self.fixed_epoch = clock_name, fixed_epoch
-        self.cpw = crops_per_window
+        self.crops_per_window = crops_per_window
         self._row_bytes = []
         for a, _, _ in self.sources:
             _, H, W = a.shape
@@ -251,17 +247,15 @@ class WindowDatasource(Datasource):
 
     def out_block_bytes(self) -> int:
         """The largest block a read task emits (bytes; rows of at most one time chunk and OUT_BLOCK_BYTES)."""
-        return int(max(min(m, a.time_chunk * self.cpw) * rb
+        return int(max(min(m, a.time_chunk * self.crops_per_window) * rb
                        for m, rb, (a, _, _) in zip(self.max_rows, self._row_bytes, self.sources)))
 
     def task_out_bytes(self) -> int:
         """The rows (bytes) of the largest read task: what one task puts into the object store in all."""
-        return int(max((len(g) * self.cpw * rb for (_, gs, _), rb in zip(self.sources, self._row_bytes) for g in gs),
-                       default=0))
+        return int(max((len(g) * self.crops_per_window * rb
+                        for (_, gs, _), rb in zip(self.sources, self._row_bytes) for g in gs), default=0))
 
     def _units(self):
-        from convlstm_dist.data.mix import epoch_units
-
         # the epoch's count of units is the same in every epoch: plan the tasks with epoch 0
         return epoch_units([len(gs) for _, gs, _ in self.sources], [w for _, _, w in self.sources],
                            self.seed, 0, self.shuffle)
@@ -279,11 +273,12 @@ class WindowDatasource(Datasource):
         return self._table_ref
 
     def estimate_inmemory_data_size(self) -> int:
-        return int(sum(len(self.sources[i][1][g]) * self.cpw * self._row_bytes[i] for i, g, _ in self._units()))
+        return int(sum(len(self.sources[i][1][g]) * self.crops_per_window * self._row_bytes[i]
+                       for i, g, _ in self._units()))
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
         units = self._units()
-        rows_of = [len(self.sources[i][1][g]) * self.cpw for i, g, _ in units]
+        rows_of = [len(self.sources[i][1][g]) * self.crops_per_window for i, g, _ in units]
         mean_rows = int(np.mean(rows_of)) if rows_of else 0
         row_bytes = int(np.mean([self._row_bytes[i] for i, _, _ in units])) if len(units) else 0
         ref = self._table()
@@ -292,8 +287,8 @@ class WindowDatasource(Datasource):
             rows = rows_of[slot] if not self.shuffle else mean_rows
             meta = BlockMetadata(num_rows=rows, size_bytes=rows * row_bytes, input_files=None, exec_stats=None)
             fn = _read_task_fn(ref, slot, self.in_len, self.out_len, self.crop, self.seed, self.shuffle,
-                               self.clock_name, self.fixed_epoch, self.cpw, self.augment, self.compact, self.max_rows,
-                               self.read_retries, self.notes_name)
+                               self.clock_name, self.fixed_epoch, self.crops_per_window, self.augment, self.compact,
+                               self.max_rows, self.read_retries, self.notes_name)
             tasks.append(ReadTask(fn, meta, per_task_row_limit=per_task_row_limit))
         return tasks
 

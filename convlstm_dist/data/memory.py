@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from convlstm_dist.data.mix import epoch_units, shuffled, units_per_epoch
 from convlstm_dist.data.samples import cut_windows, load_block
 
 
@@ -32,11 +33,11 @@ class MemorySplit:
         _, H, W = archive.shape
         return (int(np.max(starts)) + length - int(np.min(starts))) * H * W * 5  # float32 + bool
 
-    def batches(self, batch_size: int, seed: int, epoch: int, shuffle: bool, cpw: int = 1,
+    def batches(self, batch_size: int, seed: int, epoch: int, shuffle: bool, crops_per_window: int = 1,
                 augment: bool = False, drop_last: bool = False):
         """Numpy batches (dicts as ``cut_windows``, compact); training order and crops drawn from (seed, epoch)."""
-        order = np.repeat(self.starts, cpw)
-        draws = np.tile(np.arange(cpw), len(self.starts))
+        order = np.repeat(self.starts, crops_per_window)
+        draws = np.tile(np.arange(crops_per_window), len(self.starts))
         if shuffle:
             perm = np.random.default_rng([seed, epoch, 7919]).permutation(len(order))
             order, draws = order[perm], draws[perm]
@@ -63,16 +64,11 @@ class MultiMemorySplit:
 
     @property
     def n_windows(self) -> int:
-        """Training windows per epoch with the weights applied (what ``batches(shuffle=True)`` yields / cpw)."""
-        from convlstm_dist.data.mix import units_per_epoch
-
+        """Training windows per epoch with the weights applied (what ``batches(shuffle=True)`` yields,
+        divided by ``crops_per_window``)."""
         return sum(units_per_epoch(n, w) for n, w in zip(self._sizes(), self.weights))
 
-    @property
-    def n_unique_windows(self) -> int:
-        return sum(self._sizes())
-
-    def batches(self, batch_size: int, seed: int, epoch: int, shuffle: bool, cpw: int = 1,
+    def batches(self, batch_size: int, seed: int, epoch: int, shuffle: bool, crops_per_window: int = 1,
                 augment: bool = False, drop_last: bool = False, shard: tuple[int, int] = (0, 1)):
         """Numpy batches (compact rows of ``cut_windows`` plus ``src``). Training (``shuffle``): weighted
         and shuffled from (seed, epoch); otherwise every window once, archive by archive.
@@ -80,12 +76,11 @@ class MultiMemorySplit:
         ``shard=(rank, world)``: every rank draws the same epoch order and cuts only its own batches
         (batch i goes to rank ``i % world``), the same number on every rank (DDP steps in lockstep):
         the remaining ``< world`` batches of the epoch are left out."""
-        from convlstm_dist.data.mix import epoch_units, shuffled
-
         units = epoch_units(self._sizes(), self.weights, seed, epoch, shuffle=False, weighted=shuffle)
-        src = np.repeat(units[:, 0], cpw)
-        win = np.repeat(units[:, 1], cpw)
-        draws = (np.repeat(units[:, 2], cpw) * cpw + np.tile(np.arange(cpw), len(units))).astype(np.int64)
+        src = np.repeat(units[:, 0], crops_per_window)
+        win = np.repeat(units[:, 1], crops_per_window)
+        draws = (np.repeat(units[:, 2], crops_per_window) * crops_per_window
+                 + np.tile(np.arange(crops_per_window), len(units))).astype(np.int64)
         if shuffle:
             perm = shuffled(len(src), seed, epoch)
             src, win, draws = src[perm], win[perm], draws[perm]

@@ -1,6 +1,7 @@
 """Physical units of archive variables and conversions between them.
 
-Variables are named by their unit (DESIGN.md "Units are named in code"):
+A variable's name says its unit, so code that reads an archive knows what its numbers mean
+without a lookup:
 
 | variable    | units  | meaning                                          |
 | ----------- | ------ | ------------------------------------------------ |

@@ -99,7 +99,7 @@ def _check(archive, name: str, arr, coords, region, n_frames: int):
 
 
 def _time_arrays(archive) -> list[str]:
-    g = archive._g
+    g = archive.group
     names = [archive.variable] + [n for n in sorted(g.array_keys())
                                   if n != archive.variable and getattr(g[n].metadata, "dimension_names", None)
                                   and g[n].metadata.dimension_names[0] == "time"]
@@ -131,14 +131,14 @@ def verify_archive(archive, workers: int = 8, progress: Callable[[int, int], Non
     names = [archive.variable] if data_only else _time_arrays(archive)
     jobs = []
     for name in names:
-        arr = archive._g[name]
+        arr = archive.group[name]
         jobs += [(name, arr, c, r) for c, r in _objects(arr, 0, n)]
     return _run(archive, jobs, workers, progress)
 
 
 def find_damaged(archive, t_start: int, t_stop: int, workers: int = 4) -> list[DamagedChunk]:
     """The damaged objects of the radar variable that hold frames [t_start, t_stop)."""
-    arr = archive._g[archive.variable]
+    arr = archive.group[archive.variable]
     jobs = [(archive.variable, arr, c, r) for c, r in _objects(arr, t_start, t_stop)]
     return _run(archive, jobs, workers, None)
 

@@ -27,8 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GATES = ("i", "f", "c", "o")
-
 
 def check_kernel(kernel: int, what: str, layer: str) -> int:
     """Validate a kernel size; return its 'same' padding."""

@@ -37,7 +37,6 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-MODES = ("auto", "eager", "compiled", "graph")
 CHECK_EVERY = 50
 
 

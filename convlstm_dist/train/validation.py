@@ -38,7 +38,7 @@ class ValAccumulator:
         self.by_source: dict[str, "ValAccumulator"] = {}  # per archive of a multi-archive plan (evaluate_val)
 
     @property
-    def s(self) -> dict[str, float]:
+    def host_sums(self) -> dict[str, float]:
         """The training-only sums and the pixel count, as floats (host)."""
         sums = self.sums.tolist() if self.sums is not None else [0.0] * len(_TRAIN_SUMS)
         return {**dict(zip(_TRAIN_SUMS, sums)), "n": float(self.model.to_state()["n"].sum())}
@@ -58,10 +58,10 @@ class ValAccumulator:
             seqs = float(raw.shape[0])
         step = torch.stack([loss * n, n, bce, torch.full_like(n, seqs)])
         self.sums = step if self.sums is None else self.sums + step
-        p, o = self.q.from_model(pred_n.float()), self.q.from_model(y_n.float())
-        pers = self.q.from_model(x_n[:, -1:].float()).expand_as(o)
-        self.model.accumulate(p, o, valid)
-        self.persistence.accumulate(pers, o, valid)
+        pred, obs = self.q.from_model(pred_n.float()), self.q.from_model(y_n.float())
+        pers = self.q.from_model(x_n[:, -1:].float()).expand_as(obs)
+        self.model.accumulate(pred, obs, valid)
+        self.persistence.accumulate(pers, obs, valid)
 
     def merge(self, device: torch.device) -> None:
         """Sum every rank's counts (one all-reduce; every rank calls it, with or without batches)."""
@@ -76,12 +76,12 @@ class ValAccumulator:
     def metrics(self, scope: str = VAL_SCOPE) -> dict[str, float]:
         """``<scope>_loss`` (and ``<scope>_cross_entropy`` of intensity models), then the lead-pooled
         skill of the model and of persistence (``verify.scores.skill_metrics``)."""
-        s = self.s
-        out = {metric_key("loss", scope=scope): s["loss"] / max(s["loss_n"], 1.0)}
+        sums = self.host_sums
+        out = {metric_key("loss", scope=scope): sums["loss"] / max(sums["loss_n"], 1.0)}
         out.update(skill_metrics(self.model.compute(), scope))
         out.update(skill_metrics(self.persistence.compute(), scope, "persistence"))
-        if s["seqs"]:
-            out[metric_key("cross_entropy", scope=scope)] = s["bce_sum"] / s["seqs"]
+        if sums["seqs"]:
+            out[metric_key("cross_entropy", scope=scope)] = sums["bce_sum"] / sums["seqs"]
         return out
 
     def lead_table(self) -> list[dict]:
@@ -134,7 +134,7 @@ def source_metrics(acc: ValAccumulator) -> dict[str, float]:
     ones stay ``val_<metric>``. Archives without validation windows are left out."""
     out = {}
     for name, a in acc.by_source.items():
-        if a.s["n"] <= 0:
+        if a.host_sums["n"] <= 0:
             continue
         m = a.metrics()
         out.update({f"{VAL_SCOPE}.{name}.{k}": float(m[metric_key(k, scope=VAL_SCOPE)]) for k in SOURCE_KEYS

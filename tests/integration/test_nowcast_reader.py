@@ -51,7 +51,7 @@ def test_fmi_full_grid_from_raw_files_is_nan_exactly_outside_coverage(tmp_path, 
     for k in range(OUT_LEN):
         np.testing.assert_array_equal(np.isnan(fc[k]), no_data)
     assert f"{100 * no_data.mean():.1f}% no data" in printed.out
-    from convlstm_dist.data.readers import FMI_PROJ
+    from convlstm_dist.data.readers_pgm import FMI_PROJ
 
     assert pyproj.CRS.from_cf(ds["crs"].attrs) == pyproj.CRS(FMI_PROJ)
     assert ds["rain_mmh"].attrs["units"] == "mm h-1"

@@ -1,5 +1,5 @@
 """Moving MNIST on the device (``data/mnist_device.py``) and the Table-1 runner's cross-entropy
-(``verify/table1_on_device.py``, ``convlstm-dist table1``).
+(``experiments/table1_device.py``, ``convlstm-dist table1``).
 
 * the train / val / test digit pools are the documented ranges and never overlap, and a split's
   sequences only ever show digits of its own pool (checked on the ids and on the rendered pixels);

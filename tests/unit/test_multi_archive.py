@@ -116,7 +116,7 @@ def test_weights_repeat_or_subsample_training_windows_deterministically(workdir)
     assert train.n_windows == units_per_epoch(n0, 0.5) + 2 * n1 == round(0.5 * n0) + 2 * n1
 
     def epoch(e):
-        out = [b for b in train.batches(8, seed=3, epoch=e, shuffle=True, cpw=2)]
+        out = [b for b in train.batches(8, seed=3, epoch=e, shuffle=True, crops_per_window=2)]
         return {k: np.concatenate([b[k] for b in out]) for k in out[0]}
 
     a, again, other = epoch(0), epoch(0), epoch(1)
@@ -140,7 +140,8 @@ def test_one_archive_of_weight_one_is_the_single_archive_epoch(workdir):
     assert plan.record["archive"] == str(wd / "rain.zarr") and "rule" in plan.record  # flat record kept
     multi = plan.memory_splits()["train"]
     single = MemorySplit(plan.archives["train"], plan.starts["train"], 3, 2, (16, 16))
-    for m, s in zip(multi.batches(4, 1, 2, True, cpw=2), single.batches(4, 1, 2, True, cpw=2)):
+    for m, s in zip(multi.batches(4, 1, 2, True, crops_per_window=2),
+                    single.batches(4, 1, 2, True, crops_per_window=2)):
         assert set(m) == set(s) | {"src"} and not m["src"].any()
         for k in s:
             np.testing.assert_array_equal(m[k], s[k])

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convlstm_dist.data.readers import (ReadError, get_reader, parse_reader_options, pysteps_to_contract,
-                                        time_from_filename)
+from convlstm_dist.data.readers import ReadError, get_reader
+from convlstm_dist.data.readers_pysteps import parse_reader_options, pysteps_to_contract, time_from_filename
 from convlstm_dist.errors import UserError
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "radar"
@@ -75,7 +75,7 @@ def test_mch_gif_reads_rain_rate_time_and_grid():
     assert "+proj=somerc" in meta["projection"]
     assert 0.2 < np.isnan(data).mean() < 0.4  # about 30 % outside radar coverage
     # mm per 5 min straight from pysteps, times 12
-    from convlstm_dist.data.readers import _pysteps
+    from convlstm_dist.data.readers_pysteps import _pysteps
 
     _, pio = _pysteps()
     mm = pio.get_method("mch_gif", "importer")(str(path), product="AQC", unit="mm", accutime=5.0)[0]
