@@ -173,7 +173,7 @@ fi
 # DDP + CUDA graph: 2 ranks on the GPU (gloo), flat-bucket graph step vs DDP's eager step: time, agreement
 if [ "$DRY" = 1 ]; then DDP_ARGS=(--size 32 --batch 2 --steps 2 --warmup 1); else DDP_ARGS=(--size 128 --batch 4 --steps 20); fi
 stage ddp_graph 90 "$PY" benchmarks/bench_ddp_graph.py --device "$DEV" "${DDP_ARGS[@]}"
-# Table 1 runner (convlstm-dist table1, verify/table1_on_device.py): 2 tiny models through the engine, fp32 evaluation, report
+# Table 1 runner (convlstm-dist table1, experiments/table1_device.py): 2 tiny models through the engine, fp32 evaluation, report
 stage table1_dry 60 "${CLI[@]}" table1 --dry-run --device "$DEV" \
   --models 5x5-128-64-64 fc-lstm --time-budget 50 --out "$LOGS/table1_dry"
 
