@@ -38,7 +38,8 @@ from convlstm_dist.train.data_pin import log_pin, pin_run
 from convlstm_dist.train.driver import Resolved, resolve
 from convlstm_dist.train.engine import choose_engine
 from convlstm_dist.train.feed import prefetch
-from convlstm_dist.train.fit import Backend, FitOptions, fault_nan_at, fit
+from convlstm_dist.train.backend import Backend, FitOptions
+from convlstm_dist.train.fit import fault_nan_at, fit
 from convlstm_dist.train.report import final_report
 from convlstm_dist.train.validation import EVAL_BATCH
 

@@ -28,7 +28,8 @@ from convlstm_dist.config import config_from_dict
 from convlstm_dist.errors import UserError
 from convlstm_dist.tracking.mlflow_tracker import Tracker
 from convlstm_dist.train.feed import prefetch
-from convlstm_dist.train.fit import Backend, FitOptions, fit
+from convlstm_dist.train.backend import Backend, FitOptions
+from convlstm_dist.train.fit import fit
 from convlstm_dist.train.recovery import checkpoint_dir_name, choose_checkpoint, record_verified, run_dir
 
 

@@ -6,18 +6,14 @@ epochs its MLflow run already has, so that every epoch is logged there exactly o
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from convlstm_dist.config import build_model_from_config
 from convlstm_dist.errors import UserError
+from convlstm_dist.train.backend import Backend, FitOptions
 from convlstm_dist.train.engine import EngineChoice
 from convlstm_dist.train.state import TrainState
 from convlstm_dist.train.warm_start import apply_init_weights
-
-if TYPE_CHECKING:
-    from convlstm_dist.train.fit import Backend, FitOptions
 
 
 def load_resumed_weights(model: torch.nn.Module, weights: dict, run: str, where: str) -> None:

@@ -8,7 +8,8 @@ from convlstm_dist.lazy import lazy_exports
 
 _PUBLIC = {
     "space": ["SweepSpec", "load_sweep"],
-    "sweep": ["SweepOutcome", "run_sweep"],
+    "report": ["SweepOutcome"],
+    "sweep": ["run_sweep"],
 }
 __all__ = [name for names in _PUBLIC.values() for name in names]
 __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -5,13 +5,26 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from convlstm_dist.tune.space import SweepSpec, is_log_axis
 
-if TYPE_CHECKING:
-    from convlstm_dist.tune.sweep import SweepOutcome
+
+@dataclass
+class SweepOutcome:
+    """What :func:`convlstm_dist.tune.sweep.run_sweep` returns: the trials, the best one and where it went."""
+
+    name: str
+    experiment_path: str
+    trials: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    best_recipe: str | None = None
+    parent_run_id: str | None = None
+    tracking_uri: str | None = None
+    model_uri: str | None = None
+    resumed: bool = False
+    seconds: float = 0.0
 
 
 def _fmt(v) -> str:

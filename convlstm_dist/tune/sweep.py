@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from convlstm_dist.config import Config, config_from_dict, flatten, to_yaml
@@ -32,23 +31,9 @@ from convlstm_dist.errors import UserError
 from convlstm_dist.ray_session import in_ray_job, start_or_join_ray
 from convlstm_dist.tracking import Tracker
 from convlstm_dist.train import check_cluster_resources, check_metric, init_ray, preflight
-from convlstm_dist.tune.report import print_summary, write_summary
+from convlstm_dist.tune.report import SweepOutcome, print_summary, write_summary
 from convlstm_dist.tune.space import SweepSpec, check_space, load_sweep, sample_label, to_tune, trial_tree
 from convlstm_dist.tune.trial import SWEEP_TAG, _trial_fn
-
-
-@dataclass
-class SweepOutcome:
-    name: str
-    experiment_path: str
-    trials: list[dict] = field(default_factory=list)
-    best: dict | None = None
-    best_recipe: str | None = None
-    parent_run_id: str | None = None
-    tracking_uri: str | None = None
-    model_uri: str | None = None
-    resumed: bool = False
-    seconds: float = 0.0
 
 
 def run_sweep(sweep_path, workdir: str | Path = "workdir", smoke_test: bool = False, progress: bool = True,

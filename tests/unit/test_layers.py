@@ -372,6 +372,20 @@ def test_function_local_imports_only_keep_heavy_libraries_off_the_start():
     assert not bad, "a function-local import of a light project module (move it to the module's top):\n" + "\n".join(bad)
 
 
+def test_no_import_cycle_between_modules():
+    """Counting every import (module level, function-local, TYPE_CHECKING), no module reaches itself."""
+    graph: dict[str, dict[str, list]] = {}
+    for i in IMPORTS:
+        src = _module_name(REPO / i.path)
+        for dst in _defining_modules(i):
+            if dst in MODULES and dst != src and not (src + ".").startswith(dst + "."):  # a package's own __init__
+                graph.setdefault(src, {}).setdefault(dst, []).append(i)
+    cycle = find_cycle(graph)
+    if cycle:
+        lines = [f"  {i}" for a, b in zip(cycle, cycle[1:]) for i in graph[a][b]]
+        pytest.fail(f"modules import each other in a cycle ({' -> '.join(cycle)}):\n" + "\n".join(lines))
+
+
 def test_layers_walk_sees_function_local_imports():
     src = "def f():\n    from convlstm_dist.experiments import heldout\n"
     (imp,) = imports_of(src, "convlstm_dist/verify/x.py", "convlstm_dist.verify.x")

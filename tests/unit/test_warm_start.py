@@ -11,7 +11,8 @@ import torch
 from convlstm_dist.checkpoint import load_model
 from convlstm_dist.config import load_config
 from convlstm_dist.errors import UserError
-from convlstm_dist.train.fit import Backend, fit
+from convlstm_dist.train.backend import Backend
+from convlstm_dist.train.fit import fit
 from convlstm_dist.train.local import train_local
 from convlstm_dist.train.warm_start import load_init_weights
 from synthetic import make_archive
@@ -59,7 +60,7 @@ def test_warm_start_changes_nothing_at_zero_steps(trained):
     cfg = cfg_for(archive, f"train.init_from={parent.checkpoint}", "tracking.enabled=false")
     backend = _NoSteps()
     init = load_init_weights(cfg.train.init_from, None)
-    from convlstm_dist.train.fit import FitOptions
+    from convlstm_dist.train.backend import FitOptions
 
     res = fit(cfg, backend, "rain_rate", None, FitOptions(init_weights=init))
     source, _, _ = load_model(parent.checkpoint)
