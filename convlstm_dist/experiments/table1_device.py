@@ -46,17 +46,14 @@ from pathlib import Path
 
 import torch
 
-from convlstm_dist.data import (
-    POOLS,
-    DeviceMovingMNIST,
-    EvalSet,
-    default_images_path,
-    split_io,
-)
+from convlstm_dist.data import DeviceMovingMNIST, EvalSet, POOLS, default_images_path, split_io
 from convlstm_dist.errors import UserError
-from convlstm_dist.experiments.table1_report import (PAPER_TABLE1, ModelRun, device_markdown, entropy_floor, verdict,
-                                                     write_report)
+from convlstm_dist.experiments.table1_report import (
+    ModelRun, PAPER_TABLE1, device_markdown, entropy_floor, verdict, write_report,
+)
 from convlstm_dist.models.losses import bce_per_sequence
+from convlstm_dist.train.engine import StepEngine, choose_engine
+from convlstm_dist.train.optim import make_optimizer, training_loss
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes" / "moving_mnist"
 
@@ -105,8 +102,6 @@ def train_one(cfg, data: DeviceMovingMNIST, val: EvalSet, test: EvalSet, slot_s:
     """Train ``cfg``'s model for about ``slot_s`` seconds of wall time (all of it: build, training,
     validation, test) with the project's step engine on ``data``'s device; return its numbers."""
     from convlstm_dist.config import build_model_from_config
-    from convlstm_dist.train.engine import StepEngine, choose_engine
-    from convlstm_dist.train.optim import make_optimizer, training_loss
 
     t_start = time.perf_counter()
     dev = data.device

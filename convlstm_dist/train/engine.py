@@ -36,6 +36,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+from convlstm_dist.train.graph_step import CudaGraphTrainStep, FlatGrads
 
 CHECK_EVERY = 50
 
@@ -144,8 +145,6 @@ class StepEngine:
         # several processes but no DDP wrapper (graph mode): gradients go through one flat all-reduce
         self.world, self.flat = world, None
         if world > 1 and train_model is model:
-            from convlstm_dist.train.graph_step import FlatGrads
-
             self.flat = FlatGrads(list(model.parameters()))
         self.opt, self.scaler, self.loss_fn = opt, scaler, loss_fn
         self.out_len, self.amp_dtype, self.grad_clip = out_len, amp_dtype, grad_clip
@@ -160,7 +159,6 @@ class StepEngine:
         """Capture the step on a first batch; on failure restore model + optimizer and go eager."""
         if self.mode != "graph":
             return False
-        from convlstm_dist.train.graph_step import CudaGraphTrainStep
 
         saved_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         saved_opt = copy.deepcopy(self.opt.state_dict())

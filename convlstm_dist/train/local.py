@@ -29,19 +29,20 @@ from pathlib import Path
 
 import torch
 
-from convlstm_dist.checkpoint import read_checkpoint
-from convlstm_dist.config import Config, build_model_from_config
+from convlstm_dist.checkpoint import load_model, read_checkpoint
+from convlstm_dist.config import Config, build_model_from_config, flatten
 from convlstm_dist.errors import UserError
 from convlstm_dist.tracking import ended_on_failure, mlflow_available
 from convlstm_dist.tracking.mlflow_tracker import Tracker
+from convlstm_dist.train.backend import Backend, FitOptions
 from convlstm_dist.train.data_pin import log_pin, pin_run
 from convlstm_dist.train.driver import Resolved, resolve
 from convlstm_dist.train.engine import choose_engine
 from convlstm_dist.train.feed import prefetch
-from convlstm_dist.train.backend import Backend, FitOptions
 from convlstm_dist.train.fit import fault_nan_at, fit
 from convlstm_dist.train.report import final_report
 from convlstm_dist.train.validation import EVAL_BATCH
+from convlstm_dist.train.warm_start import apply_init_weights, load_init_weights
 
 LOCAL_MEMORY_LIMIT_GB = 48.0  # train --local: frames held in memory unless data.memory_limit_gb is set
 
@@ -183,7 +184,6 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
     backend = LocalBackend(cfg, splits, out_dir, dev, run_name, steps_per_epoch, progress)
     init = None
     if cfg.train.init_from:  # warm start: loaded and checked before the MLflow run opens
-        from convlstm_dist.train.warm_start import apply_init_weights, load_init_weights
 
         init = load_init_weights(cfg.train.init_from, res.tracking_uri)
         apply_init_weights(build_model_from_config(cfg), init)
@@ -212,8 +212,6 @@ def train_local(cfg: Config, workdir: str | Path = "workdir", device: str = "aut
 
 
 def _final_report(cfg, res: Resolved, plan, out: LocalOutcome, dev, amp_dtype, say, tracker=None) -> None:
-    from convlstm_dist.checkpoint import load_model
-
     model, _, payload = load_model(out.checkpoint, dev)
     _, out.model_uri, out.test_metrics = final_report(cfg, plan, model, payload, out.out_dir, tracker, say,
                                                       device=dev, amp_dtype=amp_dtype)
@@ -240,7 +238,6 @@ def _open_tracker(cfg, res: Resolved, run_name: str):
     if not mlflow_available():
         print("[local] mlflow is not installed: run not tracked (history.csv and summary.json have it all)")
         return None
-    from convlstm_dist.config import flatten
 
     tracker, resumed = Tracker.start_or_resume(res.tracking_uri, res.experiment, f"{run_name}-local",
                                                tags={"convlstm_dist.recipe": cfg.name, "convlstm_dist.mode": "local"})

@@ -24,12 +24,14 @@ import tempfile
 
 import torch
 
+from convlstm_dist.checkpoint import FILENAME, read_checkpoint
 from convlstm_dist.config import config_from_dict
 from convlstm_dist.errors import UserError
 from convlstm_dist.tracking.mlflow_tracker import Tracker
-from convlstm_dist.train.feed import prefetch
 from convlstm_dist.train.backend import Backend, FitOptions
+from convlstm_dist.train.feed import prefetch
 from convlstm_dist.train.fit import fit
+from convlstm_dist.train.graph_step import broadcast_parameters
 from convlstm_dist.train.recovery import checkpoint_dir_name, choose_checkpoint, record_verified, run_dir
 
 
@@ -64,7 +66,6 @@ class RayTrainBackend(Backend):
 
         if ddp or self.world == 1:
             return ray.train.torch.prepare_model(model)
-        from convlstm_dist.train.graph_step import broadcast_parameters
 
         model = ray.train.torch.prepare_model(model, parallel_strategy=None)  # device only, no DDP wrapper
         broadcast_parameters(model)
@@ -74,8 +75,6 @@ class RayTrainBackend(Backend):
         """The newest intact checkpoint of the run's manifest (``train/recovery.py``); Ray's latest when
         the run has no manifest."""
         import ray.train
-
-        from convlstm_dist.checkpoint import read_checkpoint
 
         ckpt = ray.train.get_checkpoint()
         if self.storage is None:
@@ -118,7 +117,6 @@ class RayTrainBackend(Backend):
         if self.rank != 0:
             ray.train.report(metrics)
             return
-        from convlstm_dist.checkpoint import FILENAME
 
         with tempfile.TemporaryDirectory() as d:
             write(d)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from convlstm_dist.checkpoint import read_checkpoint
 from convlstm_dist.errors import UserError
 from convlstm_dist.tracking.models import load_mlflow_model
 
@@ -47,7 +48,6 @@ def load_init_weights(ref: str, tracking_uri: str | None) -> InitWeights:
     if not path.exists():
         raise UserError(f"train.init_from={ref}: no checkpoint file or directory there, and not an MLflow "
                         f"model reference (models:/NAME/VERSION, runs:/RUN_ID/model)")
-    from convlstm_dist.checkpoint import read_checkpoint
 
     payload = read_checkpoint(path)
     return InitWeights(dict(payload["model"]), f"checkpoint {path.resolve()}", tags)
