@@ -252,8 +252,9 @@ class RunConfig(_Strict):
     storage_path: str | None = Field(None, description="checkpoints; default <workdir>/runs; may be s3://")
     name: str | None = Field(None, description="stable run name; default <recipe name>")
     keep_checkpoints: int = Field(2, ge=1)
-    checkpoint_metric: str = Field("val_loss", description="a metric training reports (train/metrics.py); "
-                                                           "the lowest is best")
+    checkpoint_metric: str = Field("val_loss", description="a metric training reports (train/metrics.py) that picks the "
+                                   "best checkpoint and drives early stopping: the highest is best for CSI, POD, HSS "
+                                   "(e.g. val_csi_0.5mmh), the lowest for losses, errors and FAR")
     max_failures: int = Field(2, ge=0)
 
     @field_validator("name")

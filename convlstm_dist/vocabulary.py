@@ -25,6 +25,8 @@ the last epoch ("Invalid metric name").
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from typing import Iterable
 
 SKILL_THRESHOLDS_MMH = (0.5, 2.0, 5.0, 10.0, 30.0)
@@ -33,6 +35,11 @@ FSS_THRESHOLDS_MMH = SKILL_THRESHOLDS_MMH[:3]
 FSS_SCALES_KM = (1, 4, 16, 64)
 
 VAL_SCOPE = "val"
+
+# where the motion of the extrapolation baselines and of a Lagrangian model comes from when a model is
+# scored (``evaluate --motion``, ``skill-report --motion``; nowcast/evaluation.py, "Motion"): one
+# field per window on the whole frame shared by every method, or each method's own from the scored crop
+MOTION_MODES = ("shared", "own")
 
 # the parameter of a served model (MLflow pyfunc ``predict(..., params={LEADS_PARAM: N})``): forecast steps
 LEADS_PARAM = "leads"
@@ -86,6 +93,26 @@ def val_metrics(cross_entropy: bool = True) -> tuple[str, ...]:
 
 def reported_metrics(cross_entropy: bool = True) -> tuple[str, ...]:
     return TRAIN_METRICS + val_metrics(cross_entropy)
+
+
+# scores where a larger value is better (every other reported metric: lower is better)
+HIGHER_IS_BETTER = ("csi", "pod", "hss", "fss", "samples_per_s")
+
+
+def metric_goal(name: str) -> str:
+    """``"max"`` if a larger value of metric ``name`` is better (CSI, POD, HSS, FSS, throughput),
+    else ``"min"`` (losses, errors, FAR): how checkpoints, early stopping and sweeps rank it."""
+    return "max" if any(re.search(rf"(^|_){g}(_|$)", name) for g in HIGHER_IS_BETTER) else "min"
+
+
+def selection_score(metrics: dict, name: str) -> float:
+    """``run.checkpoint_metric`` of an epoch as "lower is better" (a CSI counts negated); an epoch whose
+    metric is missing or not finite (no rain above the threshold in the validation windows) never
+    improves on the best."""
+    value = metrics.get(name)
+    if value is None or not math.isfinite(float(value)):
+        return math.inf
+    return -float(value) if metric_goal(name) == "max" else float(value)
 
 
 def metric_problem(name: str, cross_entropy: bool = True, quantity: str | None = None) -> str | None:

@@ -12,6 +12,7 @@ command again resumes it from its latest checkpoint, in Ray Train and in MLflow.
 from __future__ import annotations
 
 import functools
+import math
 import tempfile
 import time
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from convlstm_dist.train.guards import (
 from convlstm_dist.train.metrics import check_metric
 from convlstm_dist.train.recovery import check_before_resume, intact_names, prune_deleted, storage_refusal
 from convlstm_dist.train.report import final_report, publish_outputs
+from convlstm_dist.vocabulary import metric_goal, selection_score
 
 
 @dataclass
@@ -230,7 +232,8 @@ def _fit_and_report(cfg: Config, plan, res: Resolved, tracker, say, progress: bo
     clock_name = f"convlstm-epoch-clock-{res.run_name}"
     clock = epoch_clock(clock_name)
     trainer = build_trainer(cfg, plan, res.run_name, res.storage_path, clock_name, res.tracking_uri,
-                            tracker.run_id if tracker else None, data_version=data_version, init=init)
+                            tracker.run_id if tracker else None, mode=metric_goal(cfg.run.checkpoint_metric),
+                            data_version=data_version, init=init)
     t0 = time.time()
     try:
         with _progress_lines(clock, say):
@@ -316,9 +319,9 @@ def _best_intact(cfg: Config, res: Resolved, result):
     ok = intact_names(path, fs, res.run_name)
     kept = [(c, m) for c, m in (result.best_checkpoints or [])
             if ok is None or c.path.rstrip("/").rsplit("/", 1)[-1] in ok]
-    scored = [(c, m) for c, m in kept if cfg.run.checkpoint_metric in (m or {})]
+    scored = [(c, m) for c, m in kept if math.isfinite(selection_score(m or {}, cfg.run.checkpoint_metric))]
     if scored:
-        return min(scored, key=lambda cm: cm[1][cfg.run.checkpoint_metric])[0]
+        return min(scored, key=lambda cm: selection_score(cm[1], cfg.run.checkpoint_metric))[0]
     if result.checkpoint is not None and (ok is None or result.checkpoint.path.rstrip("/").rsplit("/", 1)[-1] in ok):
         return result.checkpoint
     return kept[-1][0] if kept else None

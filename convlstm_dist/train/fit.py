@@ -47,6 +47,7 @@ from convlstm_dist.train.optim import make_optimizer, make_scheduler, training_l
 from convlstm_dist.train.resume import build_model, epochs_in_mlflow, train_state
 from convlstm_dist.train.state import TrainState
 from convlstm_dist.train.validation import evaluate_val, source_metrics
+from convlstm_dist.vocabulary import selection_score
 
 
 @dataclass
@@ -281,8 +282,9 @@ def _score_epoch(run: _Run, epoch: int, ep: _TrainedEpoch, totals, train_time: f
     metrics = epoch_metrics(epoch, ep.n_batches, backend.steps_per_epoch, state.step, totals.tolist(),
                             ep.wait_s, train_time, time.perf_counter() - ep.t_start,
                             time.perf_counter() - run.t_run, float(run.opt.param_groups[0]["lr"]), acc.metrics())
-    improved = metrics["val_loss"] < state.best
-    state.best, state.since_best = (metrics["val_loss"], 0) if improved else (state.best, state.since_best + 1)
+    score = selection_score(metrics, cfg.run.checkpoint_metric)
+    improved = score < state.best
+    state.best, state.since_best = (score, 0) if improved else (state.best, state.since_best + 1)
     stop = bool(t.early_stopping_patience and state.since_best >= t.early_stopping_patience)
     metrics["early_stop"] = float(stop)
     metrics.update(source_metrics(acc))  # val.<archive>.<metric> of a multi-archive plan

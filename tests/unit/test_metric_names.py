@@ -108,3 +108,17 @@ def test_evaluate_keeps_its_per_lead_series(batch):
     bare = [{k: v for k, v in r.items() if k not in ("scope", "model")}
             for r in evaluation_rows(totals, "convlstm", 5.0, "val")]
     assert all(s for _, _, s in metrics_from_rows(bare))
+
+
+def test_metric_goal_ranks_skill_scores_highest_first():
+    from convlstm_dist.vocabulary import metric_goal, selection_score
+
+    for name in ("val_csi_0.5mmh", "val_pod_2mmh", "val_persistence_csi_10mmh", "samples_per_s"):
+        assert metric_goal(name) == "max", name
+    for name in ("val_loss", "val_far_2mmh", "val_mse", "val_bmse", "train_loss", "val_cross_entropy"):
+        assert metric_goal(name) == "min", name
+    assert selection_score({"val_csi_2mmh": 0.4}, "val_csi_2mmh") == -0.4
+    assert selection_score({"val_loss": 0.4}, "val_loss") == 0.4
+    # no rain above the threshold in the validation windows: never the best
+    assert selection_score({"val_csi_2mmh": float("nan")}, "val_csi_2mmh") == float("inf")
+    assert selection_score({}, "val_csi_2mmh") == float("inf")

@@ -62,6 +62,20 @@ def test_trains_checkpoints_and_resumes(archive, tmp_path):
         assert (a == b).all(), k
 
 
+def test_best_checkpoint_on_validation_csi_is_the_highest(archive, tmp_path):
+    """``run.checkpoint_metric=val_csi_0.5mmh``: best/ is the epoch of the HIGHEST validation CSI (a
+    skill score), not the lowest, and early stopping counts epochs without a higher CSI."""
+    out = train_local(cfg_for(archive, "train.epochs=3", "run.checkpoint_metric=val_csi_0.5mmh", "train.lr=0.05"),
+                      tmp_path, device="cpu", progress=False)
+    csi = [h["val_csi_0.5mmh"] for h in out.history]
+    assert len(csi) == 3 and all(math.isfinite(c) for c in csi)
+    best_epoch = out.history[int(np.argmax(csi))]["epoch"]
+    assert read_checkpoint(out.checkpoint)["train"]["epoch"] == best_epoch
+    state = read_checkpoint(out.out_dir / "latest")["train"]
+    assert state["best"] == -max(csi)  # kept as "lower is better"
+    assert state["since_best"] == 3 - best_epoch
+
+
 def test_time_budget_stops_inside_an_epoch_and_still_checkpoints(archive, tmp_path):
     out = train_local(cfg_for(archive, "train.epochs=5", "data.crops_per_window=4"), tmp_path, device="cpu",
                       time_budget_s=0.0, progress=False)
