@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from convlstm_dist.errors import UserError
+from convlstm_dist.vocabulary import MOTION_MODES
 
 
 def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -27,7 +28,7 @@ BASELINES_DEFAULT = "persistence,optical_flow,sprog,anvil"
 def add_scoring_args(p: argparse.ArgumentParser, *, crop: bool = True, windows: str = "windows",
                      workers: str = "Ray tasks run in parallel (local Ray CPUs; default 2)") -> None:
     """What ``evaluate`` and ``skill-report`` score with: ``--baselines``, ``--crop`` (unless the
-    command declares it itself), ``--max-windows``, ``--workers``. ``windows``: what
+    command declares it itself), ``--motion``, ``--max-windows``, ``--workers``. ``windows``: what
     ``--max-windows`` subsets (e.g. "windows per event")."""
     p.add_argument("--baselines", default=BASELINES_DEFAULT, metavar="NAMES",
                    help=f"comma-separated baselines, or 'none' for the model alone (default: {BASELINES_DEFAULT}: "
@@ -36,6 +37,10 @@ def add_scoring_args(p: argparse.ArgumentParser, *, crop: bool = True, windows: 
     if crop:
         p.add_argument("--crop", default=None, metavar="HxW",
                        help="score an HxW crop per window (chosen as in training) instead of the full grid")
+    p.add_argument("--motion", choices=MOTION_MODES, default=MOTION_MODES[0],
+                   help="shared (default): one motion field per window, estimated on the whole frame (pysteps "
+                        "Lucas-Kanade), moves the baselines and a Lagrangian model alike; own: each method "
+                        "estimates its motion from the scored crop only (the scoring before 2026-12)")
     p.add_argument("--max-windows", type=int, default=None, metavar="N",
                    help=f"evenly spaced subset of N {windows} (default: all)")
     p.add_argument("--workers", type=int, default=2, metavar="N", help=workers)

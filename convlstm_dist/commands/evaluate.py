@@ -123,7 +123,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     ev = evaluate_on_archive(
         args.model, args.archive, split=args.split, start=args.start, end=args.end, n_out=args.n_out,
         max_windows=args.max_windows, crop=crop, baselines=baselines, probability_matching=args.probability_matching,
-        workers=args.workers, ray_address=args.ray_address, out=args.out, workdir=args.workdir,
+        motion=args.motion, workers=args.workers, ray_address=args.ray_address, out=args.out, workdir=args.workdir,
         tracking_uri=args.tracking_uri, endpoint_url=args.endpoint_url, trust=args.trust_model,
         say=lambda m: print(m, flush=True))
     print(ev.table)

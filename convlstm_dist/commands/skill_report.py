@@ -49,6 +49,7 @@ def run_skill_report(args: argparse.Namespace) -> int:
     events = events_from_config(cfg, args.events)
     baselines = parse_baselines(args.baselines)
     res = run_protocol(cfg, args.workdir, events, args.holdout, args.budget_s, args.device, baselines,
-                       parse_crop(args.crop), args.max_windows, args.workers, not args.no_mlflow, not args.quiet)
+                       parse_crop(args.crop), args.max_windows, args.workers, not args.no_mlflow, not args.quiet,
+                       motion=args.motion)
     print(format_summary(res))
     return 0

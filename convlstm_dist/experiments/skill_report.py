@@ -45,12 +45,14 @@ class ProtocolResult:
     files: dict[str, Path]
     run_id: str | None = None
     fold_runs: list[dict] = field(default_factory=list)
+    motion: str = "shared"         # where every method's motion came from (nowcast/evaluation.py)
 
 
 def run_protocol(base_cfg, workdir: str | Path, events: Sequence[Event], holdout: Sequence[str] | None = None,
                  budget_s: float | None = 300.0, device: str = "cpu", baselines=None,
                  crop=None, max_windows: int | None = None, workers: int = 2, tracking: bool = True,
-                 progress: bool = False, say: Callable[[str], None] = print) -> ProtocolResult:
+                 progress: bool = False, motion: str = "shared",
+                 say: Callable[[str], None] = print) -> ProtocolResult:
     """Plan, train and score every fold (module docstring); write and log the tables."""
     baselines = list(DEFAULT_BASELINES if baselines is None else baselines)
     wd = Path(workdir).resolve()
@@ -68,18 +70,19 @@ def run_protocol(base_cfg, workdir: str | Path, events: Sequence[Event], holdout
     # one local Ray for every fold's scoring (run_evaluation reuses a running one)
     with ray_session(num_cpus=workers, oom_retries=1):
         rows, fold_runs = _train_and_score(folds, cfgs, wd, budget_s, device, baselines, crop, max_windows,
-                                           workers, progress, say)
+                                           workers, progress, say, motion)
     report_rows = [r for r in rows if float(r["threshold_mmh"]) in REPORT_THRESHOLDS_MMH]
     pooled = pool_rows(report_rows)
-    files = write_report(report_rows, pooled, folds, wd / "skill-report" / base_cfg.name, budget_s)
+    files = write_report(report_rows, pooled, folds, wd / "skill-report" / base_cfg.name, budget_s, motion)
     say(f"[skill-report] done in {time.time() - t0:.0f} s")
-    res = ProtocolResult(folds, report_rows, pooled, files, None, fold_runs)
+    res = ProtocolResult(folds, report_rows, pooled, files, None, fold_runs, motion)
     if tracking and base_cfg.tracking.enabled:
         res.run_id = log_mlflow(base_cfg, wd, res, budget_s)
     return res
 
 
-def _train_and_score(folds, cfgs, wd, budget_s, device, baselines, crop, max_windows, workers, progress, say):
+def _train_and_score(folds, cfgs, wd, budget_s, device, baselines, crop, max_windows, workers, progress, say,
+                     motion="shared"):
     rows: list[dict] = []
     fold_runs = []
     for f, cfg in zip(folds, cfgs):
@@ -100,19 +103,21 @@ def _train_and_score(folds, cfgs, wd, budget_s, device, baselines, crop, max_win
                                  None, max_windows)
             say(f"[skill-report] fold {f.index}: scoring {ev.name} (never trained on) on {len(sel.starts)} windows "
                 f"of {sel.in_len}+{sel.n_out} frames; methods {[nc.config.model.kind, *baselines]}")
-            got, _ = run_evaluation(nc, archive, sel, crop, list(baselines), workers, None, False, progress)
+            got, _ = run_evaluation(nc, archive, sel, crop, list(baselines), workers, None, False, progress, motion)
             rows += [{**r, "fold": f.index, "event": ev.name, "windows": len(sel.starts)} for r in got]
     return rows, fold_runs
 
 
-def write_report(rows, pooled, folds, out_dir: Path, budget_s) -> dict[str, Path]:
+def write_report(rows, pooled, folds, out_dir: Path, budget_s, motion: str = "shared") -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"by_event_csv": write_csv(rows, out_dir / "skill_by_event.csv", EVENT_COLUMNS),
              "pooled_csv": write_csv(pooled, out_dir / "skill_pooled.csv", POOLED_COLUMNS)}
     md = ["# Held-out-event skill report", "",
           f"Training budget per fold: {budget_s} s. Scores on ALL gap-free windows of each scored event; "
           "the model and every baseline on the same windows and pixels. Pooled = scores of the contingency "
-          "tables (and FSS sums) added over the scored events; per-event tables follow.", "", "| fold | trained on | scored |", "|---:|---|---|"]
+          "tables (and FSS sums) added over the scored events; per-event tables follow. Motion: "
+          + ("one field per window on the whole frame (pysteps Lucas-Kanade), shared by the model and the baselines."
+             if motion == "shared" else "each method's own, estimated from the scored crop."), "", "| fold | trained on | scored |", "|---:|---|---|"]
     md += [f"| {f.index} | {roles(f.train)} | {names(f.scored)} |" for f in folds]
     md += ["", "## Pooled over scored events", "", markdown_table(pooled), "",
            "### Fractions Skill Score, pooled", "", fss_markdown_table(pooled)]
@@ -140,7 +145,8 @@ def log_mlflow(base_cfg, wd: Path, res: ProtocolResult, budget_s) -> str | None:
                 for r in res.pooled for s in ("pod", "far") if r[s] is not None and math.isfinite(r[s])]
     return log_stamped_run(uri, f"{base_cfg.tracking.experiment or base_cfg.name}-skill-report",
                            f"skill-report-{base_cfg.name}", tags=tags,
-                           params={"recipe": base_cfg.name, "folds": len(res.folds), "budget_s_per_fold": budget_s},
+                           params={"recipe": base_cfg.name, "folds": len(res.folds), "budget_s_per_fold": budget_s,
+                                   "motion": res.motion},
                            metrics=metrics, texts={"folds.json": json.dumps(res.fold_runs, indent=2, default=str)},
                            files=res.files.values())
 

@@ -53,10 +53,9 @@ from convlstm_dist.verify.baselines import MOTION_BASELINES, motion_field
 from convlstm_dist.verify.fss import FSSAccumulator
 from convlstm_dist.verify.postprocess import probability_match
 from convlstm_dist.verify.scores import skill_metrics
-from convlstm_dist.vocabulary import FSS_SCALES_KM, FSS_THRESHOLDS_MMH, metric_key
+from convlstm_dist.vocabulary import FSS_SCALES_KM, FSS_THRESHOLDS_MMH, MOTION_MODES, metric_key
 
 BATCH = 4
-MOTION_MODES = ("shared", "own")  # see the module docstring, "Motion"
 PM_SUFFIX = "_pm"  # method label suffix: the model's forecast after probability matching
 EVAL_SCOPE = "eval"  # metric-name scope of windows chosen by time range, not by a split
 

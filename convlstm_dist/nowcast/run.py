@@ -105,7 +105,7 @@ class Evaluation:
 def evaluate_on_archive(model: str, archive_url: str, *, split: str | None = None, start: str | None = None,
                         end: str | None = None, n_out: int | None = None, max_windows: int | None = None,
                         crop: tuple[int, int] | None = None, baselines=None,
-                        probability_matching: bool = False, workers: int = 2, ray_address: str | None = None,
+                        probability_matching: bool = False, motion: str = "shared", workers: int = 2, ray_address: str | None = None,
                         out: str | Path | None = None, workdir: str | Path = "workdir",
                         tracking_uri: str | None = None, endpoint_url: str | None = None, trust: bool = False,
                         say=print) -> Evaluation:
@@ -127,7 +127,8 @@ def evaluate_on_archive(model: str, archive_url: str, *, split: str | None = Non
     say(f"[evaluate] {nc.source}: {len(sel.starts)} windows ({sel.label}) of {sel.in_len}+{sel.n_out} frames "
         f"from {archive.url}; methods {[nc.config.model.kind, *baselines]}"
         f"{' + probability matching' if probability_matching else ''}")
-    rows, record = run_evaluation(nc, archive, sel, crop, list(baselines), workers, ray_address, probability_matching)
+    rows, record = run_evaluation(nc, archive, sel, crop, list(baselines), workers, ray_address, probability_matching,
+                                 motion=motion)
     safe_label = sel.label.replace(":", "").replace("..", "_")
     out = Path(out) if out else Path(workdir) / "evaluate" / f"{nc.name}-{safe_label}.csv"
 

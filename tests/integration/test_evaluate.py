@@ -122,6 +122,30 @@ def test_evaluate_with_probability_matching(ray_local, ckpt, archive, tmp_path, 
     assert "convlstm_pm_mse" in run.data.metrics
 
 
+def test_evaluate_motion_shared_or_own(ray_local, ckpt, archive, tmp_path, capsys):
+    """``--motion shared`` (default): the crop's slice of one whole-frame field moves optical flow;
+    ``--motion own``: optical flow estimates its motion from the 24x24 crop alone. Same windows and
+    crops, different forecasts; the run says which."""
+    import mlflow
+
+    url, _ = archive
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    flow = {}
+    for motion in ("shared", "own"):
+        out = tmp_path / f"{motion}.csv"
+        rc = main(["evaluate", "--model", str(ckpt), "--archive", url, "--start", "2021-06-01T00:00", "--out", str(out),
+                   "--baselines", "optical_flow", "--crop", "24x24", "--motion", motion, "--max-windows", "4",
+                   "--workers", "1", "--tracking-uri", uri, "--workdir", str(tmp_path)])
+        assert rc == 0, capsys.readouterr().out
+        flow[motion] = {(r["lead_min"], r["threshold_mmh"]): float(r["mse"]) for r in read_rows(out)
+                        if r["method"] == "optical_flow"}
+    assert flow["shared"].keys() == flow["own"].keys()
+    assert any(flow["shared"][k] != flow["own"][k] for k in flow["own"])
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("evaluate-tiny").experiment_id])
+    assert sorted(r.data.params["motion"].split(":")[0] for r in runs) == ["own", "shared"]
+
+
 def test_out_of_memory_is_a_clear_error_not_endless_retries(ckpt, archive, tmp_path):
     """Ray's memory monitor with a 1% threshold kills every evaluation task: the command must stop
     after one retry with a message that says what to do (Ray alone retries OOM kills forever)."""
