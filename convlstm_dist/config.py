@@ -216,6 +216,9 @@ class TrainConfig(_Strict):
     schedule: Literal["none", "cosine", "step"] = "none"
     loss: str = Field("mse", description="a training loss of the registry: mse, mae, bmse, bmae, bce "
                                          "(models.available_losses(training=True))")
+    lead_decay: float | None = Field(None, gt=0, le=1, description="lead-weighted loss: lead k (0 = first forecast "
+                                     "frame) weighs lead_decay**k (weights normalised to sum 1), so early leads count "
+                                     "more; also the validation loss. None: one loss over all leads (the paper's)")
     grad_clip: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     early_stopping_patience: int | None = Field(None, ge=1)

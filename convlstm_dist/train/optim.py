@@ -40,7 +40,21 @@ def loss_kwargs(name: str, quantity: str) -> dict:
     return {}
 
 
-def training_loss(name: str, quantity: str):
-    """``loss(pred, target, mask)`` of the recipe, with its quantity-dependent arguments bound."""
+def training_loss(name: str, quantity: str, lead_decay: float | None = None):
+    """``loss(pred, target, mask)`` of the recipe, with its quantity-dependent arguments bound.
+
+    ``lead_decay`` (``train.lead_decay``, in (0, 1]): the loss of each lead ``k`` (0 = the first
+    forecast frame) separately, weighted by ``lead_decay**k`` and normalised to weights summing to 1,
+    so the first leads count more; None: one loss over every lead and pixel (the paper's)."""
     fn, kw = get_loss(name), loss_kwargs(name, quantity)
-    return lambda pred, target, mask=None: fn(pred, target, mask, **kw)
+    if lead_decay is None:
+        return lambda pred, target, mask=None: fn(pred, target, mask, **kw)
+
+    def lead_weighted(pred, target, mask=None):
+        n = pred.shape[1]
+        w = [lead_decay ** k for k in range(n)]
+        total = sum(w)
+        return sum(w[k] / total * fn(pred[:, k], target[:, k], None if mask is None else mask[:, k], **kw)
+                   for k in range(n))
+
+    return lead_weighted

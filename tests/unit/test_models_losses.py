@@ -76,3 +76,40 @@ def test_balanced_uses_rain_rate_source():
 def test_unknown_loss_lists_valid():
     with pytest.raises(ValueError, match="valid: bce, bce_sum, bmae, bmse, mae, mse"):
         get_loss("huber")
+
+
+def test_lead_weighted_loss_counts_early_leads_more():
+    """``train.lead_decay``: lead k weighs decay**k (weights sum to 1); decay 1 with every pixel valid
+    is the plain loss; a missing mask and an all-valid one agree."""
+    import torch
+
+    from convlstm_dist.train.optim import training_loss
+
+    torch.manual_seed(0)
+    pred, target = torch.rand(2, 3, 1, 4, 4), torch.rand(2, 3, 1, 4, 4)
+    plain = training_loss("mse", "rain_norm")(pred, target)
+    torch.testing.assert_close(training_loss("mse", "rain_norm", 1.0)(pred, target), plain)
+    # an error at the first lead only: its whole error times 1 / (1 + 0.5 + 0.25)
+    y = torch.zeros(2, 3, 1, 4, 4)
+    p = y.clone()
+    p[:, 0] = 1.0
+    weighted = training_loss("mse", "rain_norm", 0.5)
+    torch.testing.assert_close(weighted(p, y), torch.tensor(1 / 1.75))
+    # the same error at the last lead counts 0.25 as much
+    q = y.clone()
+    q[:, 2] = 1.0
+    torch.testing.assert_close(weighted(q, y), torch.tensor(0.25 / 1.75))
+    torch.testing.assert_close(weighted(q, y, torch.ones_like(y, dtype=torch.bool)), weighted(q, y))
+    # the balanced loss takes its rain-rate weights per lead too
+    assert torch.isfinite(training_loss("bmse", "rain_norm", 0.8)(pred, target, torch.ones_like(y, dtype=torch.bool)))
+
+
+def test_lead_decay_must_be_in_zero_one():
+    import pytest
+
+    from convlstm_dist.config import load_config
+
+    assert load_config(None, ["train.lead_decay=0.8"]).train.lead_decay == 0.8
+    for bad in ("0", "1.5", "-0.1"):
+        with pytest.raises(Exception, match="lead_decay"):
+            load_config(None, [f"train.lead_decay={bad}"])

@@ -64,8 +64,10 @@ def test_trains_checkpoints_and_resumes(archive, tmp_path):
 
 def test_best_checkpoint_on_validation_csi_is_the_highest(archive, tmp_path):
     """``run.checkpoint_metric=val_csi_0.5mmh``: best/ is the epoch of the HIGHEST validation CSI (a
-    skill score), not the lowest, and early stopping counts epochs without a higher CSI."""
-    out = train_local(cfg_for(archive, "train.epochs=3", "run.checkpoint_metric=val_csi_0.5mmh", "train.lr=0.05"),
+    skill score), not the lowest, and early stopping counts epochs without a higher CSI (trained with a
+    lead-weighted loss, train.lead_decay)."""
+    out = train_local(cfg_for(archive, "train.epochs=3", "run.checkpoint_metric=val_csi_0.5mmh", "train.lr=0.05",
+                              "train.lead_decay=0.8"),
                       tmp_path, device="cpu", progress=False)
     csi = [h["val_csi_0.5mmh"] for h in out.history]
     assert len(csi) == 3 and all(math.isfinite(c) for c in csi)
