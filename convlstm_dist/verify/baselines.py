@@ -125,6 +125,8 @@ def sprog(frames_mmh: np.ndarray, n_out: int, velocity: np.ndarray | None = None
     The same motion as ``optical_flow`` (:func:`motion_field` on the same frames); the rain rate is
     transformed to dB (``10 log10 R``, rates below 0.1 mm/h set to -15 dB), the last three frames
     feed an AR(2) model per cascade level (6 levels, FFT), the forecast is transformed back to mm/h.
+    Where the AR fit is undefined (rain in fewer than ``MIN_AR_PIXELS`` pixels of all three frames,
+    where pysteps itself fails) the forecast is the extrapolation (:func:`_cascade_or_extrapolation`).
     No data as in ``optical_flow``: NaN where the source point of a pixel has no data."""
     frames = _check(frames_mmh, n_out)
     if frames.shape[0] < 3:
@@ -135,18 +137,43 @@ def sprog(frames_mmh: np.ndarray, n_out: int, velocity: np.ndarray | None = None
     if np.all(db <= _DB_ZERO):  # no rain anywhere: pysteps' cascade is undefined
         out = np.zeros((int(n_out), *frames.shape[1:]))
     else:
-        with _quiet():
-            fc = nowcast(db, velocity, int(n_out), precip_thr=10.0 * np.log10(RAIN_MIN_MMH),
-                         n_cascade_levels=6, ar_order=2, probmatching_method="cdf", domain="spatial")
-        out = _from_db(np.asarray(fc, dtype=np.float64))
+        out = _cascade_or_extrapolation(
+            lambda: _from_db(np.asarray(nowcast(db, velocity, int(n_out), precip_thr=10.0 * np.log10(RAIN_MIN_MMH),
+                                                n_cascade_levels=6, ar_order=2, probmatching_method="cdf",
+                                                domain="spatial"), dtype=np.float64)),
+            frames, velocity, n_out, rainy_in_all=np.all(db > _DB_ZERO, axis=0).sum())
     return _mask_sources(out, frames, velocity, n_out)
+
+
+# fewer pixels than this with rain in every frame an AR model is fitted on: the fit is undefined
+MIN_AR_PIXELS = 16
+
+
+def _cascade_or_extrapolation(run, frames: np.ndarray, velocity: np.ndarray, n_out: int, rainy_in_all: int):
+    """pysteps' cascade nowcast ``run()``, or, where its AR fit is undefined, the extrapolation of the
+    last frame (``optical_flow``'s forecast, what the cascade nowcast is when every level keeps its
+    correlation). Undefined: rain in fewer than ``MIN_AR_PIXELS`` pixels of every fitted frame (a
+    few scattered cells in a crop), where pysteps divides by a zero variance (non-finite
+    autocorrelation, singular Yule-Walker system) or fails to index; or a non-finite forecast."""
+    if rainy_in_all >= MIN_AR_PIXELS:
+        try:
+            with _quiet():
+                out = run()
+            if np.isfinite(out).all():
+                return out
+        except (ValueError, IndexError, np.linalg.LinAlgError):
+            pass
+    _, extrapolate = _pysteps_methods()
+    filled = np.where(np.isfinite(frames), frames, 0.0)
+    return np.clip(extrapolate(filled[-1], velocity, int(n_out), outval=0.0), 0.0, None)
 
 
 @register("anvil")
 def anvil(frames_mmh: np.ndarray, n_out: int, velocity: np.ndarray | None = None) -> np.ndarray:
     """ANVIL (Pulkkinen et al. 2020), pysteps' autoregressive nowcast with growth and decay
     (``pysteps.nowcasts.anvil``) applied to the rain rate itself (no VIL), AR(2) on the last four
-    frames, with the same motion as ``optical_flow``. No data as in ``optical_flow``."""
+    frames, with the same motion as ``optical_flow``; the extrapolation where the AR fit is undefined,
+    as in :func:`sprog`. No data as in ``optical_flow``."""
     frames = _check(frames_mmh, n_out)
     if frames.shape[0] < 4:
         raise ValueError("anvil needs at least 4 input frames (AR order 2)")
@@ -156,10 +183,12 @@ def anvil(frames_mmh: np.ndarray, n_out: int, velocity: np.ndarray | None = None
     if not np.any(filled > 0):
         out = np.zeros((int(n_out), *frames.shape[1:]))
     else:
-        with _quiet():
-            fc = nowcast(filled, velocity, int(n_out), ar_order=2, n_cascade_levels=6,
-                         ar_window_radius=min(50, max(4, min(frames.shape[1:]) // 4)))
-        out = np.clip(np.nan_to_num(np.asarray(fc, dtype=np.float64), nan=0.0), 0.0, None)
+        out = _cascade_or_extrapolation(
+            lambda: np.clip(np.nan_to_num(np.asarray(
+                nowcast(filled, velocity, int(n_out), ar_order=2, n_cascade_levels=6,
+                        ar_window_radius=min(50, max(4, min(frames.shape[1:]) // 4))), dtype=np.float64), nan=0.0),
+                0.0, None),
+            frames, velocity, n_out, rainy_in_all=np.all(filled > 0, axis=0).sum())
     return _mask_sources(out, frames, velocity, n_out)
 
 
