@@ -6,12 +6,13 @@
 # 1. ingest the five shared 5-minute events (pipelines/ingest_shared.sh) -> WORKDIR/archives/*.zarr
 # 2. `convlstm-dist skill-report`: leave-one-out over the events of RECIPE (or HOLDOUT="ev1 ev2" for one
 #    fold): each fold trains on the other events only (FOLD_BUDGET_S seconds, single process) and scores
-#    the held-out event on all its windows with the model, persistence and optical flow on the same
-#    windows -> WORKDIR/skill-report/<recipe>/ (CSV, markdown, PNG) + an MLflow run in WORKDIR/mlflow.db
+#    the held-out event on all its windows with the model, persistence, optical flow, S-PROG and ANVIL on
+#    the same windows and pixels (one whole-frame motion field per window) -> WORKDIR/skill-report/<recipe>/
+#    (CSV, markdown, PNG; pooled from contingency tables and per event) + an MLflow run in WORKDIR/mlflow.db
 # 3. `convlstm-dist train --local` on ALL events for FINAL_BUDGET_S seconds, registered as `radar-nowcast`.
 #
 # Environment (defaults sized for <= 45 minutes on a 2-core CPU: 5 folds x (180 s training + scoring
-# of a 128x128 crop) + 600 s final training):
+# of a 128x128 crop) + 600 s final training; 25.7 min measured on 2026-12-05):
 #   RECIPE          pipelines/radar_multi.yaml
 #   FOLD_BUDGET_S   180      training seconds per fold
 #   FINAL_BUDGET_S  600      training seconds of the final model
