@@ -142,6 +142,19 @@ def read_with_retries(read, what: str, retries: int = DEFAULT_READ_RETRIES, note
         return out
 
 
+def open_with_retries(archive, retries: int = DEFAULT_READ_RETRIES, notes_name: str | None = None,
+                      sleep=time.sleep):
+    """``archive`` with the metadata a read task needs (group, time coordinate, chunking, shape) read,
+    retried like a read of frames (:func:`read_with_retries`): a read task in a worker process that has
+    not opened the archive yet (a new process, a restarted worker group) may start while the store is
+    down. A failed open leaves nothing half-open: the next try opens the group afresh."""
+    def read():
+        archive.time_chunk, archive.shape  # noqa: B018 - opens the group and reads the time coordinate
+        return archive
+
+    return read_with_retries(read, f"the metadata of {archive.url}", retries, notes_name, sleep)
+
+
 OUT_BLOCK_BYTES = 32 << 20
 """Largest block a read task emits: a task streams its rows out in blocks of at most this size (and of
 at most one time chunk's windows), so the object store holds a few of them, never a whole task."""
@@ -174,6 +187,7 @@ def _read_task_fn(table_ref, slot, in_len, out_len, crop, seed, shuffle, clock_n
         i, g, r = (int(v) for v in units[slot])
         src = sources[i]
         starts = src["starts"][src["bounds"][g]:src["bounds"][g + 1]]
+        archive = open_with_retries(src["archive"], read_retries, notes_name)
 
         current = {}  # the archive this task reads through; a failed read swaps in a fresh copy (new connections)
 
@@ -188,7 +202,7 @@ def _read_task_fn(table_ref, slot, in_len, out_len, crop, seed, shuffle, clock_n
 
             return read_with_retries(read, f"frames {lo}..{hi - 1} of {archive.url}", read_retries, notes_name)
 
-        for batch in iter_windows(src["archive"], starts, in_len, out_len, crop, seed, epoch, crops_per_window, augment,
+        for batch in iter_windows(archive, starts, in_len, out_len, crop, seed, epoch, crops_per_window, augment,
                                   compact, draw_offset=r * crops_per_window, max_rows=max_rows[i], load=load):
             batch["src"] = np.full(len(batch["t0"]), i, dtype=np.int16)
             yield BlockAccessor.batch_to_block(batch)
