@@ -14,7 +14,7 @@
 # Environment (defaults sized for <= 45 minutes on a 2-core CPU: 5 folds x (180 s training + scoring
 # of a 128x128 crop) + 600 s final training; 25.7 min measured on 2026-12-05):
 #   RECIPE          pipelines/radar_multi.yaml
-#   FOLD_BUDGET_S   180      training seconds per fold
+#   FOLD_BUDGET_S   300      training seconds per fold
 #   FINAL_BUDGET_S  600      training seconds of the final model
 #   HOLDOUT         ""       explicit held-out events (names, e.g. "mch-20160711"); empty = leave-one-out
 #   CROP            128x128  scored crop per window ("full" = the whole grid; slow on CPU)
@@ -27,7 +27,7 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 WORKDIR="${1:?usage: radar_skill.sh WORKDIR [DATA_DIR]}"
 DATA="${2:-$REPO/../shared/data}"
 RECIPE="${RECIPE:-$REPO/pipelines/radar_multi.yaml}"
-FOLD_BUDGET_S="${FOLD_BUDGET_S:-180}"
+FOLD_BUDGET_S="${FOLD_BUDGET_S:-300}"
 FINAL_BUDGET_S="${FINAL_BUDGET_S:-600}"
 CROP="${CROP:-128x128}"
 DEVICE="${DEVICE:-cpu}"
