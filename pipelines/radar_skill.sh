@@ -11,8 +11,8 @@
 #    (CSV, markdown, PNG; pooled from contingency tables and per event) + an MLflow run in WORKDIR/mlflow.db
 # 3. `convlstm-dist train --local` on ALL events for FINAL_BUDGET_S seconds, registered as `radar-nowcast`.
 #
-# Environment (defaults sized for <= 45 minutes on a 2-core CPU: 5 folds x (180 s training + scoring
-# of a 128x128 crop) + 600 s final training; 25.7 min measured on 2026-12-05):
+# Environment (defaults sized for <= 45 minutes on a 2-core CPU: 5 folds x (300 s training + scoring
+# of a 128x128 crop) + 600 s final training; 34.4 min measured on 2026-12-05):
 #   RECIPE          pipelines/radar_multi.yaml
 #   FOLD_BUDGET_S   300      training seconds per fold
 #   FINAL_BUDGET_S  600      training seconds of the final model
