@@ -31,6 +31,7 @@ archive (``convlstm_dist.data.archive``) on local disk or ``s3://`` through Ray'
 from __future__ import annotations
 
 import copy
+import functools
 import sys
 import time
 
@@ -177,37 +178,42 @@ def _read_task_fn(table_ref, slot, in_len, out_len, crop, seed, shuffle, clock_n
     """Read task ``slot``: at run time it looks up the epoch, draws the epoch's units (task groups of
     every archive, weighted; :mod:`convlstm_dist.data.mix`) and streams unit number ``slot``'s rows.
     The window table (archives, starts, task bounds, weights) is one object in the object store,
-    fetched once per worker process; the task itself carries only its slot. Every read of frames is
-    retried while the store is unreachable (:func:`read_with_retries`)."""
-    def fn():
-        sources = _table(table_ref)
-        epoch = _current_epoch(clock_name, fixed_epoch)
-        units = epoch_units([len(s["bounds"]) - 1 for s in sources], [s["weight"] for s in sources], seed, epoch,
-                            shuffle)
-        i, g, r = (int(v) for v in units[slot])
-        src = sources[i]
-        starts = src["starts"][src["bounds"][g]:src["bounds"][g + 1]]
-        archive = open_with_retries(src["archive"], read_retries, notes_name)
+    fetched once per worker process; the task itself carries only its slot and its settings: the
+    body is the module-level :func:`_read_task_rows`, which pickles by reference. Every read of
+    frames is retried while the store is unreachable (:func:`read_with_retries`)."""
+    return functools.partial(_read_task_rows, table_ref, slot, in_len, out_len, crop, seed, shuffle, clock_name,
+                             fixed_epoch, crops_per_window, augment, compact, max_rows, read_retries, notes_name)
 
-        current = {}  # the archive this task reads through; a failed read swaps in a fresh copy (new connections)
 
-        def load(archive, lo, hi):
-            def read():
-                a = current.setdefault("archive", archive)
-                try:
-                    return load_block(a, lo, hi)
-                except Exception:
-                    current["archive"] = copy.copy(archive)
-                    raise
+def _read_task_rows(table_ref, slot, in_len, out_len, crop, seed, shuffle, clock_name, fixed_epoch, crops_per_window,
+                    augment, compact, max_rows, read_retries, notes_name):
+    """The body of read task ``slot`` (see :func:`_read_task_fn`): yields its blocks."""
+    sources = _table(table_ref)
+    epoch = _current_epoch(clock_name, fixed_epoch)
+    units = epoch_units([len(s["bounds"]) - 1 for s in sources], [s["weight"] for s in sources], seed, epoch,
+                        shuffle)
+    i, g, r = (int(v) for v in units[slot])
+    src = sources[i]
+    starts = src["starts"][src["bounds"][g]:src["bounds"][g + 1]]
+    archive = open_with_retries(src["archive"], read_retries, notes_name)
 
-            return read_with_retries(read, f"frames {lo}..{hi - 1} of {archive.url}", read_retries, notes_name)
+    current = {}  # the archive this task reads through; a failed read swaps in a fresh copy (new connections)
 
-        for batch in iter_windows(archive, starts, in_len, out_len, crop, seed, epoch, crops_per_window, augment,
-                                  compact, draw_offset=r * crops_per_window, max_rows=max_rows[i], load=load):
-            batch["src"] = np.full(len(batch["t0"]), i, dtype=np.int16)
-            yield BlockAccessor.batch_to_block(batch)
+    def load(archive, lo, hi):
+        def read():
+            a = current.setdefault("archive", archive)
+            try:
+                return load_block(a, lo, hi)
+            except Exception:
+                current["archive"] = copy.copy(archive)
+                raise
 
-    return fn
+        return read_with_retries(read, f"frames {lo}..{hi - 1} of {archive.url}", read_retries, notes_name)
+
+    for batch in iter_windows(archive, starts, in_len, out_len, crop, seed, epoch, crops_per_window, augment,
+                              compact, draw_offset=r * crops_per_window, max_rows=max_rows[i], load=load):
+        batch["src"] = np.full(len(batch["t0"]), i, dtype=np.int16)
+        yield BlockAccessor.batch_to_block(batch)
 
 
 def frame_bytes(archive) -> int:
