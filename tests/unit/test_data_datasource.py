@@ -88,7 +88,6 @@ def test_byte_sized_tasks_stream_the_rows_of_chunk_tasks_and_carry_no_table(arch
     size = [len(cp.dumps(t.read_fn)) for t in (src.get_read_tasks(1)[0], small.get_read_tasks(1)[0])]
     # the same size for 36 windows as for 4 (a carried table would add 8 bytes a window and more): the task
     # is a reference to its module-level body, the table's reference and its settings (352 bytes, 2026-12-05)
-    print("pickled read task sizes (36 and 4 windows):", size)
     assert abs(size[0] - size[1]) < 64 and size[0] < 1024, size
 
 
