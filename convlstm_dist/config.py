@@ -219,6 +219,9 @@ class TrainConfig(_Strict):
     lead_decay: float | None = Field(None, gt=0, le=1, description="lead-weighted loss: lead k (0 = first forecast "
                                      "frame) weighs lead_decay**k (weights normalised to sum 1), so early leads count "
                                      "more; also the validation loss. None: one loss over all leads (the paper's)")
+    loss_weight_cap: float | None = Field(None, ge=1, description="balanced losses (bmse, bmae): no HKO-7 weight "
+                                          "above this (5: weights 1, 2, 5, 5, 5 instead of 1, 2, 5, 10, 30). "
+                                          "None: the HKO-7 table as is")
     grad_clip: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     early_stopping_patience: int | None = Field(None, ge=1)
@@ -241,6 +244,15 @@ class TrainConfig(_Strict):
         from convlstm_dist.models import available_losses  # torch: loaded when a recipe is checked, not by --help
 
         return registered(v, available_losses(training=True))
+
+    @model_validator(mode="after")
+    def _weight_cap_needs_balanced_loss(self):
+        from convlstm_dist.models import BALANCED_LOSSES  # torch: loaded when a recipe is checked, not by --help
+
+        if self.loss_weight_cap is not None and self.loss not in BALANCED_LOSSES:
+            raise ValueError(f"train.loss_weight_cap caps the weights of the balanced losses "
+                             f"({', '.join(BALANCED_LOSSES)}); train.loss is {self.loss}: drop the cap or pick one of those")
+        return self
 
 
 class ScalingConfig(_Strict):

@@ -12,12 +12,12 @@ from convlstm_dist.models.encoder_forecaster import EncoderForecaster
 from convlstm_dist.models.fc_lstm import FCLSTM, FCLSTMCell
 from convlstm_dist.models.flops import count_flops, forward_flops
 from convlstm_dist.models.lagrangian import FRAMES, lagrangian_source_valid
-from convlstm_dist.models.losses import LOSSES, available_losses, bce_per_sequence, get_loss, hko7_weights
+from convlstm_dist.models.losses import BALANCED_LOSSES, LOSSES, available_losses, bce_per_sequence, get_loss, hko7_weights
 from convlstm_dist.models.motion import from_uv
 from convlstm_dist.models.registry import MODELS, available_models, build_model
 
 __all__ = [
     "ConvLSTMCell", "EncoderForecaster", "FCLSTM", "FCLSTMCell",
     "build_model", "MODELS", "get_loss", "LOSSES", "bce_per_sequence", "hko7_weights", "count_flops", "forward_flops",
-    "lagrangian_source_valid", "FRAMES", "available_models", "available_losses", "from_uv",
+    "lagrangian_source_valid", "FRAMES", "available_models", "available_losses", "BALANCED_LOSSES", "from_uv",
 ]

@@ -13,6 +13,8 @@ Names (``get_loss``): bce, bce_sum (pred are logits, target in [0, 1]), mse, mae
 weighted by the rain rate of the target in mm/h — 1 below 2, 2 in [2, 5), 5 in [5, 10),
 10 in [10, 30), 30 at or above 30 mm/h — then averaged over valid pixels. The rain rate is
 ``rain_mmh=`` if given, else ``to_mmh(target)`` if a transform is given, else ``target`` itself.
+``weight_cap=`` (``train.loss_weight_cap``) caps those weights (5: 1, 2, 5, 5, 5), a middle way
+between the balanced and the plain losses.
 """
 
 from __future__ import annotations
@@ -73,45 +75,49 @@ def mae(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = No
     return _masked_mean((pred - _clean(target, valid)).abs(), valid)
 
 
-def hko7_weights(rain_mmh):
-    """The one HKO-7 weight function: 1, 2, 5, 10, 30 for rain below 2, [2,5), [5,10), [10,30), >= 30 mm/h.
+def hko7_weights(rain_mmh, cap: float | None = None):
+    """The one HKO-7 weight function: 1, 2, 5, 10, 30 for rain below 2, [2,5), [5,10), [10,30), >= 30 mm/h;
+    ``cap``: no weight above it (None: the table as is).
 
     ``rain_mmh`` is a torch tensor (weights of its dtype, on its device: the balanced losses and
     validation during training) or a numpy array (float64 weights: ``evaluate``'s scores). NaN rain gets weight 1 (those pixels are masked anyway)."""
+    weights = HKO7_WEIGHTS if cap is None else tuple(min(wt, float(cap)) for wt in HKO7_WEIGHTS)
     if isinstance(rain_mmh, torch.Tensor):
-        w = torch.full_like(rain_mmh, HKO7_WEIGHTS[0])
-        for thr, wt in zip(HKO7_THRESHOLDS_MMH, HKO7_WEIGHTS[1:]):
+        w = torch.full_like(rain_mmh, weights[0])
+        for thr, wt in zip(HKO7_THRESHOLDS_MMH, weights[1:]):
             w = torch.where(rain_mmh >= thr, torch.full_like(w, wt), w)
         return w
     rain = np.asarray(rain_mmh)
-    w = np.full(rain.shape, HKO7_WEIGHTS[0])
+    w = np.full(rain.shape, weights[0])
     with np.errstate(invalid="ignore"):
-        for thr, wt in zip(HKO7_THRESHOLDS_MMH, HKO7_WEIGHTS[1:]):
+        for thr, wt in zip(HKO7_THRESHOLDS_MMH, weights[1:]):
             w[rain >= thr] = wt
     return w
 
 
 def _balanced(err_fn: Callable, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
-              rain_mmh: torch.Tensor | None, to_mmh: Callable | None) -> torch.Tensor:
+              rain_mmh: torch.Tensor | None, to_mmh: Callable | None, weight_cap: float | None) -> torch.Tensor:
     valid = valid_mask(target, mask)
     clean = _clean(target, valid)
     if rain_mmh is None:
         rain_mmh = to_mmh(clean) if to_mmh is not None else clean
     with torch.no_grad():
-        w = hko7_weights(torch.where(valid, rain_mmh, torch.zeros_like(rain_mmh)).to(pred.dtype))
+        w = hko7_weights(torch.where(valid, rain_mmh, torch.zeros_like(rain_mmh)).to(pred.dtype), weight_cap)
     return _masked_mean(w * err_fn(pred - clean), valid)
 
 
 def bmse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, *,
-         rain_mmh: torch.Tensor | None = None, to_mmh: Callable | None = None) -> torch.Tensor:
-    """HKO-7 balanced MSE (weights from the target's rain rate in mm/h, see module doc)."""
-    return _balanced(lambda d: d ** 2, pred, target, mask, rain_mmh, to_mmh)
+         rain_mmh: torch.Tensor | None = None, to_mmh: Callable | None = None,
+         weight_cap: float | None = None) -> torch.Tensor:
+    """HKO-7 balanced MSE (weights from the target's rain rate in mm/h, capped at ``weight_cap``; module doc)."""
+    return _balanced(lambda d: d ** 2, pred, target, mask, rain_mmh, to_mmh, weight_cap)
 
 
 def bmae(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, *,
-         rain_mmh: torch.Tensor | None = None, to_mmh: Callable | None = None) -> torch.Tensor:
-    """HKO-7 balanced MAE (weights from the target's rain rate in mm/h, see module doc)."""
-    return _balanced(torch.abs, pred, target, mask, rain_mmh, to_mmh)
+         rain_mmh: torch.Tensor | None = None, to_mmh: Callable | None = None,
+         weight_cap: float | None = None) -> torch.Tensor:
+    """HKO-7 balanced MAE (weights from the target's rain rate in mm/h, capped at ``weight_cap``; module doc)."""
+    return _balanced(torch.abs, pred, target, mask, rain_mmh, to_mmh, weight_cap)
 
 
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
@@ -121,6 +127,7 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
 
 # bce_sum is the paper's per-sequence cross-entropy, a score (validation, Table 1), not a training loss
 TRAINING_LOSSES = ("mse", "mae", "bmse", "bmae", "bce")
+BALANCED_LOSSES = ("bmse", "bmae")  # weighted by rain rate; train.loss_weight_cap caps their weights
 
 
 def available_losses(training: bool = False) -> list[str]:

@@ -220,8 +220,9 @@ def _start(cfg, backend: Backend, variable: str, tracker, opts: FitOptions) -> _
     sched = make_scheduler(t, opt)
     scaler = torch.amp.GradScaler("cuda", enabled=choice.precision == "fp16")
     state = train_state(backend, restored, opt, sched, scaler, tracker, opts)
-    engine = StepEngine(model, train_model, opt, scaler, training_loss(t.loss, quantity, t.lead_decay), cfg.data.out_len,
-                        choice.amp_dtype, t.grad_clip, choice.mode, dev, say=say, world=world)
+    loss = training_loss(t.loss, quantity, t.lead_decay, t.loss_weight_cap)
+    engine = StepEngine(model, train_model, opt, scaler, loss, cfg.data.out_len, choice.amp_dtype, t.grad_clip,
+                        choice.mode, dev, say=say, world=world)
     say(choice.line(dev))
     logged = epochs_in_mlflow(tracker, state, restored is not None, say)
     return _Run(cfg, backend, variable, quantity, tracker, opts, choice, model, opt, sched, scaler, state, engine,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from convlstm_dist.data import get_quantity
-from convlstm_dist.models import get_loss
+from convlstm_dist.models import BALANCED_LOSSES, get_loss
 
 
 def make_optimizer(t, params, capturable_on: torch.device | None = None):
@@ -31,22 +31,29 @@ def make_scheduler(t, opt):
     return None
 
 
-def loss_kwargs(name: str, quantity: str) -> dict:
+def loss_kwargs(name: str, quantity: str, weight_cap: float | None = None) -> dict:
     """The balanced losses weigh by rain rate: mm/h from the model range where the quantity is a rain
-    rate; otherwise (intensity) the target's own values."""
+    rate; otherwise (intensity) the target's own values. ``weight_cap``: their weights' cap."""
     q = get_quantity(quantity)
-    if name in ("bmse", "bmae") and q.has_rain_rate:
-        return {"to_mmh": q.from_model}
-    return {}
+    kw = {}
+    if name in BALANCED_LOSSES and q.has_rain_rate:
+        kw["to_mmh"] = q.from_model
+    if weight_cap is not None:
+        if name not in BALANCED_LOSSES:
+            raise ValueError(f"train.loss_weight_cap applies to the balanced losses ({', '.join(BALANCED_LOSSES)}), "
+                             f"not to train.loss={name}: drop it or pick one of those")
+        kw["weight_cap"] = float(weight_cap)
+    return kw
 
 
-def training_loss(name: str, quantity: str, lead_decay: float | None = None):
+def training_loss(name: str, quantity: str, lead_decay: float | None = None, weight_cap: float | None = None):
     """``loss(pred, target, mask)`` of the recipe, with its quantity-dependent arguments bound.
 
     ``lead_decay`` (``train.lead_decay``, in (0, 1]): the loss of each lead ``k`` (0 = the first
     forecast frame) separately, weighted by ``lead_decay**k`` and normalised to weights summing to 1,
-    so the first leads count more; None: one loss over every lead and pixel (the paper's)."""
-    fn, kw = get_loss(name), loss_kwargs(name, quantity)
+    so the first leads count more; None: one loss over every lead and pixel (the paper's).
+    ``weight_cap`` (``train.loss_weight_cap``): the balanced losses' weights capped at this value."""
+    fn, kw = get_loss(name), loss_kwargs(name, quantity, weight_cap)
     if lead_decay is None:
         return lambda pred, target, mask=None: fn(pred, target, mask, **kw)
 

@@ -29,9 +29,10 @@ class ValAccumulator:
     accumulator ``evaluate`` uses too). Everything is counted on the device of the batches; one
     all-reduce of one flat tensor merges the ranks (:meth:`merge`)."""
 
-    def __init__(self, out_len: int, quantity: str, loss_name: str, lead_decay: float | None = None):
+    def __init__(self, out_len: int, quantity: str, loss_name: str, lead_decay: float | None = None,
+                 weight_cap: float | None = None):
         self.q, self.loss_name, self.out_len = get_quantity(quantity), loss_name, out_len
-        self.loss = training_loss(loss_name, quantity, lead_decay)
+        self.loss = training_loss(loss_name, quantity, lead_decay, weight_cap)
         self.sums: torch.Tensor | None = None  # float64 on the device: _TRAIN_SUMS
         self.model = SkillAccumulator(SKILL_THRESHOLDS_MMH, out_len)
         self.persistence = SkillAccumulator(SKILL_THRESHOLDS_MMH, out_len)
@@ -98,8 +99,9 @@ def evaluate_val(model, batches, cfg, quantity, device, rank, world, amp_dtype,
     the windows with ``t0 % world == rank``. With ``sources`` (the names of a multi-archive plan's
     archives, indexed by the rows' ``src``), ``acc.by_source`` holds one more accumulator per archive
     (:func:`source_metrics`)."""
-    acc = ValAccumulator(cfg.data.out_len, quantity, cfg.train.loss, cfg.train.lead_decay)
-    per = [ValAccumulator(cfg.data.out_len, quantity, cfg.train.loss, cfg.train.lead_decay) for _ in sources or []]
+    t = cfg.train
+    acc = ValAccumulator(cfg.data.out_len, quantity, t.loss, t.lead_decay, t.loss_weight_cap)
+    per = [ValAccumulator(cfg.data.out_len, quantity, t.loss, t.lead_decay, t.loss_weight_cap) for _ in sources or []]
     model.eval()
     with torch.no_grad():
         for batch in batches:

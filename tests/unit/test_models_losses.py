@@ -113,3 +113,34 @@ def test_lead_decay_must_be_in_zero_one():
     for bad in ("0", "1.5", "-0.1"):
         with pytest.raises(Exception, match="lead_decay"):
             load_config(None, [f"train.lead_decay={bad}"])
+
+
+@pytest.mark.parametrize("rain,w", [(1.0, 1), (3.0, 2), (7.0, 5), (20.0, 5), (50.0, 5)])
+def test_capped_hko7_weights(rain, w):
+    """``train.loss_weight_cap=5``: 1, 2, 5, 5, 5 (torch and numpy alike)."""
+    import numpy as np
+
+    assert hko7_weights(torch.tensor([rain]), cap=5).item() == w
+    assert hko7_weights(np.array([rain]), cap=5)[0] == w
+
+
+def test_loss_weight_cap_reaches_the_training_loss():
+    """The cap binds into the balanced training loss; the heavy pixel (40 mm/h) weighs 5, not 30."""
+    from convlstm_dist.train.optim import training_loss
+
+    pred = torch.zeros(1, 1, 1, 1, 2)
+    target = torch.tensor([[[[[0.0, 40.0]]]]])  # intensity: the target is its own rain rate
+    assert training_loss("bmae", "intensity")(pred, target).item() == pytest.approx(30 * 40 / 2)
+    assert training_loss("bmae", "intensity", None, 5.0)(pred, target).item() == pytest.approx(5 * 40 / 2)
+    assert training_loss("bmae", "intensity", 0.8, 5.0)(pred, target).item() == pytest.approx(5 * 40 / 2)
+
+
+def test_loss_weight_cap_is_checked_with_the_recipe():
+    from convlstm_dist.config import load_config
+
+    cfg = load_config(None, ["train.loss=bmse", "train.loss_weight_cap=5"])
+    assert cfg.train.loss_weight_cap == 5
+    with pytest.raises(Exception, match="loss_weight_cap caps the weights of the balanced losses"):
+        load_config(None, ["train.loss=mse", "train.loss_weight_cap=5"])
+    with pytest.raises(Exception, match="loss_weight_cap"):
+        load_config(None, ["train.loss=bmse", "train.loss_weight_cap=0.5"])
