@@ -173,21 +173,14 @@ def _table(ref):
     return t
 
 
-def _read_task_fn(table_ref, slot, in_len, out_len, crop, seed, shuffle, clock_name, fixed_epoch, crops_per_window,
-                  augment=False, compact=False, max_rows=None, read_retries=DEFAULT_READ_RETRIES, notes_name=None):
-    """Read task ``slot``: at run time it looks up the epoch, draws the epoch's units (task groups of
-    every archive, weighted; :mod:`convlstm_dist.data.mix`) and streams unit number ``slot``'s rows.
-    The window table (archives, starts, task bounds, weights) is one object in the object store,
-    fetched once per worker process; the task itself carries only its slot and its settings: the
-    body is the module-level :func:`_read_task_rows`, which pickles by reference. Every read of
-    frames is retried while the store is unreachable (:func:`read_with_retries`)."""
-    return functools.partial(_read_task_rows, table_ref, slot, in_len, out_len, crop, seed, shuffle, clock_name,
-                             fixed_epoch, crops_per_window, augment, compact, max_rows, read_retries, notes_name)
-
-
 def _read_task_rows(table_ref, slot, in_len, out_len, crop, seed, shuffle, clock_name, fixed_epoch, crops_per_window,
                     augment, compact, max_rows, read_retries, notes_name):
-    """The body of read task ``slot`` (see :func:`_read_task_fn`): yields its blocks."""
+    """Read task ``slot`` (a ``functools.partial`` of this module-level function, which pickles by
+    reference, so a task carries only its slot and settings): at run time it looks up the epoch, draws
+    the epoch's units (task groups of every archive, weighted; :mod:`convlstm_dist.data.mix`) and
+    yields the blocks of unit number ``slot``'s rows. The window table (archives, starts, task bounds,
+    weights) is one object in the object store, fetched once per worker process. Every read of frames
+    is retried while the store is unreachable (:func:`read_with_retries`)."""
     sources = _table(table_ref)
     epoch = _current_epoch(clock_name, fixed_epoch)
     units = epoch_units([len(s["bounds"]) - 1 for s in sources], [s["weight"] for s in sources], seed, epoch,
@@ -306,9 +299,9 @@ class WindowDatasource(Datasource):
         for slot in range(len(units)):
             rows = rows_of[slot] if not self.shuffle else mean_rows
             meta = BlockMetadata(num_rows=rows, size_bytes=rows * row_bytes, input_files=None, exec_stats=None)
-            fn = _read_task_fn(ref, slot, self.in_len, self.out_len, self.crop, self.seed, self.shuffle,
-                               self.clock_name, self.fixed_epoch, self.crops_per_window, self.augment, self.compact,
-                               self.max_rows, self.read_retries, self.notes_name)
+            fn = functools.partial(_read_task_rows, ref, slot, self.in_len, self.out_len, self.crop, self.seed,
+                                   self.shuffle, self.clock_name, self.fixed_epoch, self.crops_per_window,
+                                   self.augment, self.compact, self.max_rows, self.read_retries, self.notes_name)
             tasks.append(ReadTask(fn, meta, per_task_row_limit=per_task_row_limit))
         return tasks
 
