@@ -68,6 +68,11 @@ class ModelConfig(_Strict):
         "eulerian", description="eulerian: the paper's model on the grid; lagrangian: the same network forecasting "
                                 "in the frame that moves with the rain (inputs aligned by their estimated motion, "
                                 "forecast advected back; convlstm on rain rate only)")
+    residual_gate_mmh: float | None = Field(
+        None, gt=0, description="frame=lagrangian only: for the first residual_gate_leads leads, the learned "
+                                "residual acts only where the last input frame has at least this rain rate "
+                                "(mm/h); elsewhere those leads are the advected last frame. null: no gate")
+    residual_gate_leads: int = Field(1, ge=1, description="how many leads residual_gate_mmh gates")
 
     @field_validator("kind")
     @classmethod
@@ -108,6 +113,9 @@ class ModelConfig(_Strict):
                         f"model.{key}[{i}] = {k} (layer {i + 1}): kernels must be odd and positive "
                         "so that 'same' padding keeps the grid"
                     )
+        if self.residual_gate_mmh is not None and self.frame != "lagrangian":
+            raise ValueError(f"model.residual_gate_mmh={self.residual_gate_mmh} gates the residual of "
+                             f"model.frame=lagrangian; model.frame={self.frame} has none: set it to null")
         for dim in ("height", "width"):
             if getattr(self, dim) % self.patch:
                 raise ValueError(f"model.{dim}={getattr(self, dim)} is not divisible by model.patch={self.patch}")
@@ -436,6 +444,8 @@ def build_model_from_config(cfg: Config, compile: bool = False, channels_last: b
         width=m.width,
         impl=m.impl,
         **({"frame": m.frame} if m.frame != "eulerian" else {}),
+        **({"residual_gate_mmh": m.residual_gate_mmh, "residual_gate_leads": m.residual_gate_leads}
+           if m.residual_gate_mmh is not None else {}),
         **({"compile": True} if compile else {}),
         **({"channels_last": True} if channels_last else {}),
     )
