@@ -124,3 +124,63 @@ def test_nowcaster_loads_a_lagrangian_checkpoint_and_forecasts_any_grid(tmp_path
     truth = moving(torch.from_numpy(field), (1.0, -1.0), steps=6, margin=20)[0, -1].numpy()
     inner = (slice(10, -10), slice(10, -10))
     assert np.abs(out[0][inner] - truth[inner]).mean() < 0.5 * np.abs(frames[-1][inner] - truth[inner]).mean()
+
+
+def test_residual_gate_keeps_lead_1_persistence_where_the_last_frame_is_dry():
+    from convlstm_dist.data.quantity import rain_to_norm
+
+    torch.manual_seed(0)
+    gated = build_model("convlstm", **ARCH, frame="lagrangian", residual_gate_mmh=0.5, residual_gate_leads=1)
+    free = build_model("convlstm", **ARCH, frame="lagrangian")
+    assert gated.hparams["residual_gate_mmh"] == 0.5 and "residual_gate_mmh" not in free.hparams
+    assert gated.state_dict().keys() == free.state_dict().keys()  # a fixed mask: no parameter
+    nn_init = torch.nn.init
+    nn_init.normal_(gated.output.weight, std=0.2)  # a trained-looking residual everywhere
+    nn_init.constant_(gated.output.bias, 0.05)
+    free.load_state_dict(gated.state_dict())
+    rain = blobs(104, 104)
+    rain = rain / rain.max() * 0.3  # 0 .. 0.3 in model range (0 .. 3.3 mm/h)
+    x = moving(rain, (1.0, 2.0), steps=5, margin=20)[:, :, None]
+    v = estimate_motion(x[:, :, 0])
+    y, _ = gated(x, n_out=3, motion=v)
+    yf, _ = free(x, n_out=3, motion=v)
+    last = x[:, -1]
+    wet = last >= float(rain_to_norm(0.5))
+    assert 0.1 < wet.float().mean() < 0.9  # both kinds of pixel present
+    # lead 1, in the moving frame: the residual acts only where the last frame has >= 0.5 mm/h
+    persistence = advect(last, v, 1)
+    expected = advect(torch.where(wet, _unadvected(free, x, v)[:, 0], last), v, 1)
+    assert torch.allclose(y[:, 0], expected, atol=1e-5)
+    assert not torch.allclose(y[:, 0], persistence, atol=1e-3) and not torch.allclose(y[:, 0], yf[:, 0], atol=1e-3)
+    # later leads are not gated: the same as without the gate
+    assert torch.allclose(y[:, 1:], yf[:, 1:], atol=1e-6)
+    # rebuilt from hparams, the gate comes back
+    again = build_model(**gated.hparams)
+    again.load_state_dict(gated.state_dict())
+    assert torch.allclose(again(x, n_out=3, motion=v)[0], y)
+
+
+def _unadvected(model, x, v):
+    """The model's forecast in the moving frame (residual + last frame), before it is carried along ``v``."""
+    T = x.shape[1]
+    aligned = torch.stack([advect(x[:, t], v, T - 1 - t) for t in range(T)], dim=1)
+    z, _ = super(LagrangianForecaster, model).forward(aligned, 3)
+    return z + x[:, -1:]
+
+
+def test_residual_gate_config_is_checked():
+    cfg = load_config(None, ["model.frame=lagrangian", "model.residual_gate_mmh=0.5", "model.residual_gate_leads=2"])
+    assert (cfg.model.residual_gate_mmh, cfg.model.residual_gate_leads) == (0.5, 2)
+    from convlstm_dist.config import build_model_from_config
+
+    m = build_model_from_config(cfg)
+    assert (m.residual_gate_mmh, m.residual_gate_leads) == (0.5, 2)
+    with pytest.raises(UserError, match="model.frame=lagrangian"):
+        load_config(None, ["model.residual_gate_mmh=0.5"])  # the eulerian model has no residual
+    for bad in ("model.residual_gate_mmh=0", "model.residual_gate_mmh=-1", "model.residual_gate_leads=0"):
+        with pytest.raises(UserError, match="residual_gate"):
+            load_config(None, ["model.frame=lagrangian", bad])
+    with pytest.raises(ValueError, match="eulerian model has none"):
+        build_model("convlstm", **ARCH, residual_gate_mmh=0.5)
+    with pytest.raises(ValueError, match="residual_gate_mmh must be"):
+        build_model("convlstm", **ARCH, frame="lagrangian", residual_gate_mmh=float("nan"))
