@@ -427,6 +427,14 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
+def _in_model_range(cfg: Config, rate_mmh: float) -> float:
+    """A rain rate (mm/h) in the model range of the recipe's quantity (``rain_norm``: log1p(R) / log1p(128))."""
+    import numpy as np
+
+    q = quantity_of_source(cfg.data.source)
+    return float(q.to_model(np.array([rate_mmh], dtype=np.float32), q.physical_variable)[0])
+
+
 def build_model_from_config(cfg: Config, compile: bool = False, channels_last: bool = False):
     """The model the recipe describes (imports torch lazily); ``compile``/``channels_last`` only
     change how it computes (training engine), never its parameters."""
@@ -444,7 +452,7 @@ def build_model_from_config(cfg: Config, compile: bool = False, channels_last: b
         width=m.width,
         impl=m.impl,
         **({"frame": m.frame} if m.frame != "eulerian" else {}),
-        **({"residual_gate_mmh": m.residual_gate_mmh, "residual_gate_leads": m.residual_gate_leads}
+        **({"residual_gate": _in_model_range(cfg, m.residual_gate_mmh), "residual_gate_leads": m.residual_gate_leads}
            if m.residual_gate_mmh is not None else {}),
         **({"compile": True} if compile else {}),
         **({"channels_last": True} if channels_last else {}),

@@ -14,9 +14,9 @@ field):
    the advected last frame (Lagrangian persistence), and training learns growth, decay and smoothing;
 4. lead ``k``'s forecast is carried ``k`` steps along the motion.
 
-``residual_gate_mmh`` (optional): for the first ``residual_gate_leads`` leads the residual acts only
-where the last input frame has at least that rain rate; elsewhere those leads are Lagrangian
-persistence. Leave-one-out on the five shared events showed the trained residual adding false alarms
+``residual_gate`` (optional, in the model range; the config's ``model.residual_gate_mmh`` converted by
+the quantity): for the first ``residual_gate_leads`` leads the residual acts only where the last input
+frame is at least that value; elsewhere those leads are Lagrangian persistence. Leave-one-out on the five shared events showed the trained residual adding false alarms
 at 5 min around the rain (FAR 0.13 vs 0.11 of optical flow); gating lead 1 at 0.5 mm/h removed them
 (``benchmarks/results/radar-heldout-2026-12-05.md``). It changes no parameter (a fixed mask).
 
@@ -35,7 +35,6 @@ import math
 import torch
 from torch import nn
 
-from convlstm_dist.data.quantity import rain_to_norm
 from convlstm_dist.models.encoder_forecaster import EncoderForecaster, State
 from convlstm_dist.models.motion import advect, estimate_motion
 
@@ -43,14 +42,14 @@ FRAMES = ("eulerian", "lagrangian")
 
 
 class LagrangianForecaster(EncoderForecaster):
-    def __init__(self, *args, residual_gate_mmh: float | None = None, residual_gate_leads: int = 1, **kwargs):
+    def __init__(self, *args, residual_gate: float | None = None, residual_gate_leads: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
         self.hparams["frame"] = "lagrangian"
-        check_residual_gate(residual_gate_mmh, residual_gate_leads)
-        self.residual_gate_mmh, self.residual_gate_leads = residual_gate_mmh, int(residual_gate_leads)
-        if residual_gate_mmh is not None:  # old checkpoints keep their hparams
-            self.hparams.update(residual_gate_mmh=float(residual_gate_mmh),
-                                residual_gate_leads=int(residual_gate_leads))
+        check_residual_gate(residual_gate, residual_gate_leads)
+        self.residual_gate = None if residual_gate is None else float(residual_gate)
+        self.residual_gate_leads = int(residual_gate_leads)
+        if residual_gate is not None:  # models without a gate keep their hparams
+            self.hparams.update(residual_gate=self.residual_gate, residual_gate_leads=self.residual_gate_leads)
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 
@@ -73,18 +72,18 @@ class LagrangianForecaster(EncoderForecaster):
 
     def _gate(self, z: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """The residual ``z`` (B, n_out, C, H, W) with its first ``residual_gate_leads`` leads zeroed where
-        the last frame ``last`` (B, C, H, W; first channel, model range) is below ``residual_gate_mmh``."""
-        if self.residual_gate_mmh is None:
+        the last frame ``last`` (B, C, H, W; first channel, model range) is below ``residual_gate``."""
+        if self.residual_gate is None:
             return z
         k = min(self.residual_gate_leads, z.shape[1])
-        wet = (last[:, :1] >= float(rain_to_norm(self.residual_gate_mmh))).to(z.dtype)  # (B, 1, H, W)
+        wet = (last[:, :1] >= self.residual_gate).to(z.dtype)  # (B, 1, H, W)
         return torch.cat([z[:, :k] * wet[:, None], z[:, k:]], dim=1)
 
 
-def check_residual_gate(residual_gate_mmh: float | None, residual_gate_leads: int) -> None:
-    """``ValueError`` unless the gate is off (``None``) or a positive finite rate over ``>= 1`` leads."""
-    if residual_gate_mmh is not None and not (math.isfinite(residual_gate_mmh) and residual_gate_mmh > 0):
-        raise ValueError(f"residual_gate_mmh must be a positive rain rate in mm/h or None, got {residual_gate_mmh}")
+def check_residual_gate(residual_gate: float | None, residual_gate_leads: int) -> None:
+    """``ValueError`` unless the gate is off (``None``) or a positive finite value over ``>= 1`` leads."""
+    if residual_gate is not None and not (math.isfinite(residual_gate) and residual_gate > 0):
+        raise ValueError(f"residual_gate must be a positive value in the model range or None, got {residual_gate}")
     if int(residual_gate_leads) < 1:
         raise ValueError(f"residual_gate_leads must be >= 1, got {residual_gate_leads}")
 

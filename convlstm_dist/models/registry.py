@@ -15,18 +15,18 @@ from convlstm_dist.models.fc_lstm import FCLSTM
 from convlstm_dist.models.lagrangian import FRAMES, LagrangianForecaster
 
 
-def _convlstm(*, frame: str = "eulerian", residual_gate_mmh: float | None = None, residual_gate_leads: int = 1,
+def _convlstm(*, frame: str = "eulerian", residual_gate: float | None = None, residual_gate_leads: int = 1,
               **kw) -> nn.Module:
     if frame == "lagrangian":
-        return LagrangianForecaster(residual_gate_mmh=residual_gate_mmh, residual_gate_leads=residual_gate_leads, **kw)
-    if residual_gate_mmh is not None:
-        raise ValueError("residual_gate_mmh gates the residual of frame=lagrangian; the eulerian model has none")
+        return LagrangianForecaster(residual_gate=residual_gate, residual_gate_leads=residual_gate_leads, **kw)
+    if residual_gate is not None:
+        raise ValueError("residual_gate gates the residual of frame=lagrangian; the eulerian model has none")
     return EncoderForecaster(**kw)
 
 
-def _fclstm(*, channels_last: bool = False, frame: str = "eulerian", residual_gate_mmh: float | None = None,
+def _fclstm(*, channels_last: bool = False, frame: str = "eulerian", residual_gate: float | None = None,
             residual_gate_leads: int = 1, **kw) -> nn.Module:
-    if frame != "eulerian" or residual_gate_mmh is not None:
+    if frame != "eulerian" or residual_gate is not None:
         raise ValueError(f"model.frame={frame!r} needs kind=convlstm; FC-LSTM forecasts in the grid's own frame")
     return FCLSTM(**kw)  # channels_last means nothing for flat vectors
 
@@ -42,11 +42,11 @@ def available_models() -> list[str]:
 def build_model(kind: str, *, in_channels: int, hidden: list[int], input_kernel: list[int],
                 state_kernel: list[int], patch: int, height: int, width: int, impl: str = "fast",
                 channels_last: bool = False, compile: bool = False, frame: str = "eulerian",
-                residual_gate_mmh: float | None = None, residual_gate_leads: int = 1) -> nn.Module:
+                residual_gate: float | None = None, residual_gate_leads: int = 1) -> nn.Module:
     """Build a model. ``channels_last`` and ``compile`` (fused gates via torch.compile, CUDA only)
     are performance options of the fast path; they change no parameter and no result. ``frame``:
     ``eulerian`` (the paper's model on the grid) or ``lagrangian`` (:mod:`.lagrangian`: the same
-    network forecasting in the frame that moves with the rain); ``residual_gate_mmh`` /
+    network forecasting in the frame that moves with the rain); ``residual_gate`` /
     ``residual_gate_leads``: its residual gate (:class:`.lagrangian.LagrangianForecaster`)."""
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; valid: {', '.join(sorted(MODELS))}")
@@ -55,8 +55,8 @@ def build_model(kind: str, *, in_channels: int, hidden: list[int], input_kernel:
     if frame not in FRAMES:
         raise ValueError(f"unknown frame {frame!r}; valid: {', '.join(FRAMES)}")
     extra = {"frame": frame} if frame != "eulerian" else {}
-    if residual_gate_mmh is not None:
-        extra.update(residual_gate_mmh=residual_gate_mmh, residual_gate_leads=residual_gate_leads)
+    if residual_gate is not None:
+        extra.update(residual_gate=residual_gate, residual_gate_leads=residual_gate_leads)
     return MODELS[kind](in_channels=in_channels, hidden=list(hidden), input_kernel=list(input_kernel),
                         state_kernel=list(state_kernel), patch=patch, height=height, width=width,
                         impl=impl, channels_last=channels_last, compile=compile, **extra)

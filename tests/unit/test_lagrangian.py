@@ -130,9 +130,10 @@ def test_residual_gate_keeps_lead_1_persistence_where_the_last_frame_is_dry():
     from convlstm_dist.data.quantity import rain_to_norm
 
     torch.manual_seed(0)
-    gated = build_model("convlstm", **ARCH, frame="lagrangian", residual_gate_mmh=0.5, residual_gate_leads=1)
+    gate = float(rain_to_norm(0.5))  # 0.5 mm/h in the model range
+    gated = build_model("convlstm", **ARCH, frame="lagrangian", residual_gate=gate, residual_gate_leads=1)
     free = build_model("convlstm", **ARCH, frame="lagrangian")
-    assert gated.hparams["residual_gate_mmh"] == 0.5 and "residual_gate_mmh" not in free.hparams
+    assert gated.hparams["residual_gate"] == pytest.approx(gate) and "residual_gate" not in free.hparams
     assert gated.state_dict().keys() == free.state_dict().keys()  # a fixed mask: no parameter
     nn_init = torch.nn.init
     nn_init.normal_(gated.output.weight, std=0.2)  # a trained-looking residual everywhere
@@ -145,7 +146,7 @@ def test_residual_gate_keeps_lead_1_persistence_where_the_last_frame_is_dry():
     y, _ = gated(x, n_out=3, motion=v)
     yf, _ = free(x, n_out=3, motion=v)
     last = x[:, -1]
-    wet = last >= float(rain_to_norm(0.5))
+    wet = last >= gate
     assert 0.1 < wet.float().mean() < 0.9  # both kinds of pixel present
     # lead 1, in the moving frame: the residual acts only where the last frame has >= 0.5 mm/h
     persistence = advect(last, v, 1)
@@ -173,14 +174,16 @@ def test_residual_gate_config_is_checked():
     assert (cfg.model.residual_gate_mmh, cfg.model.residual_gate_leads) == (0.5, 2)
     from convlstm_dist.config import build_model_from_config
 
-    m = build_model_from_config(cfg)
-    assert (m.residual_gate_mmh, m.residual_gate_leads) == (0.5, 2)
+    from convlstm_dist.data.quantity import rain_to_norm
+
+    m = build_model_from_config(cfg)  # the config's mm/h in the model range
+    assert m.residual_gate == pytest.approx(float(rain_to_norm(0.5))) and m.residual_gate_leads == 2
     with pytest.raises(UserError, match="model.frame=lagrangian"):
         load_config(None, ["model.residual_gate_mmh=0.5"])  # the eulerian model has no residual
     for bad in ("model.residual_gate_mmh=0", "model.residual_gate_mmh=-1", "model.residual_gate_leads=0"):
         with pytest.raises(UserError, match="residual_gate"):
             load_config(None, ["model.frame=lagrangian", bad])
     with pytest.raises(ValueError, match="eulerian model has none"):
-        build_model("convlstm", **ARCH, residual_gate_mmh=0.5)
-    with pytest.raises(ValueError, match="residual_gate_mmh must be"):
-        build_model("convlstm", **ARCH, frame="lagrangian", residual_gate_mmh=float("nan"))
+        build_model("convlstm", **ARCH, residual_gate=0.08)
+    with pytest.raises(ValueError, match="residual_gate must be"):
+        build_model("convlstm", **ARCH, frame="lagrangian", residual_gate=float("nan"))
