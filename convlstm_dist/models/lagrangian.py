@@ -16,8 +16,9 @@ field):
 
 ``residual_gate`` (optional, in the model range; the config's ``model.residual_gate_mmh`` converted by
 the quantity): for the first ``residual_gate_leads`` leads the residual acts only where the last input
-frame is at least that value; elsewhere those leads are Lagrangian persistence. Leave-one-out on the five shared events showed the trained residual adding false alarms
-at 5 min around the rain (FAR 0.13 vs 0.11 of optical flow); gating lead 1 at 0.5 mm/h removed them
+frame is at least that value; elsewhere those leads are Lagrangian persistence. Leave-one-out on the
+five shared events showed the trained residual adding false alarms at 5 min on the light-rain fringe
+(FAR 0.14 vs 0.11 of optical flow); gating lead 1 at 0.5 mm/h removed them
 (``benchmarks/results/radar-heldout-2026-12-05.md``). It changes no parameter (a fixed mask).
 
 Same call contract as :class:`EncoderForecaster` (``model(x, n_out) -> (y, state)``), same

@@ -15,18 +15,12 @@ from convlstm_dist.models.fc_lstm import FCLSTM
 from convlstm_dist.models.lagrangian import FRAMES, LagrangianForecaster
 
 
-def _convlstm(*, frame: str = "eulerian", residual_gate: float | None = None, residual_gate_leads: int = 1,
-              **kw) -> nn.Module:
-    if frame == "lagrangian":
-        return LagrangianForecaster(residual_gate=residual_gate, residual_gate_leads=residual_gate_leads, **kw)
-    if residual_gate is not None:
-        raise ValueError("residual_gate gates the residual of frame=lagrangian; the eulerian model has none")
-    return EncoderForecaster(**kw)
+def _convlstm(*, frame: str = "eulerian", **kw) -> nn.Module:
+    return (LagrangianForecaster if frame == "lagrangian" else EncoderForecaster)(**kw)
 
 
-def _fclstm(*, channels_last: bool = False, frame: str = "eulerian", residual_gate: float | None = None,
-            residual_gate_leads: int = 1, **kw) -> nn.Module:
-    if frame != "eulerian" or residual_gate is not None:
+def _fclstm(*, channels_last: bool = False, frame: str = "eulerian", **kw) -> nn.Module:
+    if frame != "eulerian":
         raise ValueError(f"model.frame={frame!r} needs kind=convlstm; FC-LSTM forecasts in the grid's own frame")
     return FCLSTM(**kw)  # channels_last means nothing for flat vectors
 
@@ -56,6 +50,8 @@ def build_model(kind: str, *, in_channels: int, hidden: list[int], input_kernel:
         raise ValueError(f"unknown frame {frame!r}; valid: {', '.join(FRAMES)}")
     extra = {"frame": frame} if frame != "eulerian" else {}
     if residual_gate is not None:
+        if frame != "lagrangian":
+            raise ValueError(f"residual_gate gates the residual of frame=lagrangian; the {frame} model has none")
         extra.update(residual_gate=residual_gate, residual_gate_leads=residual_gate_leads)
     return MODELS[kind](in_channels=in_channels, hidden=list(hidden), input_kernel=list(input_kernel),
                         state_kernel=list(state_kernel), patch=patch, height=height, width=width,

@@ -135,9 +135,8 @@ def test_residual_gate_keeps_lead_1_persistence_where_the_last_frame_is_dry():
     free = build_model("convlstm", **ARCH, frame="lagrangian")
     assert gated.hparams["residual_gate"] == pytest.approx(gate) and "residual_gate" not in free.hparams
     assert gated.state_dict().keys() == free.state_dict().keys()  # a fixed mask: no parameter
-    nn_init = torch.nn.init
-    nn_init.normal_(gated.output.weight, std=0.2)  # a trained-looking residual everywhere
-    nn_init.constant_(gated.output.bias, 0.05)
+    torch.nn.init.normal_(gated.output.weight, std=0.2)  # a trained-looking residual everywhere
+    torch.nn.init.constant_(gated.output.bias, 0.05)
     free.load_state_dict(gated.state_dict())
     rain = blobs(104, 104)
     rain = rain / rain.max() * 0.3  # 0 .. 0.3 in model range (0 .. 3.3 mm/h)
@@ -173,7 +172,6 @@ def test_residual_gate_config_is_checked():
     cfg = load_config(None, ["model.frame=lagrangian", "model.residual_gate_mmh=0.5", "model.residual_gate_leads=2"])
     assert (cfg.model.residual_gate_mmh, cfg.model.residual_gate_leads) == (0.5, 2)
     from convlstm_dist.config import build_model_from_config
-
     from convlstm_dist.data.quantity import rain_to_norm
 
     m = build_model_from_config(cfg)  # the config's mm/h in the model range
